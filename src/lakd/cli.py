@@ -1,0 +1,308 @@
+"""The ``lakd`` command line: train, eval, data.
+
+Every user mistake (bad value, missing file, wrong checkpoint) ends as one ``lakd: error: ...`` line on
+stderr and exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lakd import __version__
+from lakd.errors import LakdError
+
+EXIT_USAGE = 2
+
+TRAIN_EXAMPLES = """examples:
+  lakd train --model resnet56 --dataset cifar10 --epochs 30 --out runs/resnet56
+  lakd train -c configs/cifar10_teacher.yaml optim.lr=0.05 train.seed=1
+  lakd train -c configs/cifar10_teacher.yaml --out runs/resnet56 --resume   # continue an interrupted run
+  LAKD_DATA=../shared/data lakd train --model resnet20 --epochs 1 data.train_limit=2000 --out runs/quick
+"""
+
+EVAL_EXAMPLES = """examples:
+  lakd eval --ckpt runs/resnet56/best.pt
+  lakd eval --ckpt runs/resnet56/best.pt --split val --json
+"""
+
+DATA_EXAMPLES = """examples:
+  lakd data download cifar10 --root ~/data        # official URL, MD5-checked, atomic extraction
+  lakd data info --root ../shared/data              # which datasets/forms are present, where the cache is
+"""
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.yaml", "run.json", "summary.json")
+
+
+def _add_common_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", action="append", default=[], metavar="YAML",
+                   help="config file(s), applied in order (later wins)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. optim.lr=0.05 data.batch_size=64")
+    p.add_argument("--dataset", help="cifar10 | cifar100 | imagefolder | synthetic  (data.dataset)")
+    p.add_argument("--data-root", help="folder holding the datasets (data.root; else $LAKD_DATA)")
+    p.add_argument("--epochs", type=int, help="number of epochs (train.epochs)")
+    p.add_argument("--lr", type=float, help="base learning rate (optim.lr)")
+    p.add_argument("--batch-size", type=int, help="training batch size (data.batch_size)")
+    p.add_argument("--seed", type=int, help="random seed (train.seed)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (train.device)")
+    p.add_argument("--precision", help="auto | bf16 | fp16 | fp32 (train.precision)")
+    p.add_argument("--out", help="run folder for checkpoints and metrics (default runs/<model>-<dataset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--force", action="store_true", help="start over in an existing --out folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (train.progress=false)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lakd", description="Knowledge distillation for image classifiers (LAKD and baselines).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `lakd COMMAND --help` for each command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"lakd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model with cross-entropy (e.g. a teacher)",
+                       description="Train a model from scratch with cross-entropy.", epilog=TRAIN_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="architecture name (model.name), see `lakd train --list-models`")
+    p.add_argument("--list-models", action="store_true", help="print the model zoo and exit")
+    _add_common_run_flags(p)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate a checkpoint's model.",
+                       epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint written by lakd (last.pt / best.pt)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--dataset", help="override the dataset stored in the checkpoint")
+    p.add_argument("--data-root", help="folder holding the datasets (else $LAKD_DATA)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("data", help="download or inspect datasets", description="Dataset utilities.",
+                       epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    d = data_sub.add_parser("download", help="download CIFAR-10/100 (python version) with MD5 check",
+                            epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("name", choices=("cifar10", "cifar100"))
+    d.add_argument("--root", help="where to put it (default: $LAKD_DATA, else ~/.cache/lakd/data)")
+    d.add_argument("--url", help="alternative URL (mirror) of the same archive")
+    d = data_sub.add_parser("info", help="show which datasets are found under the data root",
+                            epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--root", help="data root (default: $LAKD_DATA, else ~/.cache/lakd/data)")
+    return parser
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_info(runtime: Any = None) -> dict[str, Any]:
+    """What a result needs next to it to be reproducible: versions, machine, git commit."""
+    import torch
+
+    info = {"lakd": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "git_commit": _git_commit()}
+    if runtime is not None:
+        info["device"] = runtime.describe()
+    return info
+
+
+def check_model_name(name: str) -> None:
+    """Unknown architecture -> LakdError with the registry's did-you-mean message."""
+    from lakd.models import list_models
+
+    if name not in list_models():
+        from lakd.errors import did_you_mean
+
+        raise LakdError(f"unknown model '{name}'{did_you_mean(name, list_models())}; "
+                        "see `lakd train --list-models`")
+
+
+def _prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to clobber an existing run unless --resume or --force (checked before any work is done)."""
+    if resume and force:
+        raise LakdError("--resume and --force contradict each other: pick one")
+    existing = out.is_dir() and any(out.iterdir())
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise LakdError(f"--resume: no '{out / 'last.pt'}' to resume from")
+        return
+    if out.exists() and not out.is_dir():
+        raise LakdError(f"--out '{out}' exists and is not a folder")
+    if existing and not force:
+        raise LakdError(f"run folder '{out}' already exists and is not empty; use --resume to continue it, "
+                        "--force to start over in it, or another --out")
+
+
+def _clear_run_files(out: Path) -> None:
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+# -- commands -----------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from lakd.config import RunConfig, build_config
+    from lakd.models import list_models
+
+    if args.list_models:
+        print("\n".join(list_models()))
+        return 0
+    flags = {"model.name": args.model, "data.dataset": args.dataset, "data.root": args.data_root,
+             "train.epochs": args.epochs, "optim.lr": args.lr, "data.batch_size": args.batch_size,
+             "train.seed": args.seed, "train.device": args.device, "train.precision": args.precision,
+             "out": args.out, "train.progress": False if args.no_progress else None}
+    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file() and not args.config:
+        args.config = [str(Path(args.out) / "config.yaml")]  # resume with the run's own config
+    cfg: RunConfig = build_config(RunConfig, args.config, args.overrides, flags)
+    check_model_name(cfg.model.name)
+    out = Path(cfg.out or f"runs/{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _prepare_out_dir(out, args.resume, args.force)
+    return _run_training(cfg, out, args.resume, args.force, argv=sys.argv)
+
+
+def _run_training(cfg: Any, out: Path, resume: bool, force: bool, argv: list[str]) -> int:
+    import torch
+
+    from lakd.config import dump_yaml
+    from lakd.data import load_splits
+    from lakd.engine import SupervisedTask, Trainer, resolve_runtime, seed_everything
+    from lakd.models import build_model
+
+    runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    d = cfg.data
+    splits = load_splits(d.dataset, d.root, d.val_size, d.split_seed, d.path, d.synthetic_size,
+                         d.synthetic_classes, d.train_limit, d.test_limit)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model.name, splits.num_classes).to(runtime.device)
+    task = SupervisedTask(model, cfg.train.label_smoothing).to(runtime.device)
+    meta = {"arch": cfg.model.name, "num_classes": splits.num_classes, "dataset": splits.name,
+            "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
+            "image_size": splits.image_size, "val_size": d.val_size, "split_seed": d.split_seed,
+            "lakd_version": __version__}
+    # Everything that can fail on bad input has run; only now touch the run folder.
+    out.mkdir(parents=True, exist_ok=True)
+    if force:
+        _clear_run_files(out)
+    trainer = Trainer(task, cfg, splits, runtime, out, meta)
+    if resume:
+        trainer.resume_from(out / "last.pt")
+    else:
+        (out / "config.yaml").write_text(dump_yaml(cfg))
+    run_info = {"command": " ".join(["lakd", *argv[1:]]), "config": cfg.to_dict(),
+                "environment": environment_info(runtime), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
+                         "test": len(splits.test)}}
+    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    print(f"training {cfg.model.name} on {splits.name} ({len(splits.train)} train / "
+          f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()} -> {out}")
+    try:
+        summary = trainer.fit()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {out / 'last.pt'} holds the last completed epoch; continue with --resume",
+              file=sys.stderr)
+        return 130
+    summary["out"] = str(out)
+    (out / "summary.json").write_text(json.dumps({**summary, **run_info}, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lakd.data import load_splits
+    from lakd.engine import evaluate, load_checkpoint, resolve_runtime
+    from lakd.engine.checkpoint import checkpoint_meta
+    from lakd.models import build_model
+
+    ckpt = load_checkpoint(args.ckpt)
+    meta = checkpoint_meta(ckpt, args.ckpt)
+    runtime = resolve_runtime(args.device, args.precision, "auto")
+    dataset = args.dataset or meta.get("dataset", "cifar10")
+    splits = load_splits(dataset, args.data_root, val_size=int(meta.get("val_size", 5000)),
+                         split_seed=int(meta.get("split_seed", 0)))
+    if splits.num_classes != meta["num_classes"]:
+        raise LakdError(f"checkpoint '{args.ckpt}' predicts {meta['num_classes']} classes but dataset "
+                        f"'{dataset}' has {splits.num_classes}")
+    check_model_name(meta["arch"])
+    model = build_model(meta["arch"], meta["num_classes"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise LakdError(f"checkpoint '{args.ckpt}' weights do not fit architecture '{meta['arch']}': "
+                        f"{str(exc).splitlines()[0]}") from None
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=__import__("torch").channels_last)
+    arrays = {"test": splits.test, "val": splits.val, "train": splits.train}[args.split]
+    if arrays is None:
+        raise LakdError("--split val: this checkpoint was trained without a validation split")
+    mean = tuple(meta.get("mean", splits.mean))
+    std = tuple(meta.get("std", splits.std))
+    result = evaluate(model, arrays, mean, std, runtime, args.batch_size)
+    result.update({"ckpt": str(args.ckpt), "arch": meta["arch"], "dataset": dataset, "split": args.split,
+                   "images": len(arrays), "device": runtime.describe()})
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{meta['arch']} on {dataset}/{args.split} ({len(arrays)} images, {runtime.describe()}): "
+              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+              f"{result['img_per_s']:.0f} img/s")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from lakd.data.cifar import CIFAR_NAMES, find_cifar_forms
+    from lakd.data.root import decoded_cache_dir, resolve_data_root
+
+    root, how = resolve_data_root(args.root)
+    if args.data_command == "download":
+        from lakd.data.download import download_cifar
+
+        root.mkdir(parents=True, exist_ok=True)
+        path = download_cifar(args.name, root, url=args.url)
+        print(f"{args.name} is ready in {path} (data root {root}, chosen by {how})")
+        return 0
+    if args.data_command == "info":
+        print(f"data root: {root} (chosen by {how})")
+        print(f"decoded cache: {decoded_cache_dir(root)}")
+        for name in CIFAR_NAMES:
+            forms = find_cifar_forms(name, root) if root.is_dir() else []
+            found = ", ".join(f"{form} at {path}" for form, path in forms) or "not found"
+            print(f"  {name}: {found}")
+        return 0
+    raise LakdError("lakd data needs an action: download or info (see `lakd data --help`)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handlers = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data}
+    try:
+        return handlers[args.command](args)
+    except LakdError as exc:
+        print(f"lakd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""Typed run configuration: dataclasses, YAML files (``yaml.safe_load`` only), dotted CLI overrides.
+
+Configs are data. Nothing in a YAML file is ever executed; unknown keys and out-of-range values are refused
+with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lakd.errors import LakdError, did_you_mean
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"
+    root: str | None = None  # None: $LAKD_DATA, then ~/.cache/lakd/data
+    path: str | None = None  # for dataset=imagefolder: folder with train/ and test/
+    val_size: int = 5000
+    split_seed: int = 0
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    augment: bool = True
+    crop_padding: int = 4
+    train_limit: int | None = None  # keep only this many training images (quick runs)
+    test_limit: int | None = None  # keep only this many val/test images
+    synthetic_size: int = 512
+    synthetic_classes: int = 10
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0
+    milestones: list[float] = field(default_factory=lambda: [150.0, 180.0, 210.0])
+    gamma: float = 0.1
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (bf16 where fast, else fp32) | bf16 | fp16 | fp32
+    channels_last: str = "auto"  # auto | true | false
+    label_smoothing: float = 0.0
+    threads: int | None = None  # torch intra-op threads on CPU (None: torch default)
+    progress: bool = True
+    eval_test: bool = True  # also evaluate on test every epoch (selection always uses val)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "optim.name": ("sgd",),
+    "schedule.name": ("cosine", "step", "constant"),
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),
+    "train.channels_last": ("auto", "true", "false"),
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check/convert ``value`` to ``annotation`` (int, float, bool, str, optional, list[float])."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        (inner,) = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            raise LakdError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise LakdError(f"config key '{key}': expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise LakdError(f"config key '{key}': expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads "5e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise LakdError(f"config key '{key}': expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, bool):  # YAML turns true/false into bools; keep them as the words
+            return str(value).lower()
+        if isinstance(value, str | int | float):
+            return str(value)
+        raise LakdError(f"config key '{key}': expected a string, got {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise LakdError(f"config key '{key}': expected a mapping of sub-keys, got {value!r}")
+        return value
+    return value
+
+
+def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    hints = _field_types(type(obj))
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            raise LakdError(f"unknown config key '{full}'{did_you_mean(str(key), hints)}; "
+                            f"valid keys here: {', '.join(hints)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                example = next(iter(_field_types(type(current))))
+                raise LakdError(f"config key '{full}' is a section; use sub-keys like '{full}.{example}=...'")
+            _apply(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'optim.lr=0.05'`` -> ``('optim.lr', 0.05)``; the value is parsed as YAML (data only)."""
+    if "=" not in text:
+        raise LakdError(f"override '{text}' is not KEY=VALUE (e.g. optim.lr=0.05)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise LakdError(f"override '{text}': value is not valid YAML ({exc})") from None
+    return key.strip(), value
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``('a.b.c', 1)`` -> ``{'a': {'b': {'c': 1}}}``."""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise LakdError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise LakdError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LakdError(f"config file '{path}' must hold a mapping of sections (model:, data:, ...)")
+    return data
+
+
+def build_config(
+    cls: type = RunConfig,
+    files: list[str] | None = None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Any:
+    """Defaults <- YAML files (in order) <- CLI convenience flags <- dotted overrides; then validate."""
+    cfg = cls()
+    for f in files or []:
+        _apply(cfg, load_yaml(f), "")
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _apply(cfg, nest(key, value))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _apply(cfg, nest(key, value))
+    validate(cfg)
+    return cfg
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: Any) -> None:
+    """Range checks; every message names the key, the bad value and the allowed range."""
+    for key, allowed in CHOICES.items():
+        try:
+            value = _get(cfg, key)
+        except AttributeError:
+            continue
+        if value not in allowed:
+            raise LakdError(f"config key '{key}': '{value}' is not one of {', '.join(allowed)}"
+                            f"{did_you_mean(str(value), allowed)}")
+
+    def check(key: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise LakdError(f"config key '{key}' = {_get(cfg, key)!r} is out of range: must be {what}")
+
+    check("optim.lr", cfg.optim.lr > 0, "> 0")
+    check("optim.momentum", 0 <= cfg.optim.momentum < 1, "in [0, 1)")
+    check("optim.weight_decay", cfg.optim.weight_decay >= 0, ">= 0")
+    check("schedule.warmup_epochs", 0 <= cfg.schedule.warmup_epochs <= cfg.train.epochs,
+          "in [0, train.epochs]")
+    check("schedule.gamma", 0 < cfg.schedule.gamma <= 1, "in (0, 1]")
+    check("schedule.min_lr", 0 <= cfg.schedule.min_lr <= cfg.optim.lr, "in [0, optim.lr]")
+    check("train.epochs", cfg.train.epochs >= 1, ">= 1")
+    check("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "in [0, 1)")
+    check("data.batch_size", cfg.data.batch_size >= 1, ">= 1")
+    check("data.eval_batch_size", cfg.data.eval_batch_size >= 1, ">= 1")
+    check("data.val_size", cfg.data.val_size >= 0, ">= 0")
+    check("data.crop_padding", cfg.data.crop_padding >= 0, ">= 0")
+    check("data.synthetic_size", cfg.data.synthetic_size >= 2, ">= 2")
+    check("data.synthetic_classes", cfg.data.synthetic_classes >= 2, ">= 2")
+    if cfg.data.train_limit is not None:
+        check("data.train_limit", cfg.data.train_limit >= 1, ">= 1 or null")
+    if cfg.data.test_limit is not None:
+        check("data.test_limit", cfg.data.test_limit >= 1, ">= 1 or null")
+    if cfg.train.threads is not None:
+        check("train.threads", cfg.train.threads >= 1, ">= 1 or null")
+    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+        raise LakdError("config key 'optim.nesterov' = true needs optim.momentum > 0")
+    if sorted(cfg.schedule.milestones) != list(cfg.schedule.milestones):
+        raise LakdError(f"config key 'schedule.milestones' = {cfg.schedule.milestones} must be increasing")
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

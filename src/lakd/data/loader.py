@@ -1,0 +1,97 @@
+"""In-memory batch iterator: the whole split sits in RAM as uint8; each epoch is one permutation.
+
+Order and augmentation are drawn from a generator seeded by ``(seed, epoch)``, so an epoch's batches are the
+same whenever it is replayed (resume) and each DDP rank takes its own shard of the same permutation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from lakd.data.augment import apply_crop_flip, draw_crop_flip, normalise
+from lakd.data.cifar import ImageArrays
+
+
+class BatchLoader:
+    """Yield ``(images float32 (B, C, H, W), labels int64 (B,))`` batches from uint8 arrays."""
+
+    def __init__(
+        self,
+        arrays: ImageArrays,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        shuffle: bool = False,
+        augment: bool = False,
+        crop_padding: int = 4,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # HWC uint8 -> CHW view; kept as one tensor so batch gathers are a single index_select.
+        self.images = torch.from_numpy(np.ascontiguousarray(arrays.x)).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(arrays.y.astype(np.int64))
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self.shuffle = shuffle
+        self.augment = augment
+        self.crop_padding = crop_padding
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
+
+    def _shard(self) -> torch.Tensor:
+        """This rank's indices for the current epoch (all ranks draw the same permutation)."""
+        n = self.num_images
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
+            total = per_rank * self.world_size
+            if total > n:  # pad by wrapping so every rank runs the same number of steps
+                order = torch.cat([order, order[: total - n]])
+            order = order[self.rank:total:self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self._shard())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of the current epoch starting at ``start_step`` (mid-epoch resume)."""
+        order = self._shard()
+        aug_gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 31 + 17 + self.rank)
+        steps = len(self)
+        for step in range(steps):
+            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            if self.augment:
+                # Draw every step's augmentation, even a skipped one, so resumed steps match exactly.
+                params = draw_crop_flip(len(index), self.crop_padding, True, aug_gen)
+            if step < start_step:
+                continue
+            images = self.images[index]
+            if self.augment:
+                images = apply_crop_flip(images, self.crop_padding, *params)
+            yield normalise(images, self.mean, self.std), self.labels[index]

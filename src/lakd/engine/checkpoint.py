@@ -1,0 +1,72 @@
+"""Checkpoints: written atomically, read without executing code (``weights_only=True``).
+
+Layout: ``{'model': student state_dict, 'meta': {...}, ...}`` — ``meta`` holds what is needed to rebuild the
+model without the config (architecture, class count, normalisation), so ``lakd eval --ckpt`` and distillation
+teachers need nothing else. Training state (optimizer, epoch, RNG) rides along for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lakd.errors import LakdError
+
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Save to a temp file in the same folder, fsync, then rename over ``path``.
+
+    A crash (or a full disk) at any point leaves either the old file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a lakd checkpoint safely; a missing, torn or foreign file is a clear ``LakdError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise LakdError(f"checkpoint '{path}' does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise LakdError(
+            f"checkpoint '{path}' cannot be loaded safely ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+            "It is corrupt/truncated, or not a lakd checkpoint (lakd never unpickles arbitrary objects)"
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise LakdError(f"checkpoint '{path}' is not a lakd checkpoint: expected a dict with a 'model' state_dict")
+    return ckpt
+
+
+def checkpoint_meta(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``meta`` block, with the fields every consumer needs checked."""
+    meta = ckpt.get("meta")
+    if not isinstance(meta, dict) or "arch" not in meta or "num_classes" not in meta:
+        raise LakdError(f"checkpoint '{path}' has no architecture metadata ('meta.arch', 'meta.num_classes'); "
+                        "it was not written by lakd train/distill")
+    return meta

@@ -1,0 +1,263 @@
+"""The training loop. It drives any ``TrainTask`` (supervised or a distiller) without knowing which.
+
+Per step: autocast forward -> sum of named losses -> backward -> SGD step, with the LR set from a stateless
+schedule. Per epoch: evaluate the student on val and test, log one metrics row, save ``last.pt`` and (on a new
+best validation top-1) ``best.pt`` atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lakd.config import RunConfig
+from lakd.data import BatchLoader, DatasetSplits
+from lakd.data.cifar import ImageArrays
+from lakd.engine.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
+from lakd.engine.device import Runtime
+from lakd.engine.metrics import MetricsLog, peak_memory_mb, topk_correct
+from lakd.engine.schedule import lr_at
+from lakd.engine.task import TrainTask
+from lakd.errors import LakdError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so model init and any library randomness repeat."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class NonFiniteLoss(LakdError):
+    """A loss became NaN/inf; the message names the term."""
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, arrays: ImageArrays, mean: tuple[float, ...], std: tuple[float, ...],
+    runtime: Runtime, batch_size: int = 500,
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy (%), mean CE loss and img/s of ``model`` on ``arrays`` (no augmentation)."""
+    was_training = model.training
+    model.eval()
+    loader = BatchLoader(arrays, batch_size, mean, std)
+    correct1 = correct5 = 0
+    loss_sum = 0.0
+    start = time.perf_counter()
+    for x, y in loader:
+        x, y = runtime.to_input(x), y.to(runtime.device)
+        with runtime.autocast():
+            logits, _ = model(x)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        c1, c5 = topk_correct(logits, y)
+        correct1 += c1
+        correct5 += c5
+    elapsed = time.perf_counter() - start
+    model.train(was_training)
+    n = max(len(arrays), 1)
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n,
+            "img_per_s": len(arrays) / max(elapsed, 1e-9)}
+
+
+class Trainer:
+    """Fit a task for ``cfg.train.epochs`` epochs; checkpoints and metrics go to ``out_dir`` (if given)."""
+
+    def __init__(
+        self,
+        task: TrainTask,
+        cfg: RunConfig,
+        splits: DatasetSplits,
+        runtime: Runtime,
+        out_dir: Path | None,
+        meta: dict[str, Any],
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.task = task
+        self.cfg = cfg
+        self.splits = splits
+        self.runtime = runtime
+        self.out_dir = out_dir
+        self.meta = meta
+        self.log = log
+        if runtime.channels_last:
+            task.student().to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+        params = [p for p in task.learnable_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype is torch.float16)
+        self.train_loader = BatchLoader(
+            splits.train, cfg.data.batch_size, splits.mean, splits.std, shuffle=True,
+            augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=True, seed=cfg.train.seed,
+        )
+        if len(self.train_loader) == 0:
+            raise LakdError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
+                            f"({self.train_loader.num_images} images): no full batch to train on")
+        self.metrics = MetricsLog(out_dir)
+        self.start_epoch = 0
+        self.best: dict[str, Any] = {"val_top1": -1.0, "epoch": -1}
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.task.student().state_dict(),
+            "meta": self.meta,
+            "task": self.task.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,  # epochs completed
+            "best": dict(self.best),
+            "history": list(self.metrics.rows),
+            "config": self.cfg.to_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def resume_from(self, path: Path) -> None:
+        """Restore model, task extras, optimizer, epoch, best, history and RNG from a ``last.pt``."""
+        ckpt = load_checkpoint(path, map_location=self.runtime.device)
+        for key in ("task", "optimizer", "epoch", "rng"):
+            if key not in ckpt:
+                raise LakdError(f"checkpoint '{path}' has no '{key}': it holds weights only and cannot resume")
+        try:
+            self.task.load_state_dict(ckpt["task"])
+        except RuntimeError as exc:
+            raise LakdError(f"checkpoint '{path}' does not match this run's model/method: {exc}") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt and ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.best = dict(ckpt.get("best", self.best))
+        self.metrics.restore(ckpt.get("history", []))
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+        self.log(f"resumed from {path} at epoch {self.start_epoch}/{self.cfg.train.epochs}")
+
+    def _save(self, epoch: int, is_best: bool) -> None:
+        if self.out_dir is None:
+            return
+        state = self._state(epoch)
+        atomic_torch_save(state, self.out_dir / "last.pt")
+        if is_best:
+            atomic_torch_save(state, self.out_dir / "best.pt")
+
+    # -- loop --------------------------------------------------------------------------------------------
+    def _lr(self, epoch: float) -> float:
+        s = self.cfg.schedule
+        return lr_at(epoch, self.cfg.optim.lr, self.cfg.train.epochs, s.name, s.warmup_epochs, s.milestones,
+                     s.gamma, s.min_lr)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.task.train()
+        loader = self.train_loader
+        loader.set_epoch(epoch)
+        steps = len(loader)
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        if self.runtime.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.runtime.device)
+        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+                   disable=not self.cfg.train.progress, leave=False, dynamic_ncols=True, mininterval=1.0)
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(bar):
+            lr = self._lr(epoch + step / steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x, y = self.runtime.to_input(x), y.to(self.runtime.device, non_blocking=True)
+            with self.runtime.autocast():
+                logits, losses = self.task.forward_train(x, y, epoch + step / steps)
+            total = sum(losses.values())
+            values = {name: float(v.detach()) for name, v in losses.items()}
+            for name, v in values.items():
+                if not math.isfinite(v):
+                    raise NonFiniteLoss(f"loss term '{name}' became {v} at epoch {epoch + 1}, step {step}; "
+                                        "stopping (the last good checkpoint is kept). Lower optim.lr or "
+                                        "this term's weight")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            for name, v in values.items():
+                sums[name] = sums.get(name, 0.0) + v
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{sum(values.values()):.3f}", acc=f"{100 * correct / seen:.1f}")
+        elapsed = time.perf_counter() - start
+        bar.close()
+        row = {f"train_{name}": s / steps for name, s in sums.items()}
+        row.update({"train_loss": sum(sums.values()) / steps, "train_top1": 100.0 * correct / max(seen, 1),
+                    "lr": self._lr(epoch), "train_time_s": elapsed, "img_per_s": seen / max(elapsed, 1e-9),
+                    "peak_mem_mb": peak_memory_mb(self.runtime.device)})
+        return row
+
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train from ``start_epoch`` to the end (or to epoch ``stop_after``); return the summary."""
+        cfg = self.cfg
+        fit_start = time.perf_counter()
+        student = self.task.student()
+        end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
+        for epoch in range(self.start_epoch, end):
+            row: dict[str, Any] = {"epoch": epoch + 1}
+            row.update(self.train_epoch(epoch))
+            eval_start = time.perf_counter()
+            if self.splits.val is not None:
+                for k, v in evaluate(student, self.splits.val, self.splits.mean, self.splits.std, self.runtime,
+                                     cfg.data.eval_batch_size).items():
+                    row[f"val_{k}"] = v
+            if cfg.train.eval_test or self.splits.val is None:
+                for k, v in evaluate(student, self.splits.test, self.splits.mean, self.splits.std, self.runtime,
+                                     cfg.data.eval_batch_size).items():
+                    row[f"test_{k}"] = v
+            row["eval_time_s"] = time.perf_counter() - eval_start
+            # Model selection uses validation only; without a validation split "best" is simply the last.
+            score = row.get("val_top1", float(epoch))
+            is_best = score > self.best["val_top1"] or self.splits.val is None
+            if is_best:
+                self.best = {"val_top1": score, "epoch": epoch + 1, "test_top1": row.get("test_top1")}
+            self.metrics.append(row)
+            self._save(epoch + 1, is_best)
+            self.log(self._format_row(row))
+        summary = self.summary()
+        summary["fit_wall_s"] = time.perf_counter() - fit_start
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        rows = self.metrics.rows
+        last = rows[-1] if rows else {}
+        train_rows = [r for r in rows if "img_per_s" in r]
+        return {
+            "epochs": len(rows),
+            "last_test_top1": last.get("test_top1"),
+            "last_val_top1": last.get("val_top1"),
+            "best_epoch": self.best["epoch"],
+            "best_val_top1": self.best["val_top1"] if self.splits.val is not None else None,
+            "best_test_top1": self.best.get("test_top1"),
+            "train_img_per_s": float(np.mean([r["img_per_s"] for r in train_rows])) if train_rows else None,
+            "peak_mem_mb": max((r["peak_mem_mb"] for r in train_rows), default=None),
+            "train_wall_s": sum(r.get("train_time_s", 0.0) + r.get("eval_time_s", 0.0) for r in rows),
+        }
+
+    def _format_row(self, row: dict[str, Any]) -> str:
+        parts = [f"epoch {row['epoch']}/{self.cfg.train.epochs}", f"loss {row['train_loss']:.4f}",
+                 f"train {row['train_top1']:.2f}%"]
+        if "val_top1" in row:
+            parts.append(f"val {row['val_top1']:.2f}%")
+        if "test_top1" in row:
+            parts.append(f"test {row['test_top1']:.2f}%")
+        parts += [f"lr {row['lr']:.4f}", f"{row['img_per_s']:.0f} img/s",
+                  f"{row['train_time_s'] + row['eval_time_s']:.0f}s", f"peak {row['peak_mem_mb']:.0f} MB"]
+        return " | ".join(parts)

@@ -1,0 +1,68 @@
+"""The one shape every zoo model has, so that distillers can cut it into local modules.
+
+A model is ``stem -> stages[0] -> ... -> stages[-1] -> head``. ``forward`` returns the logits and one feature per
+stage. Distillation methods (FitNet, AT, LAKD's local modules, ...) only ever use this interface, never the
+internals of a family.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class StagedModel(nn.Module):
+    """Base class: subclasses set ``stem``, ``stages`` and ``head`` in ``__init__``.
+
+    * ``stem``: input -> input of ``stages[0]`` (may be ``nn.Identity``).
+    * ``stages``: ``nn.ModuleList``; the natural resolution stages of the family.
+    * ``head``: last stage's (post-activation) output -> logits (pool + flatten + linear).
+
+    Families whose stages end in a ReLU can return the pre-activation output too: they override
+    ``_stage_forward`` to return ``(out, preact)``.
+    """
+
+    stem: nn.Module
+    stages: nn.ModuleList
+    head: nn.Module
+
+    def _stage_forward(self, index: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run stage ``index``; return ``(post-activation output, pre-activation output)``.
+
+        The default has no separate pre-activation, so both are the same tensor.
+        """
+        out = self.stages[index](h)
+        return out, out
+
+    def forward(self, x: torch.Tensor, preact: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Return ``(logits, feats)``: one feature per stage, post-activation unless ``preact``."""
+        h = self.stem(x)
+        feats: list[torch.Tensor] = []
+        for i in range(len(self.stages)):
+            h, pre = self._stage_forward(i, h)
+            feats.append(pre if preact else h)
+        return self.head(h), feats
+
+    @torch.no_grad()
+    def stage_shapes(self, input_shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+        """(C, H, W) of every stage output for one input of ``input_shape`` (C, H, W)."""
+        was_training = self.training
+        self.eval()
+        try:
+            param = next(self.parameters())
+            _, feats = self(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
+        finally:
+            self.train(was_training)
+        return [tuple(f.shape[1:]) for f in feats]  # type: ignore[misc]
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool + flatten + linear: the usual head of every zoo family."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(h), 1))

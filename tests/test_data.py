@@ -1,0 +1,195 @@
+"""Data layer: npz-of-JPEG decoding and cache, validation split, batched augmentation, loader, root resolution."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lakd.data import BatchLoader, carve_validation, load_cifar, load_splits, make_synthetic
+from lakd.data.augment import apply_crop_flip, normalise, random_crop_flip
+from lakd.data.cifar import ImageArrays
+from lakd.data.root import decoded_cache_dir, resolve_data_root
+from lakd.errors import LakdError
+
+
+def write_jpeg_npz(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
+    """Write the shared offline format: JPEG files joined, with offsets."""
+    blobs = []
+    for img in x:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=95)
+        blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, jpeg=np.concatenate(blobs), offsets=offsets, y=y.astype(np.uint8), class_names=np.array(classes))
+
+
+@pytest.fixture
+def npz_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    train = make_synthetic(60, 10, seed=0)
+    test = make_synthetic(20, 10, seed=1)
+    write_jpeg_npz(root / "cifar10" / "train.npz", train.x, train.y, [f"c{i}" for i in range(10)])
+    write_jpeg_npz(root / "cifar10" / "test.npz", test.x, test.y, [f"c{i}" for i in range(10)])
+    return root
+
+
+def test_npz_jpeg_decode_matches_pixels_and_is_cached(npz_root: Path) -> None:
+    train = make_synthetic(60, 10, seed=0)
+    arrays = load_cifar("cifar10", npz_root, "train")
+    assert arrays.x.shape == (60, 32, 32, 3) and arrays.x.dtype == np.uint8
+    np.testing.assert_array_equal(arrays.y, train.y)
+    # Pixels equal an independent Pillow decode of the same JPEG bytes, and stay close to the originals.
+    with np.load(npz_root / "cifar10" / "train.npz") as d:
+        first = d["jpeg"][d["offsets"][5]:d["offsets"][6]].tobytes()
+    np.testing.assert_array_equal(arrays.x[5], np.asarray(Image.open(io.BytesIO(first)).convert("RGB")))
+    assert np.abs(arrays.x.astype(int) - train.x.astype(int)).mean() < 30
+    assert arrays.classes[:2] == ["c0", "c1"]
+    cache_files = list(decoded_cache_dir(npz_root).glob("*.npz"))
+    assert len(cache_files) == 1
+    # Second load comes from the cache: corrupting the source's bytes (same size/mtime kept) is not noticed.
+    again = load_cifar("cifar10", npz_root, "train")
+    np.testing.assert_array_equal(again.x, arrays.x)
+
+
+def test_cache_goes_to_user_dir_when_root_is_read_only(npz_root: Path) -> None:
+    os.chmod(npz_root, 0o555)
+    try:
+        cache = decoded_cache_dir(npz_root)
+        assert npz_root not in cache.parents
+        load_cifar("cifar10", npz_root, "test")
+        assert not (npz_root / ".lakd-cache").exists()
+        assert list(cache.glob("*.npz"))
+    finally:
+        os.chmod(npz_root, 0o755)
+
+
+def test_corrupt_npz_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "cifar10").mkdir(parents=True)
+    (root / "cifar10" / "train.npz").write_bytes(b"PK\x03\x04 this is not a zip")
+    (root / "cifar10" / "test.npz").write_bytes(b"")
+    with pytest.raises(LakdError, match="corrupt"):
+        load_cifar("cifar10", root, "train")
+
+
+def test_corrupt_jpeg_inside_npz_names_the_image(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    train = make_synthetic(4, 2, seed=0)
+    write_jpeg_npz(root / "cifar10" / "train.npz", train.x, train.y, ["a", "b"])
+    write_jpeg_npz(root / "cifar10" / "test.npz", train.x, train.y, ["a", "b"])
+    with np.load(root / "cifar10" / "train.npz") as d:
+        parts = {k: d[k] for k in d.files}
+    parts["jpeg"] = parts["jpeg"].copy()
+    parts["jpeg"][parts["offsets"][2] + 2: parts["offsets"][3]] = 7  # wreck image 2
+    np.savez(root / "cifar10" / "train.npz", **parts)
+    with pytest.raises(LakdError, match="image 2"):
+        load_cifar("cifar10", root, "train")
+
+
+def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(LakdError) as err:
+        load_splits("cifar10", tmp_path / "nowhere")
+    msg = str(err.value)
+    assert "nowhere" in msg and "lakd data download cifar10" in msg and "--data-root" in msg
+
+
+def test_data_root_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKD_DATA", str(tmp_path / "env"))
+    assert resolve_data_root(tmp_path / "flag")[0] == tmp_path / "flag"
+    assert resolve_data_root(None)[0] == tmp_path / "env"
+    monkeypatch.delenv("LAKD_DATA")
+    root, how = resolve_data_root(None)
+    assert "lakd" in str(root) and "default" in how
+
+
+def test_validation_split_is_fixed_stratified_and_disjoint() -> None:
+    data = make_synthetic(200, 10, seed=3)
+    data = ImageArrays(data.x, data.y, data.classes)
+    data.x[:, 0, 0, 0] = np.arange(200) % 256  # tag images to track them
+    tr1, va1 = carve_validation(data, 50, seed=0)
+    tr2, va2 = carve_validation(data, 50, seed=0)
+    tr3, va3 = carve_validation(data, 50, seed=1)
+    assert va1 is not None and va2 is not None and va3 is not None
+    assert len(tr1) == 150 and len(va1) == 50
+    np.testing.assert_array_equal(va1.x, va2.x)
+    assert not np.array_equal(va1.x, va3.x)
+    assert np.bincount(va1.y, minlength=10).tolist() == [5] * 10
+    ids_train, ids_val = set(tr1.x[:, 0, 0, 0].tolist()), set(va1.x[:, 0, 0, 0].tolist())
+    assert not ids_train & ids_val and len(ids_train | ids_val) == 200
+    with pytest.raises(LakdError, match="val_size"):
+        carve_validation(data, 200, seed=0)
+
+
+def test_crop_flip_by_hand() -> None:
+    img = torch.arange(16, dtype=torch.uint8).reshape(1, 1, 4, 4)
+    # Offsets (0, 0) with padding 1 shift the image down-right by one, zero-filled.
+    out = apply_crop_flip(img, 1, torch.tensor([0]), torch.tensor([0]), torch.tensor([False]))
+    expected = torch.tensor([[0, 0, 0, 0], [0, 0, 1, 2], [0, 4, 5, 6], [0, 8, 9, 10]], dtype=torch.uint8)
+    assert torch.equal(out[0, 0], expected)
+    # Centre offset is the identity; flip mirrors the columns.
+    out = apply_crop_flip(img, 1, torch.tensor([1]), torch.tensor([1]), torch.tensor([True]))
+    assert torch.equal(out[0, 0], img[0, 0].flip(1))
+
+
+def test_random_crop_flip_per_image_and_seeded() -> None:
+    batch = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8)
+    a = random_crop_flip(batch, 2, True, torch.Generator().manual_seed(0))
+    b = random_crop_flip(batch, 2, True, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == batch.shape
+    changed = (a != batch).flatten(1).any(1)
+    assert 0 < int(changed.sum()) < 64 or int(changed.sum()) == 64  # most images move
+
+
+def test_normalise_by_hand() -> None:
+    x = torch.tensor([[[[0]], [[255]], [[51]]]], dtype=torch.uint8)
+    out = normalise(x, torch.tensor([0.5, 0.5, 0.2]), torch.tensor([0.5, 0.25, 0.1]))
+    torch.testing.assert_close(out.flatten(), torch.tensor([-1.0, 2.0, 0.0]))
+
+
+def test_loader_epochs_shards_and_resume() -> None:
+    data = make_synthetic(100, 10, seed=0)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    loader = BatchLoader(data, 16, mean, std, shuffle=True, augment=True, drop_last=True, seed=1)
+    assert len(loader) == 6
+    loader.set_epoch(0)
+    e0 = list(loader)
+    loader.set_epoch(1)
+    e1 = list(loader)
+    loader.set_epoch(0)
+    e0_again = list(loader)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(e0, e0_again, strict=True))
+    assert not torch.equal(e0[0][1], e1[0][1])
+    # Mid-epoch resume yields exactly the remaining batches, augmentation included.
+    tail = list(loader.iter_from(4))
+    assert len(tail) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(tail, e0[4:], strict=True))
+    # Two ranks cover disjoint halves of the same permutation.
+    plain = BatchLoader(data, 10, mean, std, shuffle=True, seed=1)
+    ranks = [BatchLoader(data, 10, mean, std, shuffle=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    labels = [torch.cat([y for _, y in r]) for r in ranks]
+    assert len(labels[0]) == len(labels[1]) == 50
+    assert sorted(torch.cat(labels).tolist()) == sorted(torch.cat([y for _, y in plain]).tolist())
+
+
+def test_synthetic_splits_are_learnable_shapes() -> None:
+    splits = load_splits("synthetic", val_size=32, synthetic_size=128)
+    assert len(splits.train) == 96 and splits.val is not None and len(splits.val) == 32
+    assert splits.num_classes == 10 and splits.image_size == 32
+    with pytest.raises(LakdError, match="did you mean 'cifar10'"):
+        load_splits("cifar1O")
+
+
+@pytest.mark.realdata
+def test_real_cifar10_smoke(shared_data: Path) -> None:
+    splits = load_splits("cifar10", shared_data, val_size=5000, test_limit=300)
+    assert len(splits.train) == 45000 and splits.val is not None and len(splits.val) == 300
+    assert len(splits.test) == 300 and splits.num_classes == 10
+    assert splits.train.classes[0] == "airplane"
+    mean = splits.train.x.reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(mean, [125.3, 122.9, 113.9], atol=3.0)
