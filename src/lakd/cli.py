@@ -196,6 +196,8 @@ def _run_training(cfg: Any, out: Path, resume: bool, force: bool, argv: list[str
     meta = {"arch": cfg.model.name, "num_classes": splits.num_classes, "dataset": splits.name,
             "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
             "image_size": splits.image_size, "val_size": d.val_size, "split_seed": d.split_seed,
+            "data": {"dataset": d.dataset, "path": d.path, "val_size": d.val_size, "split_seed": d.split_seed,
+                     "synthetic_size": d.synthetic_size, "synthetic_classes": d.synthetic_classes},
             "lakd_version": __version__}
     # Everything that can fail on bad input has run; only now touch the run folder.
     out.mkdir(parents=True, exist_ok=True)
@@ -234,9 +236,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.ckpt)
     meta = checkpoint_meta(ckpt, args.ckpt)
     runtime = resolve_runtime(args.device, args.precision, "auto")
-    dataset = args.dataset or meta.get("dataset", "cifar10")
-    splits = load_splits(dataset, args.data_root, val_size=int(meta.get("val_size", 5000)),
-                         split_seed=int(meta.get("split_seed", 0)))
+    data = dict(meta.get("data") or {"dataset": meta.get("dataset", "cifar10")})
+    if args.dataset and args.dataset != data.get("dataset"):
+        data = {"dataset": args.dataset}
+    dataset = data.pop("dataset")
+    if args.split == "test":
+        data["val_size"] = 0  # the test split does not depend on the validation carve-out
+    splits = load_splits(dataset, args.data_root, **data)
     if splits.num_classes != meta["num_classes"]:
         raise LakdError(f"checkpoint '{args.ckpt}' predicts {meta['num_classes']} classes but dataset "
                         f"'{dataset}' has {splits.num_classes}")

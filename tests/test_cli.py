@@ -1,0 +1,116 @@
+"""The `lakd` command line as a user runs it: help, train/eval round trip, and bad input -> exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lakd.cli import main
+from lakd.data import make_synthetic
+from tests.test_data import write_jpeg_npz
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "synthetic", "--epochs", "1", "--no-progress", "--precision", "fp32",
+        "data.synthetic_size=96", "data.val_size=16", "data.batch_size=16"]
+
+
+def test_help_lists_commands_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    for cmd in (["--help"], ["train", "--help"], ["eval", "--help"], ["data", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(cmd)
+        assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "lakd train -c configs/cifar10_teacher.yaml" in out
+
+
+def test_train_then_eval_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet8", "--out", str(out), *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 1 and "environment" in summary and summary["config"]["model"]["name"] == "resnet8"
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(out / "best.pt"), "--json", "--precision", "fp32"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["arch"] == "resnet8" and result["images"] == 24 and 0 <= result["top1"] <= 100
+    assert result["top1"] == pytest.approx(summary["last_test_top1"])
+
+
+def test_existing_run_dir_needs_resume_or_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet8", "--out", str(out), *TINY]) == 0
+    before = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--model", "resnet8", "--out", str(out), *TINY]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == before
+    # --resume of a finished run trains nothing more; --epochs 2 continues it by one epoch.
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert main(["train", "--model", "resnet8", "--out", str(out), "--force", *TINY]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--model", "resnet57"], "did you mean 'resnet56'"),
+        (["train", "--model", "resnet8", "--lr", "-0.1"], "optim.lr"),
+        (["train", "--model", "resnet8", "optim.momentun=0.9"], "did you mean 'momentum'"),
+        (["train", "--model", "resnet8", "-c", "missing.yaml"], "does not exist"),
+        (["train", "--model", "resnet8", "--dataset", "cifar10", "--data-root", "/nonexistent/data"],
+         "lakd data download cifar10"),
+        (["eval", "--ckpt", "missing.pt"], "does not exist"),
+    ],
+)
+def test_bad_input_one_clear_error_exit_2_nothing_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    out = tmp_path / "never"
+    if args[0] == "train":
+        args = [*args, "--out", str(out), "--epochs", "1", "--no-progress"]
+    os.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lakd: error:") and message in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_eval_refuses_checkpoint_for_other_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet8", "--out", str(out), *TINY, "data.synthetic_classes=5"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(out / "last.pt"), "--dataset", "cifar100", "--data-root", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+    data = make_synthetic(40, 10, seed=0)
+    for split in ("train", "test"):
+        write_jpeg_npz(tmp_path / "cifar10" / f"{split}.npz", data.x, data.y, [f"c{i}" for i in range(10)])
+    assert main(["eval", "--ckpt", str(out / "last.pt"), "--dataset", "cifar10", "--data-root", str(tmp_path)]) == 2
+    assert "predicts 5 classes but dataset 'cifar10' has 10" in capsys.readouterr().err
+
+
+def test_console_script_entry_point_exit_code(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-m", "lakd", "train", "--model", "nope", "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "unknown model 'nope'" in proc.stderr
+
+
+@pytest.mark.realdata
+def test_real_cifar10_smoke_train_and_eval(tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A few hundred real CIFAR-10 images through the whole CLI path (decode, cache, train, eval)."""
+    out = tmp_path / "real"
+    args = ["train", "--model", "resnet8", "--dataset", "cifar10", "--data-root", str(shared_data), "--epochs", "1",
+            "--out", str(out), "--no-progress", "data.train_limit=256", "data.test_limit=200", "data.batch_size=64"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["val_top1"] >= 0 and rows[0]["img_per_s"] > 0
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(out / "last.pt"), "--data-root", str(shared_data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 10000 and result["dataset"] == "cifar10"
