@@ -102,7 +102,9 @@ def test_console_script_entry_point_exit_code(tmp_path: Path) -> None:
 
 
 @pytest.mark.realdata
-def test_real_cifar10_smoke_train_and_eval(tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_real_cifar10_smoke_train_and_eval(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A few hundred real CIFAR-10 images through the whole CLI path (decode, cache, train, eval)."""
     out = tmp_path / "real"
     args = ["train", "--model", "resnet8", "--dataset", "cifar10", "--data-root", str(shared_data), "--epochs", "1",
