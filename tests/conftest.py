@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,3 +30,32 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "cifar10" / "train.npz").is_file():
         pytest.skip(f"real CIFAR data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.hits.append(self.path)  # type: ignore[attr-defined]
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
+        pass
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A local HTTP server over ``tmp_path/'served'``; ``server.hits`` lists the paths requested."""
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "*")  # never send 127.0.0.1 through a proxy configured on the machine
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(_CountingHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.hits = []  # type: ignore[attr-defined]
+    httpd.served = served  # type: ignore[attr-defined]
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)

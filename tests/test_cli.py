@@ -13,6 +13,7 @@ import pytest
 from lakd.cli import main
 from lakd.data import make_synthetic
 from tests.test_data import write_jpeg_npz
+from tests.test_data_sources import _archive
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--epochs", "1", "--no-progress", "--precision", "fp32",
@@ -116,3 +117,21 @@ def test_real_cifar10_smoke_train_and_eval(
     assert main(["eval", "--ckpt", str(out / "last.pt"), "--data-root", str(shared_data), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 10000 and result["dataset"] == "cifar10"
+
+
+def test_data_download_then_train_on_the_pickle_form(
+    tmp_path: Path, server, capsys: pytest.CaptureFixture[str]  # noqa: ANN001
+) -> None:
+    """`lakd data download` from a local server, then train/eval from the official python-pickle layout."""
+    name, md5, _ = _archive(tmp_path, server.served)
+    root = tmp_path / "root"
+    url = f"{server.url}/{name}"
+    assert main(["data", "download", "cifar10", "--root", str(root), "--url", url, "--md5", "0" * 32]) == 2
+    assert "MD5" in capsys.readouterr().err and not any(root.iterdir())
+    assert main(["data", "download", "cifar10", "--root", str(root), "--url", url, "--md5", md5]) == 0
+    assert main(["data", "info", "--root", str(root)]) == 0
+    assert "python-pickle" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet8", "--dataset", "cifar10", "--data-root", str(root), "--epochs", "1",
+                 "--out", str(out), "--no-progress", "data.val_size=2", "data.batch_size=4"]) == 0
+    assert json.loads((out / "summary.json").read_text())["data"] == {"train": 8, "val": 2, "test": 10}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import os
 import pickle
@@ -12,7 +10,6 @@ import pickletools
 import shlex
 import socket
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -286,35 +283,6 @@ def test_image_folder_errors(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- download
-
-
-class _CountingHandler(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.server.hits.append(self.path)  # type: ignore[attr-defined]
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
-        pass
-
-
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A local HTTP server over ``tmp_path/'served'``; ``server.hits`` lists the paths requested."""
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.setenv(var, "*")  # never send 127.0.0.1 through a proxy configured on the machine
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(_CountingHandler, directory=str(served))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.hits = []  # type: ignore[attr-defined]
-    httpd.served = served  # type: ignore[attr-defined]
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
 
 
 def _archive(tmp_path: Path, served: Path, extra: list[tuple[tarfile.TarInfo, bytes | None]] = (),

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("name", choices=("cifar10", "cifar100"))
     d.add_argument("--root", help="where to put it (default: $LAKD_DATA, else ~/.cache/lakd/data)")
-    d.add_argument("--url", help="alternative URL (mirror) of the same archive")
+    d.add_argument("--url", help="alternative URL (mirror or file://) of the same archive")
+    d.add_argument("--md5", help="expected MD5 of the archive at --url (default: the official archive's)")
     d = data_sub.add_parser("info", help="show which datasets are found under the data root",
                             epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--root", help="data root (default: $LAKD_DATA, else ~/.cache/lakd/data)")
@@ -282,7 +283,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         from lakd.data.download import download_cifar
 
         root.mkdir(parents=True, exist_ok=True)
-        path = download_cifar(args.name, root, url=args.url)
+        path = download_cifar(args.name, root, url=args.url, md5=args.md5)
         print(f"{args.name} is ready in {path} (data root {root}, chosen by {how})")
         return 0
     if args.data_command == "info":
