@@ -28,6 +28,14 @@ TRAIN_EXAMPLES = """examples:
   LAKD_DATA=../shared/data lakd train --model resnet20 --epochs 1 data.train_limit=2000 --out runs/quick
 """
 
+DISTILL_EXAMPLES = """examples:
+  lakd distill --method lakd --teacher runs/teacher-resnet56/best.pt --student resnet20 --dataset cifar10 \\
+      --epochs 5 --out runs/lakd-r20
+  lakd distill -c configs/cifar10_cpu_lakd.yaml distill.params.ndam_weight=2 --out runs/lakd-ndam2
+  lakd distill --method kd --teacher runs/teacher-resnet56/best.pt --student resnet20 distill.params.temperature=2
+  lakd distill --list-methods
+"""
+
 EVAL_EXAMPLES = """examples:
   lakd eval --ckpt runs/resnet56/best.pt
   lakd eval --ckpt runs/resnet56/best.pt --split val --json
@@ -74,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="architecture name (model.name), see `lakd train --list-models`")
     p.add_argument("--list-models", action="store_true", help="print the model zoo and exit")
+    _add_common_run_flags(p)
+
+    p = sub.add_parser("distill", help="distil a student from a teacher checkpoint (LAKD or a baseline)",
+                       description="Distil a student from a frozen teacher with any registered method.",
+                       epilog=DISTILL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", help="distillation method (distill.method), see --list-methods")
+    p.add_argument("--teacher", help="teacher checkpoint from `lakd train` (distill.teacher)")
+    p.add_argument("--student", help="student architecture (model.name)")
+    p.add_argument("--list-methods", action="store_true", help="print the distillation methods and exit")
     _add_common_run_flags(p)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate a checkpoint's model.",
@@ -177,7 +194,69 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_training(cfg, out, args.resume, args.force, argv=sys.argv)
 
 
-def _run_training(cfg: Any, out: Path, resume: bool, force: bool, argv: list[str]) -> int:
+def cmd_distill(args: argparse.Namespace) -> int:
+    from lakd.config import DistillRunConfig, build_config
+    from lakd.distill import list_methods, make_params, method_class
+
+    if args.list_methods:
+        print("\n".join(list_methods()))
+        return 0
+    flags = {"distill.method": args.method, "distill.teacher": args.teacher, "model.name": args.student,
+             "data.dataset": args.dataset, "data.root": args.data_root, "train.epochs": args.epochs,
+             "optim.lr": args.lr, "data.batch_size": args.batch_size, "train.seed": args.seed,
+             "train.device": args.device, "train.precision": args.precision, "out": args.out,
+             "train.progress": False if args.no_progress else None}
+    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file() and not args.config:
+        args.config = [str(Path(args.out) / "config.yaml")]
+    cfg: DistillRunConfig = build_config(DistillRunConfig, args.config, args.overrides, flags)
+    method_class(cfg.distill.method)
+    make_params(cfg.distill.method, cfg.distill.params)  # validate before any work
+    check_model_name(cfg.model.name)
+    needs_teacher = cfg.distill.method != "vanilla"
+    if needs_teacher and not cfg.distill.teacher:
+        raise LakdError(f"method '{cfg.distill.method}' needs a teacher: pass --teacher runs/<teacher>/best.pt "
+                        "(a checkpoint written by `lakd train`)")
+    teacher_ckpt = _load_teacher_checkpoint(cfg.distill.teacher) if cfg.distill.teacher else None
+    out = Path(cfg.out or f"runs/{cfg.distill.method}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _prepare_out_dir(out, args.resume, args.force)
+    return _run_training(cfg, out, args.resume, args.force, argv=sys.argv, teacher_ckpt=teacher_ckpt)
+
+
+def _load_teacher_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    from lakd.engine import load_checkpoint
+    from lakd.engine.checkpoint import checkpoint_meta
+
+    ckpt = load_checkpoint(path)
+    meta = checkpoint_meta(ckpt, path)
+    try:
+        check_model_name(meta["arch"])
+    except LakdError as exc:
+        raise LakdError(f"teacher checkpoint '{path}': {exc}") from None
+    return ckpt, meta, path
+
+
+def _build_teacher(teacher_ckpt: tuple[dict[str, Any], dict[str, Any], str], splits: Any) -> Any:
+    """The teacher model with its weights; class count and dataset must match the distillation data."""
+    from lakd.models import build_model
+
+    ckpt, meta, path = teacher_ckpt
+    if meta["num_classes"] != splits.num_classes:
+        raise LakdError(f"teacher '{path}' ({meta['arch']}) predicts {meta['num_classes']} classes but dataset "
+                        f"'{splits.name}' has {splits.num_classes}: use a teacher trained on {splits.name}")
+    if meta.get("dataset") and meta["dataset"] != splits.name:
+        raise LakdError(f"teacher '{path}' was trained on '{meta['dataset']}', not on '{splits.name}'")
+    teacher = build_model(meta["arch"], meta["num_classes"])
+    try:
+        teacher.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise LakdError(f"teacher '{path}': weights do not fit architecture '{meta['arch']}': "
+                        f"{str(exc).splitlines()[0]}") from None
+    return teacher
+
+
+def _run_training(
+    cfg: Any, out: Path, resume: bool, force: bool, argv: list[str], teacher_ckpt: Any = None
+) -> int:
     import torch
 
     from lakd.config import dump_yaml
@@ -191,20 +270,36 @@ def _run_training(cfg: Any, out: Path, resume: bool, force: bool, argv: list[str
     d = cfg.data
     splits = load_splits(d.dataset, d.root, d.val_size, d.split_seed, d.path, d.synthetic_size,
                          d.synthetic_classes, d.train_limit, d.test_limit)
+    teacher = _build_teacher(teacher_ckpt, splits) if teacher_ckpt is not None else None
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model.name, splits.num_classes).to(runtime.device)
-    task = SupervisedTask(model, cfg.train.label_smoothing).to(runtime.device)
+    model = build_model(cfg.model.name, splits.num_classes)
+    distill = getattr(cfg, "distill", None)
+    if distill is None:
+        task = SupervisedTask(model, cfg.train.label_smoothing)
+    else:
+        from lakd.distill import build_distiller
+
+        task = build_distiller(distill.method, model, teacher, distill.params,
+                               input_shape=(3, splits.image_size, splits.image_size), total_epochs=cfg.train.epochs,
+                               num_train_samples=len(splits.train))
+    task = task.to(runtime.device)
+    if runtime.channels_last and teacher is not None:
+        teacher.to(memory_format=torch.channels_last)
     meta = {"arch": cfg.model.name, "num_classes": splits.num_classes, "dataset": splits.name,
             "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
             "image_size": splits.image_size, "val_size": d.val_size, "split_seed": d.split_seed,
             "data": {"dataset": d.dataset, "path": d.path, "val_size": d.val_size, "split_seed": d.split_seed,
                      "synthetic_size": d.synthetic_size, "synthetic_classes": d.synthetic_classes},
             "lakd_version": __version__}
+    if distill is not None:
+        meta["distill"] = {"method": distill.method, "teacher": distill.teacher,
+                           "teacher_arch": teacher_ckpt[1]["arch"] if teacher_ckpt else None,
+                           "params": dict(distill.params)}
+    trainer = Trainer(task, cfg, splits, runtime, out, meta)
     # Everything that can fail on bad input has run; only now touch the run folder.
     out.mkdir(parents=True, exist_ok=True)
     if force:
         _clear_run_files(out)
-    trainer = Trainer(task, cfg, splits, runtime, out, meta)
     if resume:
         trainer.resume_from(out / "last.pt")
     else:
@@ -214,7 +309,10 @@ def _run_training(cfg: Any, out: Path, resume: bool, force: bool, argv: list[str
                 "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
                          "test": len(splits.test)}}
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
-    print(f"training {cfg.model.name} on {splits.name} ({len(splits.train)} train / "
+    what = "training "
+    if distill is not None:
+        what = f"distilling ({distill.method}) {teacher_ckpt[1]['arch'] if teacher_ckpt else 'no teacher'} -> "
+    print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "
           f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()} -> {out}")
     try:
         summary = trainer.fit()
@@ -303,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handlers = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data}
+    handlers = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "data": cmd_data}
     try:
         return handlers[args.command](args)
     except LakdError as exc:

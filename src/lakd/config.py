@@ -84,6 +84,20 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class DistillConfig:
+    method: str = "lakd"
+    teacher: str | None = None  # teacher checkpoint (written by lakd train); its meta names the architecture
+    params: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters (validated by the method)
+
+
+@dataclass
+class DistillRunConfig(RunConfig):
+    """A distillation run: ``model`` is the student; ``distill`` picks the method and the teacher."""
+
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
 CHOICES = {
     "optim.name": ("sgd",),
     "schedule.name": ("cosine", "step", "constant"),
@@ -104,6 +118,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None:
             return None
         return _coerce(value, args[0], key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise LakdError(f"config key '{key}': expected a mapping, got {value!r}")
+        return value
     if origin is list:
         (inner,) = typing.get_args(annotation)
         if not isinstance(value, list | tuple):
@@ -147,7 +165,9 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
             raise LakdError(f"unknown config key '{full}'{did_you_mean(str(key), hints)}; "
                             f"valid keys here: {', '.join(hints)}")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+        if isinstance(current, dict) and isinstance(value, dict):
+            setattr(obj, key, {**current, **value})  # e.g. distill.params: overrides merge into the file's
+        elif dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 example = next(iter(_field_types(type(current))))
                 raise LakdError(f"config key '{full}' is a section; use sub-keys like '{full}.{example}=...'")

@@ -16,7 +16,7 @@ from lakd.data.cifar import ImageArrays
 
 
 class BatchLoader:
-    """Yield ``(images float32 (B, C, H, W), labels int64 (B,))`` batches from uint8 arrays."""
+    """Yield ``(images float32 (B, C, H, W), labels int64 (B,)[, index int64 (B,)])`` from uint8 arrays."""
 
     def __init__(
         self,
@@ -31,6 +31,7 @@ class BatchLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        return_index: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -48,6 +49,7 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.return_index = return_index  # also yield each sample's index in ``arrays`` (CRD's memory bank)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -76,10 +78,10 @@ class BatchLoader:
         n = len(self._shard())
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         return self.iter_from(0)
 
-    def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """Batches of the current epoch starting at ``start_step`` (mid-epoch resume)."""
         order = self._shard()
         aug_gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 31 + 17 + self.rank)
@@ -94,4 +96,7 @@ class BatchLoader:
             images = self.images[index]
             if self.augment:
                 images = apply_crop_flip(images, self.crop_padding, *params)
-            yield normalise(images, self.mean, self.std), self.labels[index]
+            if self.return_index:
+                yield normalise(images, self.mean, self.std), self.labels[index], index
+            else:
+                yield normalise(images, self.mean, self.std), self.labels[index]

@@ -2,6 +2,13 @@
 
 The trainer sums the named losses, steps the optimizer and evaluates ``student()``; it never knows which
 method produced the losses. Plain supervised training (teachers, the vanilla baseline) is one such task.
+
+Two optional capabilities, discovered by attribute:
+
+* ``needs_index = True``: the trainer passes ``index=`` (each sample's position in the training set).
+* ``train_step(x, y, epoch, backward, autocast, **batch) -> (logits, {name: detached loss})``: the task
+  calls ``backward(loss)`` itself, possibly several times per step (LAKD's module-local backward frees each
+  module's graph before the next module runs). The trainer zeroes gradients before and steps after.
 """
 
 from __future__ import annotations

@@ -100,6 +100,7 @@ class Trainer:
         self.train_loader = BatchLoader(
             splits.train, cfg.data.batch_size, splits.mean, splits.std, shuffle=True,
             augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=True, seed=cfg.train.seed,
+            return_index=bool(getattr(task, "needs_index", False)),
         )
         if len(self.train_loader) == 0:
             raise LakdError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
@@ -160,6 +161,10 @@ class Trainer:
         return lr_at(epoch, self.cfg.optim.lr, self.cfg.train.epochs, s.name, s.warmup_epochs, s.milestones,
                      s.gamma, s.min_lr)
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backward through the grad scaler (a no-op scaler unless fp16)."""
+        self.scaler.scale(loss).backward()
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.task.train()
         loader = self.train_loader
@@ -172,22 +177,30 @@ class Trainer:
         bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.cfg.train.progress, leave=False, dynamic_ncols=True, mininterval=1.0)
         start = time.perf_counter()
-        for step, (x, y) in enumerate(bar):
+        custom_step = getattr(self.task, "train_step", None)
+        for step, batch in enumerate(bar):
             lr = self._lr(epoch + step / steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            x, y = self.runtime.to_input(x), y.to(self.runtime.device, non_blocking=True)
-            with self.runtime.autocast():
-                logits, losses = self.task.forward_train(x, y, epoch + step / steps)
-            total = sum(losses.values())
+            x, y = self.runtime.to_input(batch[0]), batch[1].to(self.runtime.device, non_blocking=True)
+            extra = {"index": batch[2].to(self.runtime.device)} if len(batch) > 2 else {}
+            progress = epoch + step / steps
+            self.optimizer.zero_grad(set_to_none=True)
+            if custom_step is not None:
+                # The task runs its own backward calls (e.g. LAKD's module-by-module backward), through ours.
+                logits, losses = custom_step(x, y, progress, backward=self._backward, autocast=self.runtime.autocast,
+                                             **extra)
+            else:
+                with self.runtime.autocast():
+                    logits, losses = self.task.forward_train(x, y, progress, **extra)
             values = {name: float(v.detach()) for name, v in losses.items()}
             for name, v in values.items():
                 if not math.isfinite(v):
                     raise NonFiniteLoss(f"loss term '{name}' became {v} at epoch {epoch + 1}, step {step}; "
                                         "stopping (the last good checkpoint is kept). Lower optim.lr or "
                                         "this term's weight")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
+            if custom_step is None:
+                self._backward(sum(losses.values()))
             self.scaler.step(self.optimizer)
             self.scaler.update()
             for name, v in values.items():

@@ -80,7 +80,9 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> StagedModel:
     builder = MODEL_REGISTRY[_canonical_name(name)]
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return builder(num_classes=num_classes, **kwargs)
+    model = builder(num_classes=num_classes, **kwargs)
+    model.arch_name = _canonical_name(name)  # lets split tables (LAKD) and checkpoints name the architecture
+    return model
 
 
 def model_input_size(name: str) -> int:

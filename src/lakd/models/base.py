@@ -25,6 +25,7 @@ class StagedModel(nn.Module):
     stem: nn.Module
     stages: nn.ModuleList
     head: nn.Module
+    arch_name: str | None = None  # registry name, set by build_model
 
     def _stage_forward(self, index: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run stage ``index``; return ``(post-activation output, pre-activation output)``.

@@ -1,0 +1,148 @@
+"""The distillation contract: a student, a frozen teacher, and named losses.
+
+A ``Distiller`` is an ``nn.Module`` with
+
+* ``forward_train(x, y, epoch, **batch) -> (student logits, {loss name: scalar loss})`` — every loss already
+  weighted, so the trainer's job is only ``sum(losses.values()).backward()``;
+* ``learnable_parameters()`` — the student plus any training-only modules (projectors, heads, memory-free
+  embeddings); the teacher is never among them;
+* ``student()`` — the model to evaluate, checkpoint and export.
+
+The teacher is frozen: ``requires_grad_(False)``, always in eval mode (also after ``.train()``), run under
+``torch.no_grad``, and left out of ``state_dict()`` (it lives in its own checkpoint).
+
+Methods register with ``@register("name")`` and declare their hyper-parameters as a dataclass ``Params``
+so configs are validated field by field. A method never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lakd.models.base import StagedModel
+
+TEACHER_PREFIX = "teacher."
+
+
+@dataclasses.dataclass
+class DistillParams:
+    """Hyper-parameters every method has. Subclasses add their own fields (with published defaults)."""
+
+    ce_weight: float = 1.0  # weight of cross-entropy on labels for the student logits
+
+
+class Distiller(nn.Module):
+    """Base class: holds ``student_model`` and the frozen ``teacher``; subclasses implement ``forward_train``."""
+
+    name: ClassVar[str] = "base"
+    Params: ClassVar[type[DistillParams]] = DistillParams
+    #: True when ``forward_train`` needs the dataset index of each sample (``index=`` keyword), e.g. CRD.
+    needs_index: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        student: StagedModel,
+        teacher: StagedModel | None,
+        params: DistillParams | None = None,
+        input_shape: tuple[int, int, int] = (3, 32, 32),
+        total_epochs: int = 1,
+    ) -> None:
+        super().__init__()
+        self.student_model = student
+        self.params = params if params is not None else self.Params()
+        self.input_shape = input_shape
+        self.total_epochs = total_epochs
+        if teacher is not None:
+            teacher.eval()
+            teacher.requires_grad_(False)
+        self.teacher = teacher
+
+    # -- the contract ------------------------------------------------------------------------------------
+    def forward_train(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def learnable_parameters(self) -> Iterator[nn.Parameter]:
+        for name, param in self.named_parameters():
+            if not name.startswith(TEACHER_PREFIX):
+                yield param
+
+    def student(self) -> nn.Module:
+        return self.student_model
+
+    # -- helpers for subclasses --------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_forward(self, x: torch.Tensor, preact: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher logits and stage features, without a graph."""
+        assert self.teacher is not None, f"method '{self.name}' needs a teacher"
+        logits, feats = self.teacher(x, preact=preact)
+        return logits.float(), feats
+
+    def student_shapes(self) -> list[tuple[int, int, int]]:
+        return self.student_model.stage_shapes(self.input_shape)
+
+    def teacher_shapes(self) -> list[tuple[int, int, int]]:
+        assert self.teacher is not None
+        return self.teacher.stage_shapes(self.input_shape)
+
+    # -- frozen teacher plumbing -------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """Student + training-only modules; the teacher's weights are not repeated in every checkpoint."""
+        state = super().state_dict(*args, **kwargs)
+        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        result = super().load_state_dict(state, strict=False, assign=assign)
+        if strict:
+            missing = [k for k in result.missing_keys if not k.startswith(TEACHER_PREFIX)]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(f"state does not match {type(self).__name__}: missing {missing[:5]}, "
+                                   f"unexpected {result.unexpected_keys[:5]}")
+        return result
+
+
+DISTILLERS: dict[str, type[Distiller]] = {}
+
+
+def register(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: make a method available by ``name`` in configs and the CLI."""
+
+    def wrap(cls: type[Distiller]) -> type[Distiller]:
+        if name in DISTILLERS:
+            raise ValueError(f"distillation method '{name}' registered twice")
+        cls.name = name
+        DISTILLERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def weighted(weight: float, loss: torch.Tensor) -> torch.Tensor:
+    """``weight * loss`` in fp32 (losses computed under autocast are upcast before they are summed)."""
+    return weight * loss.float()
+
+
+def linear_warmup(epoch: float, warmup_epochs: float) -> float:
+    """Factor ramping linearly from 0 to 1 over ``warmup_epochs`` (1 when there is no warm-up)."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(max(epoch / warmup_epochs, 0.0), 1.0)
+
+
+def iter_params(modules: Iterable[nn.Module]) -> Iterator[nn.Parameter]:
+    for module in modules:
+        yield from module.parameters()

@@ -1,0 +1,300 @@
+"""LAKD — Local Attention Knowledge Distillation (arXiv 2408.11478), as *we* read it.
+
+Only the paper's abstract is public; every choice below is ours, switchable in ``Params`` and documented in
+docs/method.md.
+
+* **SDM — local modules with independent gradients.** The student's stages are grouped into K modules by a
+  split table (default: one module per stage; the stem joins module 0, pool + classifier join module K-1).
+  Module k+1 receives module k's output *detached*, so no gradient crosses a module boundary.
+* **Local losses.** Module k is taught by the teacher's matching stage: a feature MSE (through a 1x1 conv + BN
+  projector where channels differ, pooled to the coarser grid where resolutions differ; optionally weighted
+  per position by the teacher's NDAM map) and an NDAM loss (see ndam.py). Optional auxiliary classifiers on
+  intermediate modules. The last module also has ``ce_weight * CE`` and a logit-KD term.
+* **Progressive, shallow -> deep.** Module k's distillation weight ramps linearly from 0 to 1 over a window that
+  starts ``ramp_stagger * k`` of the way into training and lasts ``ramp_length`` (fractions of training).
+* **Backward modes.** ``joint``: one backward of the summed losses. ``local``: module k's loss is backpropagated
+  as soon as module k has run, and its graph freed before module k+1 runs — same gradients, peak activation
+  memory of one module instead of the whole network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lakd.distill.base import Distiller, DistillParams, register, weighted
+from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
+from lakd.errors import LakdError
+from lakd.models.base import StagedModel
+
+# Split tables: which stages form each local module, for families whose natural stages are finer than we want.
+# Everything else defaults to one module per stage.
+SPLIT_TABLES: dict[str, list[list[int]]] = {
+    "vgg8": [[0, 1], [2], [3, 4]],
+    "vgg11": [[0, 1], [2], [3, 4]],
+    "vgg13": [[0, 1], [2], [3, 4]],
+    "vgg16": [[0, 1], [2], [3, 4]],
+    "vgg19": [[0, 1], [2], [3, 4]],
+}
+
+# A module is a list of pieces (stage index, first block, end block); ``None`` bounds = the whole stage.
+Piece = tuple[int, int | None, int | None]
+
+
+@dataclass
+class Params(DistillParams):
+    ce_weight: float = 0.1  # CE on labels at the last module
+    kd_weight: float = 0.9  # logit KD at the last module (0 = off)
+    temperature: float = 4.0
+    feat_weight: float = 1.0  # per-module feature MSE (0 = off)
+    feat_spatial_weighting: bool = False  # weight the MSE per position by the teacher's NDAM map
+    ndam_weight: float = 5.0  # per-module NDAM loss (0 = off)
+    ndam_p: float = 2.0
+    ndam_scales: list[int] = field(default_factory=lambda: [0, 4, 2])  # 0 = native grid
+    ndam_mode: str = "l2"  # l2 | kl
+    ndam_tau: float = 1.0  # spatial-softmax temperature (kl mode)
+    aux_weight: float = 0.0  # CE of auxiliary classifiers on intermediate modules (0 = off)
+    split: str = "stage"  # stage (split table / one module per stage) | block (stages of >= 2 blocks cut in two)
+    detach: bool = True  # SDM: no gradient across module boundaries (false = end-to-end, same losses)
+    backward: str = "local"  # local | joint
+    progressive: bool = True
+    ramp_stagger: float = 0.1  # module k's ramp starts at k * ramp_stagger (fraction of training)
+    ramp_length: float = 0.2  # ... and reaches full weight ramp_length later
+
+    def validate(self) -> None:
+        def bad(name: str, what: str) -> LakdError:
+            return LakdError(f"distill.params.{name} = {getattr(self, name)!r} is out of range: must be {what}")
+
+        for name in ("ce_weight", "kd_weight", "feat_weight", "ndam_weight", "aux_weight"):
+            if getattr(self, name) < 0:
+                raise bad(name, ">= 0")
+        if self.temperature <= 0:
+            raise bad("temperature", "> 0")
+        if self.ndam_p <= 0:
+            raise bad("ndam_p", "> 0")
+        if self.ndam_tau <= 0:
+            raise bad("ndam_tau", "> 0")
+        if not self.ndam_scales or any(s < 0 for s in self.ndam_scales):
+            raise bad("ndam_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
+        if self.ndam_mode not in ("l2", "kl"):
+            raise bad("ndam_mode", "'l2' or 'kl'")
+        if self.split not in ("stage", "block"):
+            raise bad("split", "'stage' or 'block'")
+        if self.backward not in ("local", "joint"):
+            raise bad("backward", "'local' or 'joint'")
+        if self.backward == "local" and not self.detach:
+            raise LakdError("distill.params.backward = 'local' needs detach = true: without detached module "
+                            "boundaries a module's loss reaches earlier modules; use backward = 'joint'")
+        if not 0 <= self.ramp_stagger <= 1 or not 0 <= self.ramp_length <= 1:
+            raise LakdError("distill.params.ramp_stagger and ramp_length are fractions of training: in [0, 1]")
+
+
+def module_pieces(student: StagedModel, arch: str | None, split: str) -> list[list[Piece]]:
+    """The local modules of ``student``: a list of modules, each a list of (stage, first block, end block)."""
+    n = len(student.stages)
+    groups = SPLIT_TABLES.get(arch or "", [[i] for i in range(n)])
+    if sorted(i for g in groups for i in g) != list(range(n)):
+        groups = [[i] for i in range(n)]
+    if split == "stage":
+        return [[(i, None, None) for i in g] for g in groups]
+    modules: list[list[Piece]] = []
+    for i in range(n):
+        stage = student.stages[i]
+        if not isinstance(stage, nn.Sequential):
+            raise LakdError(f"distill.params.split = 'block' needs stages made of blocks (nn.Sequential); "
+                            f"stage {i} of this student is a {type(stage).__name__}: use split = 'stage'")
+        if len(stage) < 2:  # a one-block stage stays one module
+            modules.append([(i, None, None)])
+            continue
+        mid = len(stage) // 2
+        modules += [[(i, 0, mid)], [(i, mid, len(stage))]]
+    return modules
+
+
+def make_projector(c_in: int, c_out: int) -> nn.Module:
+    """1x1 conv + BN mapping student channels to teacher channels (training only; dropped at export)."""
+    if c_in == c_out:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+
+def kd_term(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, batch mean."""
+    log_ps = F.log_softmax(logits_s.float() / temperature, dim=1)
+    log_pt = F.log_softmax(logits_t.float() / temperature, dim=1)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean() * temperature**2
+
+
+@register("lakd")
+class LAKD(Distiller):
+    Params = Params
+
+    def __init__(
+        self,
+        student: StagedModel,
+        teacher: StagedModel | None,
+        params: Params | None = None,
+        input_shape: tuple[int, int, int] = (3, 32, 32),
+        total_epochs: int = 1,
+        arch: str | None = None,
+    ) -> None:
+        super().__init__(student, teacher, params, input_shape, total_epochs)
+        if teacher is None:
+            raise LakdError("method 'lakd' needs a teacher (--teacher)")
+        p: Params = self.params  # type: ignore[assignment]
+        self.pieces = module_pieces(student, arch or getattr(student, "arch_name", None), p.split)
+        out_shapes = self._module_output_shapes()
+        t_shapes = self.teacher_shapes()
+        num_modules = len(self.pieces)
+        # Module k learns from the teacher stage at the same relative depth.
+        self.teacher_index = [min(len(t_shapes) - 1, round((k + 1) * len(t_shapes) / num_modules) - 1)
+                              for k in range(num_modules)]
+        self.projectors = nn.ModuleList(
+            make_projector(out_shapes[k][0], t_shapes[self.teacher_index[k]][0]) for k in range(num_modules)
+        )
+        num_classes = self._num_classes()
+        self.aux_heads = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(out_shapes[k][0], num_classes))
+            for k in range(num_modules - 1)
+        ) if p.aux_weight > 0 else nn.ModuleList()
+
+    # -- structure ---------------------------------------------------------------------------------------
+    @property
+    def num_modules(self) -> int:
+        return len(self.pieces)
+
+    def _num_classes(self) -> int:
+        with torch.no_grad():
+            logits, _ = self.student_model.eval()(torch.zeros(1, *self.input_shape))
+        self.student_model.train()
+        return int(logits.shape[1])
+
+    @torch.no_grad()
+    def _module_output_shapes(self) -> list[tuple[int, ...]]:
+        was = self.student_model.training
+        self.student_model.eval()
+        h = torch.zeros(1, *self.input_shape)
+        shapes = []
+        for k in range(self.num_modules):
+            h = self.run_module(k, h)
+            shapes.append(tuple(h.shape[1:]))
+        self.student_model.train(was)
+        return shapes
+
+    def run_module(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """Module k of the student: (stem if k == 0) + its stages / block ranges. Returns its output feature."""
+        if k == 0:
+            h = self.student_model.stem(h)
+        for stage_index, start, end in self.pieces[k]:
+            stage = self.student_model.stages[stage_index]
+            if start is None:
+                h = stage(h)
+            else:
+                for block in list(stage)[start:end]:
+                    h = block(h)
+        return h
+
+    # -- schedule ----------------------------------------------------------------------------------------
+    def ramp(self, k: int, epoch: float) -> float:
+        """Distillation weight factor of module k at (fractional) ``epoch``: 0 -> 1, shallow modules first."""
+        p: Params = self.params  # type: ignore[assignment]
+        if not p.progressive:
+            return 1.0
+        t = epoch / max(self.total_epochs, 1e-8)
+        start = p.ramp_stagger * k
+        if p.ramp_length <= 0:
+            return 1.0 if t >= start else 0.0
+        return min(max((t - start) / p.ramp_length, 0.0), 1.0)
+
+    # -- losses ------------------------------------------------------------------------------------------
+    def module_losses(
+        self, k: int, feat: torch.Tensor, t_feat: torch.Tensor, y: torch.Tensor, epoch: float
+    ) -> dict[str, torch.Tensor]:
+        """The weighted local losses of module k (not including the last module's logit terms)."""
+        p: Params = self.params  # type: ignore[assignment]
+        ramp = self.ramp(k, epoch)
+        losses: dict[str, torch.Tensor] = {}
+        if p.feat_weight > 0:
+            s = self.projectors[k](feat).float()
+            t = t_feat.float()
+            h, w = min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1])
+            if s.shape[-2:] != (h, w):
+                s = F.adaptive_avg_pool2d(s, (h, w))
+            if t.shape[-2:] != (h, w):
+                t = F.adaptive_avg_pool2d(t, (h, w))
+            sq = (s - t).pow(2)
+            if p.feat_spatial_weighting:
+                sq = sq * spatial_weights(t_feat, (h, w), p.ndam_p)
+            losses[f"feat{k}"] = weighted(p.feat_weight * ramp, sq.mean())
+        if p.ndam_weight > 0:
+            scales = [NATIVE if s == 0 else s for s in p.ndam_scales]
+            nd = ndam_loss(feat, t_feat, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
+            losses[f"ndam{k}"] = weighted(p.ndam_weight * ramp, nd)
+        if p.aux_weight > 0 and k < self.num_modules - 1:
+            losses[f"aux{k}"] = weighted(p.aux_weight, F.cross_entropy(self.aux_heads[k](feat).float(), y))
+        return losses
+
+    def _forward_modules(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epoch: float,
+        backward: Callable[[torch.Tensor], None] | None,
+        autocast: Callable[[], contextlib.AbstractContextManager] | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        p: Params = self.params  # type: ignore[assignment]
+        ctx = autocast or contextlib.nullcontext
+        with ctx():
+            t_logits, t_feats = self.teacher_forward(x)
+        losses: dict[str, torch.Tensor] = {}
+        h = x
+        logits = None
+        for k in range(self.num_modules):
+            with ctx():
+                inp = h.detach() if (k > 0 and p.detach) else h
+                feat = self.run_module(k, inp)
+                module_losses = self.module_losses(k, feat, t_feats[self.teacher_index[k]], y, epoch)
+                if k == self.num_modules - 1:
+                    logits = self.student_model.head(feat)
+                    module_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
+                    if p.kd_weight > 0:
+                        module_losses["kd"] = weighted(p.kd_weight, kd_term(logits, t_logits, p.temperature))
+            if backward is not None:
+                # Local mode: backprop this module's loss now; its graph is freed before the next module runs.
+                backward(sum(module_losses.values()))
+                module_losses = {name: v.detach() for name, v in module_losses.items()}
+                feat = feat.detach()
+            losses.update(module_losses)
+            h = feat
+        assert logits is not None
+        return logits, losses
+
+    def forward_train(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """All module losses with their graphs (joint mode); the trainer sums them and runs one backward."""
+        return self._forward_modules(x, y, epoch, backward=None, autocast=None)
+
+    def train_step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epoch: float,
+        backward: Callable[[torch.Tensor], None],
+        autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+        **batch: Any,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One step's forward + backward, module by module (``local``) or all at once (``joint``)."""
+        p: Params = self.params  # type: ignore[assignment]
+        if p.backward == "local":
+            logits, losses = self._forward_modules(x, y, epoch, backward=backward, autocast=autocast)
+            return logits.detach(), losses
+        logits, losses = self._forward_modules(x, y, epoch, backward=None, autocast=autocast)
+        backward(sum(losses.values()))
+        return logits.detach(), {name: v.detach() for name, v in losses.items()}

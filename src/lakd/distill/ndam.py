@@ -1,0 +1,95 @@
+"""Non-directional activation maps (NDAM) — our reading of LAKD's "non-directional activation mapping".
+
+For a feature tensor F (B x C x H x W)::
+
+    A(F) = mean_c |F_c|^p                         (B x H x W; p = 2 by default)
+
+The map has no class direction (unlike CAM / Grad-CAM, which weight channels for one class) and no sign (it is
+the same for F and -F, so it also works on pre-activation features). It is *coarse-grained*: the map is
+average-pooled to a few small grids ("scales": the native grid plus e.g. 4x4 and 2x2), and each pooled map is
+either L2-normalised per sample or turned into a spatial softmax with temperature tau. Because the channel axis
+is averaged away, student and teacher maps are comparable without any projector, across architectures.
+
+Loss between student and teacher maps, summed over scales and averaged over the batch:
+
+* ``l2``: ``|| a_s / ||a_s|| - a_t / ||a_t|| ||^2``;
+* ``kl``: ``tau^2 * KL(softmax(a_t / tau) || softmax(a_s / tau))`` over the spatial positions.
+
+This module is not a method; LAKD (lakd.py) and ``lakd explain`` use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+NATIVE = 0  # the scale value meaning "the map's own grid"
+
+
+def ndam_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """``mean_c |F_c|^p``: a (B, H, W) map of where the layer is active, in float32."""
+    feat = feat.float()
+    return feat.abs().pow(p).mean(dim=1) if p != 1 else feat.abs().mean(dim=1)
+
+
+def _common_grid(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-pool the finer of two (B, H, W) maps to the coarser one's grid."""
+    h = min(a.shape[-2], b.shape[-2])
+    w = min(a.shape[-1], b.shape[-1])
+    if a.shape[-2:] != (h, w):
+        a = F.adaptive_avg_pool2d(a[:, None], (h, w))[:, 0]
+    if b.shape[-2:] != (h, w):
+        b = F.adaptive_avg_pool2d(b[:, None], (h, w))[:, 0]
+    return a, b
+
+
+def coarse(map_: torch.Tensor, scale: int) -> torch.Tensor:
+    """Pool a (B, H, W) map to ``scale`` x ``scale`` (never up-sampling); ``NATIVE`` keeps it; -> (B, N)."""
+    if scale != NATIVE:
+        size = (min(scale, map_.shape[-2]), min(scale, map_.shape[-1]))
+        if map_.shape[-2:] != size:
+            map_ = F.adaptive_avg_pool2d(map_[:, None], size)[:, 0]
+    return map_.flatten(1)
+
+
+def ndam_loss(
+    feat_s: torch.Tensor,
+    feat_t: torch.Tensor,
+    p: float = 2.0,
+    scales: Sequence[int] = (NATIVE, 4, 2),
+    mode: str = "l2",
+    tau: float = 1.0,
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """NDAM distance between student and teacher features (any channel counts, any grids)."""
+    a_s, a_t = _common_grid(ndam_map(feat_s, p), ndam_map(feat_t, p))
+    total = a_s.new_zeros(())
+    for i, scale in enumerate(scales):
+        vs, vt = coarse(a_s, scale), coarse(a_t, scale)
+        if mode == "l2":
+            d = (F.normalize(vs, dim=1) - F.normalize(vt, dim=1)).pow(2).sum(dim=1).mean()
+        elif mode == "kl":
+            log_ps = F.log_softmax(vs / tau, dim=1)
+            log_pt = F.log_softmax(vt / tau, dim=1)
+            d = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean() * tau**2
+        else:
+            raise ValueError(f"unknown NDAM loss mode '{mode}' (l2 or kl)")
+        total = total + (weights[i] if weights is not None else 1.0) * d
+    return total
+
+
+def spatial_weights(feat_t: torch.Tensor, size: tuple[int, int], p: float = 2.0) -> torch.Tensor:
+    """Teacher NDAM as per-position weights (B, 1, H, W) with mean 1: where the teacher is active counts more."""
+    a = ndam_map(feat_t, p)
+    if a.shape[-2:] != size:
+        a = F.adaptive_avg_pool2d(a[:, None], size)[:, 0]
+    a = a / a.flatten(1).mean(dim=1).clamp_min(1e-12)[:, None, None]
+    return a[:, None]
+
+
+def similarity(feat_s: torch.Tensor, feat_t: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Cosine similarity of student and teacher NDAM maps per sample (B,), on the common grid (for explain)."""
+    a_s, a_t = _common_grid(ndam_map(feat_s, p), ndam_map(feat_t, p))
+    return F.cosine_similarity(a_s.flatten(1), a_t.flatten(1), dim=1)

@@ -1,0 +1,19 @@
+"""Vanilla: the student trained with cross-entropy only — the no-distillation baseline, teacher ignored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lakd.distill.base import Distiller, register, weighted
+
+
+@register("vanilla")
+class Vanilla(Distiller):
+    def forward_train(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, _ = self.student_model(x)
+        return logits, {"ce": weighted(self.params.ce_weight, F.cross_entropy(logits.float(), y))}

@@ -1,0 +1,222 @@
+"""LAKD: NDAM maps and losses by hand, gradient isolation between local modules, joint == local gradients,
+progressive ramp, graph freeing in local mode, heterogeneous pairs, and a real training epoch."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from lakd.distill import build_distiller
+from lakd.distill.lakd import LAKD
+from lakd.distill.ndam import coarse, ndam_loss, ndam_map, similarity, spatial_weights
+from lakd.errors import LakdError
+from lakd.models import build_model
+
+
+def make_lakd(student: str = "resnet8", teacher: str = "resnet14", **params: object) -> LAKD:
+    torch.manual_seed(0)
+    d = build_distiller("lakd", build_model(student, 10), build_model(teacher, 10), dict(params), total_epochs=10)
+    assert isinstance(d, LAKD)
+    return d
+
+
+# -- NDAM by hand ----------------------------------------------------------------------------------------
+def test_ndam_map_by_hand() -> None:
+    f = torch.tensor([[[[1.0, -2.0], [0.0, 3.0]], [[-1.0, 0.0], [2.0, -1.0]]]])  # B=1, C=2, 2x2
+    # mean over channels of |F|^2: [(1+1)/2, (4+0)/2; (0+4)/2, (9+1)/2]
+    torch.testing.assert_close(ndam_map(f, 2.0), torch.tensor([[[1.0, 2.0], [2.0, 5.0]]]))
+    # p = 1: [(1+1)/2, (2+0)/2; (0+2)/2, (3+1)/2]; sign-free: -F gives the same map
+    torch.testing.assert_close(ndam_map(-f, 1.0), torch.tensor([[[1.0, 1.0], [1.0, 2.0]]]))
+
+
+def test_ndam_l2_loss_by_hand() -> None:
+    fs = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # map (p=2): [1, 0, 0, 1]
+    ft = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])  # map: [1, 1, 0, 0]
+    # native: a_s = [1,0,0,1]/sqrt2, a_t = [1,1,0,0]/sqrt2 -> ||a_s - a_t||^2 = (0 + 1/2 + 0 + 1/2) = 1
+    assert float(ndam_loss(fs, ft, scales=[0])) == pytest.approx(1.0)
+    # 1x1 scale: both maps pool to one positive number -> normalised to 1 -> distance 0
+    assert float(ndam_loss(fs, ft, scales=[1])) == pytest.approx(0.0, abs=1e-7)
+    assert float(ndam_loss(fs, ft, scales=[0, 1])) == pytest.approx(1.0)
+    assert float(ndam_loss(fs, fs * -3.0, scales=[0, 4, 2])) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ndam_kl_loss_by_hand() -> None:
+    fs = torch.tensor([[[[1.0, 0.0]]]])  # map [1, 0]
+    ft = torch.tensor([[[[0.0, 1.0]]]])  # map [0, 1]
+    tau = 2.0
+    ps = [math.exp(0.5) / (math.exp(0.5) + 1), 1 / (math.exp(0.5) + 1)]
+    pt = [1 / (math.exp(0.5) + 1), math.exp(0.5) / (math.exp(0.5) + 1)]
+    expected = tau**2 * sum(t * math.log(t / s) for t, s in zip(pt, ps, strict=True))
+    assert float(ndam_loss(fs, ft, scales=[0], mode="kl", tau=tau)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_ndam_across_grids_and_channels() -> None:
+    fs, ft = torch.randn(2, 16, 8, 8), torch.randn(2, 64, 4, 4)  # no projector needed
+    loss = ndam_loss(fs, ft, scales=[0, 4, 2])
+    assert loss.shape == () and float(loss) >= 0
+    assert coarse(torch.ones(2, 3, 3), 4).shape == (2, 9)  # never up-samples
+    w = spatial_weights(ft, (4, 4))
+    assert w.shape == (2, 1, 4, 4) and torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(2))
+    assert similarity(ft, ft * 2).allclose(torch.ones(2))
+
+
+# -- modules, isolation, backward modes -------------------------------------------------------------------
+def _module_params(d: LAKD) -> list[set[int]]:
+    """ids of the student parameters owned by each local module (stem in module 0, head in the last)."""
+    owned: list[set[int]] = []
+    for k, pieces in enumerate(d.pieces):
+        ids: set[int] = set()
+        if k == 0:
+            ids |= {id(p) for p in d.student_model.stem.parameters()}
+        for stage_index, start, end in pieces:
+            stage = d.student_model.stages[stage_index]
+            blocks = [stage] if start is None else list(stage)[start:end]
+            for block in blocks:
+                ids |= {id(p) for p in block.parameters()}
+        if k == d.num_modules - 1:
+            ids |= {id(p) for p in d.student_model.head.parameters()}
+        ids |= {id(p) for p in d.projectors[k].parameters()}
+        owned.append(ids)
+    return owned
+
+
+@pytest.mark.parametrize("split", ["stage", "block"])
+def test_module_loss_reaches_only_its_own_module(split: str) -> None:
+    d = make_lakd("resnet14", "resnet20", split=split, aux_weight=0.5, progressive=False)
+    d.train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    _, losses = d.forward_train(x, y, epoch=5.0)
+    owned = _module_params(d)
+    assert d.num_modules == (6 if split == "block" else 3)
+    params = list(d.learnable_parameters())
+    all_owned = set().union(*owned)
+    for k in range(d.num_modules):
+        names = [n for n in losses if n.endswith(str(k))] + (["ce", "kd"] if k == d.num_modules - 1 else [])
+        total = sum(losses[n] for n in names)
+        grads = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+        touched = {id(p) for p, g in zip(params, grads, strict=True) if g is not None and g.abs().sum() > 0}
+        assert touched, f"module {k}'s loss trains nothing"
+        student_touched = touched & all_owned
+        assert student_touched <= owned[k], f"module {k}'s loss leaked into another module"
+        assert student_touched & owned[k]
+
+
+def test_without_detach_gradients_cross_modules() -> None:
+    d = make_lakd(detach=False, backward="joint", progressive=False)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    _, losses = d.forward_train(x, y, epoch=5.0)
+    stem = list(d.student_model.stem.parameters())
+    grads = torch.autograd.grad(losses["ce"], stem, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def _step_grads(d: LAKD, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    d.train()
+    d.zero_grad(set_to_none=True)
+    d.train_step(x, y, 5.0, backward=lambda loss: loss.backward())
+    return {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("pair", [("resnet8", "resnet14"), ("wrn_16_1", "wrn_16_2")])
+def test_joint_and_local_backward_give_identical_gradients(pair: tuple[str, str]) -> None:
+    local = make_lakd(*pair, backward="local", aux_weight=0.3, feat_spatial_weighting=True)
+    joint = copy.deepcopy(local)
+    joint.params.backward = "joint"
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    g_local, g_joint = _step_grads(local, x, y), _step_grads(joint, x, y)
+    assert g_local.keys() == g_joint.keys() and len(g_local) > 10
+    assert not any(n.startswith("teacher.") for n in g_local)
+    for name in g_local:
+        torch.testing.assert_close(g_local[name], g_joint[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_local_backward_frees_each_module_graph() -> None:
+    """Peak bytes held by autograd for backward: local mode ~ one module, joint mode ~ the whole network."""
+
+    def peak_saved_bytes(mode: str) -> int:
+        d = make_lakd("resnet20", "resnet20", backward=mode)
+        live, peak = [0], [0]
+
+        class Saved:
+            def __init__(self, t: torch.Tensor) -> None:
+                self.t, self.n = t, t.numel() * t.element_size()
+                live[0] += self.n
+                peak[0] = max(peak[0], live[0])
+
+            def __del__(self) -> None:
+                live[0] -= self.n
+
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+        with torch.autograd.graph.saved_tensors_hooks(Saved, lambda s: s.t):
+            d.train_step(x, y, 5.0, backward=lambda loss: loss.backward())
+        return peak[0]
+
+    local, joint = peak_saved_bytes("local"), peak_saved_bytes("joint")
+    assert local < 0.6 * joint, (local, joint)
+
+
+def test_progressive_ramp_by_hand() -> None:
+    d = make_lakd(ramp_stagger=0.1, ramp_length=0.2)  # total_epochs = 10
+    assert d.ramp(0, 0.0) == 0.0 and d.ramp(0, 1.0) == pytest.approx(0.5) and d.ramp(0, 2.0) == 1.0
+    assert d.ramp(2, 2.0) == 0.0 and d.ramp(2, 3.0) == pytest.approx(0.5) and d.ramp(2, 9.0) == 1.0
+    flat = make_lakd(progressive=False)
+    assert flat.ramp(2, 0.0) == 1.0
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    _, losses = d.forward_train(x, y, epoch=0.0)
+    assert losses["feat2"].item() == 0.0 and losses["ndam2"].item() == 0.0 and losses["ce"].item() > 0
+
+
+def test_loss_terms_switch_off() -> None:
+    d = make_lakd(feat_weight=0.0, kd_weight=0.0)
+    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)), 5.0)
+    assert set(losses) == {"ndam0", "ndam1", "ndam2", "ce"}
+
+
+def test_bad_params_are_clear() -> None:
+    with pytest.raises(LakdError, match="needs detach = true"):
+        make_lakd(detach=False, backward="local")
+    with pytest.raises(LakdError, match="ndam_mode"):
+        make_lakd(ndam_mode="cosine")
+    with pytest.raises(LakdError, match="did you mean 'ndam_weight'"):
+        make_lakd(ndam_wieght=1.0)
+
+
+@pytest.mark.parametrize(
+    ("student", "teacher"),
+    [("shufflenet_v2", "resnet32x4"), ("wrn_40_1", "wrn_40_2"), ("vgg8", "vgg13"), ("mobilenetv2", "resnet8x4")],
+)
+def test_heterogeneous_pairs(student: str, teacher: str) -> None:
+    torch.set_num_threads(1)
+    d = make_lakd(student, teacher)
+    d.train()
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    logits, losses = d.train_step(x, y, 5.0, backward=lambda loss: loss.backward())
+    assert logits.shape == (2, 10) and all(torch.isfinite(v) for v in losses.values())
+    assert all(p.grad is None for p in d.teacher.parameters())
+    assert d.teacher.training is False
+    if student == "vgg8":
+        assert d.num_modules == 3  # split table groups VGG's five stages
+
+
+def test_one_epoch_through_the_trainer_local_mode() -> None:
+    from lakd.config import RunConfig, build_config
+    from lakd.data import load_splits
+    from lakd.engine import Trainer, resolve_runtime
+
+    cfg = build_config(RunConfig, overrides=["train.epochs=1", "train.progress=false", "data.batch_size=32",
+                                             "optim.lr=0.05"])
+    splits = load_splits("synthetic", val_size=32, synthetic_size=128)
+    d = make_lakd()
+    trainer = Trainer(d, cfg, splits, resolve_runtime("cpu", "fp32", "false"), None,
+                      meta={"arch": "resnet8", "num_classes": 10}, log=lambda s: None)
+    summary = trainer.fit()
+    assert summary["last_test_top1"] is not None
+    row = trainer.metrics.rows[0]
+    assert {"train_feat0", "train_ndam2", "train_ce", "train_kd"} <= set(row) and math.isfinite(row["train_loss"])
+    state = d.state_dict()
+    assert any(k.startswith("projectors.") for k in state) or all(
+        isinstance(p, torch.nn.Identity) for p in d.projectors)
+    assert not any(k.startswith("teacher.") for k in state)
