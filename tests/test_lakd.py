@@ -12,6 +12,7 @@ import torch
 from lakd.distill import build_distiller
 from lakd.distill.lakd import LAKD
 from lakd.distill.ndam import coarse, ndam_loss, ndam_map, similarity, spatial_weights
+from lakd.engine.memory import SavedTensorMeter
 from lakd.errors import LakdError
 from lakd.models import build_model
 
@@ -138,21 +139,12 @@ def test_local_backward_frees_each_module_graph() -> None:
 
     def peak_saved_bytes(mode: str) -> int:
         d = make_lakd("resnet20", "resnet20", backward=mode)
-        live, peak = [0], [0]
-
-        class Saved:
-            def __init__(self, t: torch.Tensor) -> None:
-                self.t, self.n = t, t.numel() * t.element_size()
-                live[0] += self.n
-                peak[0] = max(peak[0], live[0])
-
-            def __del__(self) -> None:
-                live[0] -= self.n
-
         x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-        with torch.autograd.graph.saved_tensors_hooks(Saved, lambda s: s.t):
+        meter = SavedTensorMeter()
+        with meter.track():
             d.train_step(x, y, 5.0, backward=lambda loss: loss.backward())
-        return peak[0]
+        assert meter.live == 0  # everything saved was released after backward
+        return meter.peak
 
     local, joint = peak_saved_bytes("local"), peak_saved_bytes("joint")
     assert local < 0.6 * joint, (local, joint)

@@ -20,6 +20,7 @@ docs/method.md.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +132,31 @@ def kd_term(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) 
     return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean() * temperature**2
 
 
+class _TeacherInLockstep:
+    """Runs the frozen teacher stage by stage, only as far as the current student module needs.
+
+    Only the latest teacher feature is alive at any time (earlier ones are dropped as the teacher advances), so
+    the teacher adds one stage's worth of memory, not all of its stage outputs.
+    """
+
+    def __init__(self, teacher: StagedModel, x: torch.Tensor) -> None:
+        self.teacher, self.h, self.done = teacher, x, -1
+
+    @torch.no_grad()
+    def feature(self, index: int) -> torch.Tensor:
+        while self.done < index:
+            if self.done < 0:
+                self.h = self.teacher.stem(self.h)
+            self.done += 1
+            self.h = self.teacher.stages[self.done](self.h)
+        return self.h
+
+    @torch.no_grad()
+    def logits(self) -> torch.Tensor:
+        self.feature(len(self.teacher.stages) - 1)
+        return self.teacher.head(self.h).float()
+
+
 @register("lakd")
 class LAKD(Distiller):
     Params = Params
@@ -153,7 +179,7 @@ class LAKD(Distiller):
         t_shapes = self.teacher_shapes()
         num_modules = len(self.pieces)
         # Module k learns from the teacher stage at the same relative depth.
-        self.teacher_index = [min(len(t_shapes) - 1, round((k + 1) * len(t_shapes) / num_modules) - 1)
+        self.teacher_index = [min(len(t_shapes) - 1, math.ceil((k + 1) * len(t_shapes) / num_modules) - 1)
                               for k in range(num_modules)]
         self.projectors = nn.ModuleList(
             make_projector(out_shapes[k][0], t_shapes[self.teacher_index[k]][0]) for k in range(num_modules)
@@ -228,10 +254,11 @@ class LAKD(Distiller):
                 s = F.adaptive_avg_pool2d(s, (h, w))
             if t.shape[-2:] != (h, w):
                 t = F.adaptive_avg_pool2d(t, (h, w))
-            sq = (s - t).pow(2)
             if p.feat_spatial_weighting:
-                sq = sq * spatial_weights(t_feat, (h, w), p.ndam_p)
-            losses[f"feat{k}"] = weighted(p.feat_weight * ramp, sq.mean())
+                mse = ((s - t).pow(2) * spatial_weights(t_feat, (h, w), p.ndam_p)).mean()
+            else:
+                mse = F.mse_loss(s, t)  # saves no new activation-sized tensor for backward
+            losses[f"feat{k}"] = weighted(p.feat_weight * ramp, mse)
         if p.ndam_weight > 0:
             scales = [NATIVE if s == 0 else s for s in p.ndam_scales]
             nd = ndam_loss(feat, t_feat, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
@@ -250,21 +277,23 @@ class LAKD(Distiller):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p: Params = self.params  # type: ignore[assignment]
         ctx = autocast or contextlib.nullcontext
-        with ctx():
-            t_logits, t_feats = self.teacher_forward(x)
+        teacher = _TeacherInLockstep(self.teacher, x)  # type: ignore[arg-type]
         losses: dict[str, torch.Tensor] = {}
         h = x
         logits = None
         for k in range(self.num_modules):
             with ctx():
+                t_feat = teacher.feature(self.teacher_index[k])
                 inp = h.detach() if (k > 0 and p.detach) else h
                 feat = self.run_module(k, inp)
-                module_losses = self.module_losses(k, feat, t_feats[self.teacher_index[k]], y, epoch)
+                module_losses = self.module_losses(k, feat, t_feat, y, epoch)
                 if k == self.num_modules - 1:
                     logits = self.student_model.head(feat)
                     module_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
                     if p.kd_weight > 0:
+                        t_logits = teacher.logits()
                         module_losses["kd"] = weighted(p.kd_weight, kd_term(logits, t_logits, p.temperature))
+            del t_feat
             if backward is not None:
                 # Local mode: backprop this module's loss now; its graph is freed before the next module runs.
                 backward(sum(module_losses.values()))

@@ -31,6 +31,8 @@ NATIVE = 0  # the scale value meaning "the map's own grid"
 def ndam_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """``mean_c |F_c|^p``: a (B, H, W) map of where the layer is active, in float32."""
     feat = feat.float()
+    if p == 2:  # square() saves only its input for backward (usually already saved by the ReLU before it)
+        return feat.square().mean(dim=1)
     return feat.abs().pow(p).mean(dim=1) if p != 1 else feat.abs().mean(dim=1)
 
 

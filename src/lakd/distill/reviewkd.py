@@ -1,0 +1,198 @@
+"""ReviewKD: Chen, Liu, Zhao & Jia, "Distilling Knowledge via Knowledge Review" (CVPR 2021).
+
+Every teacher stage is supervised by a *review* of student features: the student's features are walked from the
+deepest to the shallowest, and at each level an attention-based fusion (ABF) module mixes the current student
+feature with the running residual from the deeper levels before a 3x3 conv maps it to the teacher's channels and
+resolution. The hierarchical context loss (HCL) compares each output with the teacher's feature as an MSE on the
+full map plus MSEs on 4x4, 2x2 and 1x1 average-pooled versions, the weights halving per level and the sum divided
+by the total weight.
+
+Levels, as in mdistiller's ReviewKD: the teacher's pre-activation stage features and the student's stage features
+(post-activation by default, mdistiller's STU_PREACT False; ``student_preact`` switches), plus (with
+``pooled_level``, the default) the globally pooled post-activation last feature of each as an extra 1x1 level,
+which starts the review chain. When the nets have different stage counts, the last ``min`` stages of each are paired
+(the shallowest extra stages are unused); outputs take the teacher's stage resolution.
+
+Defaults: ce_weight 1, reviewkd_weight 1, warmup_epochs 20 (mdistiller's REVIEWKD defaults in engine/cfg.py, used
+by its CIFAR-100 ResNet configs; the loss is scaled by ``linear_warmup``). ``mid_channels`` is 64, the width
+mdistiller ends up with for the CIFAR ResNet pairs; it is a bottleneck width that builds for every zoo pair.
+``mid_channels=0`` selects mdistiller's rule ``min(512, channels of the student's last feature)`` (e.g. 256 for
+resnet8x4, 512 for shufflenet/mobilenetv2).
+
+Deviations: a student map larger than the teacher's is average-pooled to the teacher's size (the original always
+used nearest interpolation; only pairs with a student stage finer than its teacher stage are affected, e.g. a
+CIFAR ResNet student of a ShuffleNet/MobileNetV2 teacher); HCL skips pyramid
+levels ``>= min(H, W)`` (the original's ``>= H`` on square maps) and runs in fp32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lakd.distill.at import paired_stages
+from lakd.distill.base import Distiller, DistillParams, linear_warmup, register, weighted
+from lakd.distill.kd import check_non_negative, require_teacher
+from lakd.errors import LakdError
+from lakd.models.base import StagedModel
+
+#: HCL pyramid levels (output side of the adaptive average pool), as in the paper's code.
+HCL_LEVELS: tuple[int, ...] = (4, 2, 1)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x`` at spatial ``size``: nearest upsampling (as the original) or average pooling when shrinking."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if h >= size[0] and w >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="nearest")
+
+
+class ABF(nn.Module):
+    """Attention-based fusion: 1x1 conv+BN to ``mid``, fuse with the deeper residual through a 2-channel
+    sigmoid attention, resize to the teacher's resolution, 3x3 conv+BN to the teacher's channels.
+
+    Returns ``(output for the loss, residual passed to the next shallower level)``.
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
+        self.conv2 = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(out_channels))
+        self.att_conv = (nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None)
+        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)  # the released code's init
+        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, out_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv1(x)
+        if self.att_conv is not None and residual is not None:
+            residual = F.interpolate(residual, size=tuple(x.shape[-2:]), mode="nearest")
+            z = self.att_conv(torch.cat([x, residual], dim=1))
+            x = x * z[:, 0:1] + residual * z[:, 1:2]
+        x = resize(x, out_size)
+        return self.conv2(x), x
+
+
+def hcl_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor],
+             levels: Sequence[int] = HCL_LEVELS) -> torch.Tensor:
+    """Hierarchical context loss summed over feature pairs (Chen et al., Sec. 3.3), in fp32.
+
+    Per pair: ``(MSE(full) + sum_i w_i MSE(avgpool_l_i)) / (1 + sum_i w_i)`` with ``w`` = 1/2, 1/4, ... over the
+    levels actually used; a level ``l`` is skipped when ``l >= min(H, W)`` (it would not coarsen the map), so a
+    4x4 map uses 2x2 (w 1/2) and 1x1 (w 1/4), and a 1x1 map only the full MSE.
+    """
+    total = torch.zeros((), device=student_feats[0].device)
+    for fs, ft in zip(student_feats, teacher_feats, strict=True):
+        fs, ft = fs.float(), ft.float()
+        side = min(fs.shape[-2:])
+        loss = F.mse_loss(fs, ft)
+        weight, weight_sum = 1.0, 1.0
+        for level in levels:
+            if level >= side:
+                continue
+            weight /= 2.0
+            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(fs, level), F.adaptive_avg_pool2d(ft, level))
+            weight_sum += weight
+        total = total + loss / weight_sum
+    return total
+
+
+def review_features(
+    model: StagedModel, x: torch.Tensor, preact: bool, pooled: bool
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(logits, levels)``: the stage features (pre-activation if ``preact``) plus, if ``pooled``, the globally
+    pooled post-activation last feature as a ``(N, C, 1, 1)`` map — one pass through the staged-model contract
+    (``stem``, ``_stage_forward``, ``head``), since the pooled level needs the post-activation output."""
+    h = model.stem(x)
+    levels: list[torch.Tensor] = []
+    for i in range(len(model.stages)):
+        h, pre = model._stage_forward(i, h)
+        levels.append(pre if preact else h)
+    if pooled:
+        levels.append(F.adaptive_avg_pool2d(h, 1))
+    return model.head(h), levels
+
+
+@register("reviewkd")
+class ReviewKD(Distiller):
+    """Cross-entropy plus ``reviewkd_weight * warmup * HCL(review chain of student features, teacher features)``."""
+
+    @dataclasses.dataclass
+    class Params(DistillParams):
+        # Chen et al. 2021; mdistiller REVIEWKD defaults: CE 1, REVIEWKD_WEIGHT 1, WARMUP_EPOCHS 20,
+        # mid channel 64 for the CIFAR ResNets (0 = mdistiller's min(512, student's last channels)).
+        ce_weight: float = 1.0
+        reviewkd_weight: float = 1.0
+        warmup_epochs: float = 20.0
+        mid_channels: int = 64
+        pooled_level: bool = True  # add the pooled last feature as a 1x1 level (the original's embedding level)
+        student_preact: bool = False  # student stage features before their final ReLU (mdistiller STU_PREACT)
+
+        def validate(self) -> None:
+            check_non_negative("ce_weight", self.ce_weight)
+            check_non_negative("reviewkd_weight", self.reviewkd_weight)
+            check_non_negative("warmup_epochs", self.warmup_epochs)
+            if self.mid_channels < 0:
+                raise LakdError(f"distill.params.mid_channels must be >= 1 (or 0 for the automatic width), "
+                                f"got {self.mid_channels}")
+
+    params: Params
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        require_teacher(self)
+        p = self.params
+        s_shapes, t_shapes = self.student_shapes(), self.teacher_shapes()
+        pairs = paired_stages(len(s_shapes), len(t_shapes))
+        self.student_levels = [s for s, _ in pairs]
+        self.teacher_levels = [t for _, t in pairs]
+        in_shapes = [s_shapes[s] for s in self.student_levels]
+        out_shapes = [t_shapes[t] for t in self.teacher_levels]
+        if p.pooled_level:
+            self.student_levels.append(len(s_shapes))
+            self.teacher_levels.append(len(t_shapes))
+            in_shapes.append((s_shapes[-1][0], 1, 1))
+            out_shapes.append((t_shapes[-1][0], 1, 1))
+        mid = p.mid_channels if p.mid_channels > 0 else min(512, in_shapes[-1][0])
+        #: teacher (H, W) of each level, shallowest first
+        self.out_sizes = [(int(s[1]), int(s[2])) for s in out_shapes]
+        # Deepest level first: it starts the chain and has nothing to fuse with.
+        n = len(in_shapes)
+        self.abfs = nn.ModuleList(
+            ABF(in_shapes[i][0], mid, out_shapes[i][0], fuse=i < n - 1) for i in reversed(range(n))
+        )
+
+    def review(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Student levels (shallowest first) -> one output per level in teacher shape (shallowest first)."""
+        outputs: list[torch.Tensor] = []
+        residual: torch.Tensor | None = None
+        for abf, feat, size in zip(self.abfs, reversed(levels), reversed(self.out_sizes), strict=True):
+            out, residual = abf(feat, residual, size)
+            outputs.insert(0, out)
+        return outputs
+
+    def forward_train(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        p = self.params
+        logits, levels_s = review_features(self.student_model, x, p.student_preact, p.pooled_level)
+        assert self.teacher is not None
+        with torch.no_grad():
+            _, levels_t = review_features(self.teacher, x, True, p.pooled_level)
+        outputs = self.review([levels_s[i] for i in self.student_levels])
+        targets = [levels_t[i] for i in self.teacher_levels]
+        factor = linear_warmup(epoch, p.warmup_epochs)
+        return logits, {
+            "ce": weighted(p.ce_weight, F.cross_entropy(logits.float(), y)),
+            "reviewkd": weighted(p.reviewkd_weight * factor, hcl_loss(outputs, targets)),
+        }
