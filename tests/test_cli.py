@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lakd.cli import main
 from lakd.data import make_synthetic
@@ -135,3 +136,53 @@ def test_data_download_then_train_on_the_pickle_form(
     assert main(["train", "--model", "resnet8", "--dataset", "cifar10", "--data-root", str(root), "--epochs", "1",
                  "--out", str(out), "--no-progress", "data.val_size=2", "data.batch_size=4"]) == 0
     assert json.loads((out / "summary.json").read_text())["data"] == {"train": 8, "val": 2, "test": 10}
+
+
+@pytest.fixture(scope="module")
+def synthetic_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("teacher") / "t"
+    assert main(["train", "--model", "resnet14", "--out", str(out), *TINY]) == 0
+    return out / "best.pt"
+
+
+@pytest.mark.parametrize("method", ["lakd", "kd"])
+def test_distill_round_trip(tmp_path: Path, synthetic_teacher: Path, method: str,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / method
+    assert main(["distill", "--method", method, "--teacher", str(synthetic_teacher), "--student", "resnet8",
+                 "--out", str(out), *TINY, "distill.params.temperature=2"]) == 0
+    meta = torch.load(out / "best.pt", weights_only=True)["meta"]
+    assert meta["arch"] == "resnet8" and meta["distill"]["method"] == method
+    assert meta["distill"]["teacher_arch"] == "resnet14" and meta["distill"]["params"] == {"temperature": 2}
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(out / "best.pt"), "--json", "--precision", "fp32"]) == 0
+    assert json.loads(capsys.readouterr().out)["arch"] == "resnet8"
+
+
+def test_distill_bad_input(tmp_path: Path, synthetic_teacher: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "never"
+    base = ["distill", "--student", "resnet8", "--out", str(out), *TINY]
+    cases = [
+        (["--method", "kd"], "needs a teacher"),
+        (["--method", "kdd", "--teacher", str(synthetic_teacher)], "did you mean 'kd'"),
+        (["--method", "lakd", "--teacher", str(synthetic_teacher), "distill.params.ndam_wieght=1"],
+         "did you mean 'ndam_weight'"),
+        (["--method", "kd", "--teacher", str(synthetic_teacher), "data.synthetic_classes=7"],
+         "predicts 10 classes but dataset 'synthetic' has 7"),
+    ]
+    not_a_ckpt = tmp_path / "junk.pt"
+    not_a_ckpt.write_bytes(b"definitely not a checkpoint")
+    cases.append((["--method", "kd", "--teacher", str(not_a_ckpt)], "cannot be loaded safely"))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {}, "meta": {"arch": "resnet999", "num_classes": 10}}, foreign)
+    cases.append((["--method", "kd", "--teacher", str(foreign)], "unknown model 'resnet999'"))
+    wrong_weights = tmp_path / "wrong.pt"
+    ckpt = torch.load(synthetic_teacher, weights_only=True)
+    ckpt["meta"]["arch"] = "resnet20"
+    torch.save(ckpt, wrong_weights)
+    cases.append((["--method", "kd", "--teacher", str(wrong_weights)], "do not fit architecture 'resnet20'"))
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+        assert not out.exists()

@@ -397,7 +397,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides (KEY=VALUE) may sit between options: collect the ones argparse left over.
+    args, leftover = parser.parse_known_args(argv)
+    stray = [a for a in leftover if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if leftover:
+        args.overrides = [*args.overrides, *leftover]
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
