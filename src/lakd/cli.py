@@ -173,21 +173,29 @@ def _clear_run_files(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _config_from_args(cls: type, args: argparse.Namespace, command_flags: dict[str, Any]) -> Any:
+    """Defaults <- -c files <- convenience flags <- KEY=VALUE overrides. ``--resume`` reuses the run's config."""
+    from lakd.config import build_config
+
+    flags = {"data.dataset": args.dataset, "data.root": args.data_root, "train.epochs": args.epochs,
+             "optim.lr": args.lr, "data.batch_size": args.batch_size, "train.seed": args.seed,
+             "train.device": args.device, "train.precision": args.precision, "out": args.out,
+             "train.progress": False if args.no_progress else None, **command_flags}
+    files = list(args.config)
+    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file() and not files:
+        files = [str(Path(args.out) / "config.yaml")]  # resume with the run's own config
+    return build_config(cls, files, args.overrides, flags)
+
+
 # -- commands -----------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from lakd.config import RunConfig, build_config
+    from lakd.config import RunConfig
     from lakd.models import list_models
 
     if args.list_models:
         print("\n".join(list_models()))
         return 0
-    flags = {"model.name": args.model, "data.dataset": args.dataset, "data.root": args.data_root,
-             "train.epochs": args.epochs, "optim.lr": args.lr, "data.batch_size": args.batch_size,
-             "train.seed": args.seed, "train.device": args.device, "train.precision": args.precision,
-             "out": args.out, "train.progress": False if args.no_progress else None}
-    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file() and not args.config:
-        args.config = [str(Path(args.out) / "config.yaml")]  # resume with the run's own config
-    cfg: RunConfig = build_config(RunConfig, args.config, args.overrides, flags)
+    cfg: RunConfig = _config_from_args(RunConfig, args, {"model.name": args.model})
     check_model_name(cfg.model.name)
     out = Path(cfg.out or f"runs/{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     _prepare_out_dir(out, args.resume, args.force)
@@ -195,20 +203,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from lakd.config import DistillRunConfig, build_config
+    from lakd.config import DistillRunConfig
     from lakd.distill import list_methods, make_params, method_class
 
     if args.list_methods:
         print("\n".join(list_methods()))
         return 0
-    flags = {"distill.method": args.method, "distill.teacher": args.teacher, "model.name": args.student,
-             "data.dataset": args.dataset, "data.root": args.data_root, "train.epochs": args.epochs,
-             "optim.lr": args.lr, "data.batch_size": args.batch_size, "train.seed": args.seed,
-             "train.device": args.device, "train.precision": args.precision, "out": args.out,
-             "train.progress": False if args.no_progress else None}
-    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file() and not args.config:
-        args.config = [str(Path(args.out) / "config.yaml")]
-    cfg: DistillRunConfig = build_config(DistillRunConfig, args.config, args.overrides, flags)
+    flags = {"distill.method": args.method, "distill.teacher": args.teacher, "model.name": args.student}
+    cfg: DistillRunConfig = _config_from_args(DistillRunConfig, args, flags)
     method_class(cfg.distill.method)
     make_params(cfg.distill.method, cfg.distill.params)  # validate before any work
     check_model_name(cfg.model.name)

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lakd.distill.base import Distiller, DistillParams, register, weighted
-from lakd.distill.kd import check_non_negative, check_positive, require_teacher
+from lakd.distill.base import Distiller, DistillParams, check_non_negative, check_positive, register, weighted
 
 
 def at_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -64,7 +63,6 @@ class AT(Distiller):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        require_teacher(self)
         self.pairs = paired_stages(len(self.student_model.stages), len(self.teacher.stages))
 
     def forward_train(

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lakd.errors import LakdError
 from lakd.models.base import StagedModel
 
 TEACHER_PREFIX = "teacher."
@@ -43,6 +44,8 @@ class Distiller(nn.Module):
     Params: ClassVar[type[DistillParams]] = DistillParams
     #: True when ``forward_train`` needs the dataset index of each sample (``index=`` keyword), e.g. CRD.
     needs_index: ClassVar[bool] = False
+    #: False only for methods that ignore the teacher (vanilla).
+    requires_teacher: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -57,6 +60,8 @@ class Distiller(nn.Module):
         self.params = params if params is not None else self.Params()
         self.input_shape = input_shape
         self.total_epochs = total_epochs
+        if teacher is None and self.requires_teacher:
+            raise LakdError(f"distillation method '{self.name}' needs a teacher model")
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
@@ -134,6 +139,18 @@ def register(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
 def weighted(weight: float, loss: torch.Tensor) -> torch.Tensor:
     """``weight * loss`` in fp32 (losses computed under autocast are upcast before they are summed)."""
     return weight * loss.float()
+
+
+def check_positive(name: str, value: float) -> None:
+    """Range check for ``Params.validate``: ``distill.params.<name>`` must be > 0 (NaN fails too)."""
+    if not value > 0:
+        raise LakdError(f"distill.params.{name} must be > 0, got {value}")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    """Range check for ``Params.validate``: ``distill.params.<name>`` must be >= 0 (NaN fails too)."""
+    if not value >= 0:
+        raise LakdError(f"distill.params.{name} must be >= 0, got {value}")
 
 
 def linear_warmup(epoch: float, warmup_epochs: float) -> float:

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lakd.distill.base import Distiller, DistillParams, register, weighted
-from lakd.distill.kd import check_non_negative, check_positive, kd_loss, require_teacher
+from lakd.distill.base import Distiller, DistillParams, check_non_negative, check_positive, register, weighted
+from lakd.distill.kd import kd_loss
 from lakd.errors import LakdError
 from lakd.models.base import StagedModel
 
@@ -170,7 +170,6 @@ class CRD(Distiller):
         num_train_samples: int,
     ) -> None:
         super().__init__(student, teacher, params, input_shape=input_shape, total_epochs=total_epochs)
-        require_teacher(self)
         if num_train_samples < 2:
             raise LakdError(f"method 'crd' needs at least 2 training samples for its memory bank, "
                             f"got {num_train_samples}")

@@ -13,8 +13,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lakd.distill.base import Distiller, DistillParams, linear_warmup, register, weighted
-from lakd.distill.kd import check_non_negative, check_positive, require_teacher
+from lakd.distill.base import (
+    Distiller,
+    DistillParams,
+    check_non_negative,
+    check_positive,
+    linear_warmup,
+    register,
+    weighted,
+)
 
 #: Subtracted from the ground-truth logit (after dividing by T) so NCKD's softmax ignores that class.
 GT_SUPPRESSION = 1000.0
@@ -67,10 +74,6 @@ class DKD(Distiller):
             check_non_negative("warmup_epochs", self.warmup_epochs)
 
     params: Params
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        require_teacher(self)
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any

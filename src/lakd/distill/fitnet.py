@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lakd.distill.base import Distiller, DistillParams, register, weighted
-from lakd.distill.kd import check_non_negative, require_teacher
+from lakd.distill.base import Distiller, DistillParams, check_non_negative, register, weighted
 from lakd.errors import LakdError
 
 
@@ -86,7 +85,6 @@ class FitNet(Distiller):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        require_teacher(self)
         s_shapes, t_shapes = self.student_shapes(), self.teacher_shapes()
         self.student_stage, self.teacher_stage = resolve_stages(len(s_shapes), len(t_shapes),
                                                                 self.params.hint_stage)

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lakd.distill.base import Distiller, DistillParams, register, weighted
-from lakd.errors import LakdError
+from lakd.distill.base import Distiller, DistillParams, check_non_negative, check_positive, register, weighted
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -25,24 +24,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True) / student_logits.shape[0]
     return kl * temperature**2
-
-
-def check_positive(name: str, value: float) -> None:
-    """Range check for ``Params.validate``: ``distill.params.<name>`` must be > 0 (NaN fails too)."""
-    if not value > 0:
-        raise LakdError(f"distill.params.{name} must be > 0, got {value}")
-
-
-def check_non_negative(name: str, value: float) -> None:
-    """Range check for ``Params.validate``: ``distill.params.<name>`` must be >= 0 (NaN fails too)."""
-    if not value >= 0:
-        raise LakdError(f"distill.params.{name} must be >= 0, got {value}")
-
-
-def require_teacher(distiller: Distiller) -> None:
-    """Fail at build time, with a fixable message, when a teacher-based method gets no teacher."""
-    if distiller.teacher is None:
-        raise LakdError(f"distillation method '{distiller.name}' needs a teacher model")
 
 
 @register("kd")
@@ -62,10 +43,6 @@ class KD(Distiller):
             check_positive("temperature", self.temperature)
 
     params: Params
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        require_teacher(self)
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any

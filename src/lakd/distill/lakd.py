@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lakd.distill.base import Distiller, DistillParams, register, weighted
+from lakd.distill.kd import kd_loss
 from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
 from lakd.errors import LakdError
 from lakd.models.base import StagedModel
@@ -125,13 +126,6 @@ def make_projector(c_in: int, c_out: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
 
 
-def kd_term(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, batch mean."""
-    log_ps = F.log_softmax(logits_s.float() / temperature, dim=1)
-    log_pt = F.log_softmax(logits_t.float() / temperature, dim=1)
-    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean() * temperature**2
-
-
 class _TeacherInLockstep:
     """Runs the frozen teacher stage by stage, only as far as the current student module needs.
 
@@ -171,8 +165,6 @@ class LAKD(Distiller):
         arch: str | None = None,
     ) -> None:
         super().__init__(student, teacher, params, input_shape, total_epochs)
-        if teacher is None:
-            raise LakdError("method 'lakd' needs a teacher (--teacher)")
         p: Params = self.params  # type: ignore[assignment]
         self.pieces = module_pieces(student, arch or getattr(student, "arch_name", None), p.split)
         out_shapes = self._module_output_shapes()
@@ -292,7 +284,7 @@ class LAKD(Distiller):
                     module_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
                     if p.kd_weight > 0:
                         t_logits = teacher.logits()
-                        module_losses["kd"] = weighted(p.kd_weight, kd_term(logits, t_logits, p.temperature))
+                        module_losses["kd"] = weighted(p.kd_weight, kd_loss(logits, t_logits, p.temperature))
             del t_feat
             if backward is not None:
                 # Local mode: backprop this module's loss now; its graph is freed before the next module runs.

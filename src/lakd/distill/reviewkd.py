@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lakd.distill.at import paired_stages
-from lakd.distill.base import Distiller, DistillParams, linear_warmup, register, weighted
-from lakd.distill.kd import check_non_negative, require_teacher
+from lakd.distill.base import Distiller, DistillParams, check_non_negative, linear_warmup, register, weighted
 from lakd.errors import LakdError
 from lakd.models.base import StagedModel
 
@@ -150,7 +149,6 @@ class ReviewKD(Distiller):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        require_teacher(self)
         p = self.params
         s_shapes, t_shapes = self.student_shapes(), self.teacher_shapes()
         pairs = paired_stages(len(s_shapes), len(t_shapes))

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lakd.distill.base import Distiller, DistillParams, register, weighted
-from lakd.distill.kd import check_non_negative, require_teacher
+from lakd.distill.base import Distiller, DistillParams, check_non_negative, register, weighted
 
 
 def pooled(feat: torch.Tensor) -> torch.Tensor:
@@ -87,10 +86,6 @@ class RKD(Distiller):
             check_non_negative("angle_weight", self.angle_weight)
 
     params: Params
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        require_teacher(self)
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any

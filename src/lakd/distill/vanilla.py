@@ -12,6 +12,8 @@ from lakd.distill.base import Distiller, register, weighted
 
 @register("vanilla")
 class Vanilla(Distiller):
+    requires_teacher = False
+
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
