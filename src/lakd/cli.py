@@ -307,6 +307,7 @@ def _run_training(
     else:
         (out / "config.yaml").write_text(dump_yaml(cfg))
     run_info = {"command": " ".join(["lakd", *argv[1:]]), "config": cfg.to_dict(),
+                "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
                 "environment": environment_info(runtime), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
                          "test": len(splits.test)}}
