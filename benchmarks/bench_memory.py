@@ -25,6 +25,7 @@ CONFIGS = {
     "kd (end-to-end)": ("kd", {}),
     "lakd joint": ("lakd", {"backward": "joint"}),
     "lakd local": ("lakd", {"backward": "local"}),
+    "lakd local, block split": ("lakd", {"backward": "local", "split": "block"}),
 }
 
 
