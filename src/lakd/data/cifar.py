@@ -11,14 +11,13 @@ Forms looked for under the data root, in this order:
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from lakd.atomic import atomic_write
 from lakd.data.root import decoded_cache_dir
 from lakd.errors import LakdError
 
@@ -81,18 +80,8 @@ def decode_jpeg_npz(path: Path) -> ImageArrays:
 
 def _save_cache(path: Path, arrays: ImageArrays, source_key: str) -> None:
     """Write the decoded cache atomically (temp file + rename), so a crash leaves no torn cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, x=arrays.x, y=arrays.y, classes=np.array(arrays.classes),
-                     source=np.array(source_key), version=np.array(CACHE_VERSION))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, x=arrays.x, y=arrays.y, classes=np.array(arrays.classes),
+                                          source=np.array(source_key), version=np.array(CACHE_VERSION)))
 
 
 def _load_cache(path: Path, source_key: str) -> ImageArrays | None:
