@@ -239,7 +239,6 @@ def _load_teacher_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any],
 
 def _build_teacher(teacher_ckpt: tuple[dict[str, Any], dict[str, Any], str], splits: Any) -> Any:
     """The teacher model with its weights; class count and dataset must match the distillation data."""
-    from lakd.models import build_model
 
     ckpt, meta, path = teacher_ckpt
     if meta["num_classes"] != splits.num_classes:
@@ -247,13 +246,21 @@ def _build_teacher(teacher_ckpt: tuple[dict[str, Any], dict[str, Any], str], spl
                         f"'{splits.name}' has {splits.num_classes}: use a teacher trained on {splits.name}")
     if meta.get("dataset") and meta["dataset"] != splits.name:
         raise LakdError(f"teacher '{path}' was trained on '{meta['dataset']}', not on '{splits.name}'")
-    teacher = build_model(meta["arch"], meta["num_classes"])
+    return _model_from_checkpoint(ckpt, meta, f"teacher '{path}'")
+
+
+def _model_from_checkpoint(ckpt: dict[str, Any], meta: dict[str, Any], what: str) -> Any:
+    """Build ``meta['arch']`` and load the checkpoint's weights; a mismatch is one clear error."""
+    from lakd.models import build_model
+
+    check_model_name(meta["arch"])
+    model = build_model(meta["arch"], meta["num_classes"])
     try:
-        teacher.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise LakdError(f"teacher '{path}': weights do not fit architecture '{meta['arch']}': "
+        raise LakdError(f"{what}: weights do not fit architecture '{meta['arch']}': "
                         f"{str(exc).splitlines()[0]}") from None
-    return teacher
+    return model
 
 
 def _run_training(
@@ -330,10 +337,11 @@ def _run_training(
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from lakd.data import load_splits
     from lakd.engine import evaluate, load_checkpoint, resolve_runtime
     from lakd.engine.checkpoint import checkpoint_meta
-    from lakd.models import build_model
 
     ckpt = load_checkpoint(args.ckpt)
     meta = checkpoint_meta(ckpt, args.ckpt)
@@ -348,16 +356,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if splits.num_classes != meta["num_classes"]:
         raise LakdError(f"checkpoint '{args.ckpt}' predicts {meta['num_classes']} classes but dataset "
                         f"'{dataset}' has {splits.num_classes}")
-    check_model_name(meta["arch"])
-    model = build_model(meta["arch"], meta["num_classes"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise LakdError(f"checkpoint '{args.ckpt}' weights do not fit architecture '{meta['arch']}': "
-                        f"{str(exc).splitlines()[0]}") from None
-    model.to(runtime.device)
+    model = _model_from_checkpoint(ckpt, meta, f"checkpoint '{args.ckpt}'").to(runtime.device)
     if runtime.channels_last:
-        model.to(memory_format=__import__("torch").channels_last)
+        model.to(memory_format=torch.channels_last)
     arrays = {"test": splits.test, "val": splits.val, "train": splits.train}[args.split]
     if arrays is None:
         raise LakdError("--split val: this checkpoint was trained without a validation split")
