@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -44,6 +45,30 @@ EVAL_EXAMPLES = """examples:
 DATA_EXAMPLES = """examples:
   lakd data download cifar10 --root ~/data        # official URL, MD5-checked, atomic extraction
   lakd data info --root ../shared/data              # which datasets/forms are present, where the cache is
+"""
+
+BENCH_EXAMPLES = """examples:
+  LAKD_DATA=../shared/data lakd bench cifar10-cpu --methods kd lakd --seeds 0 1
+  lakd bench cifar10-cpu --methods lakd lakd-no-ndam lakd-no-sdm --seeds 0 --epochs 3   # ablations, short budget
+  lakd bench cifar100-crd --pairs resnet56_resnet20 --methods kd dkd lakd
+  lakd bench cifar10-cpu --dry-run          # the plan: which runs are done / resume / new, with their commands
+  lakd bench cifar10-cpu --summary-only     # rebuild tables and plots from the results already there
+Run the same command again after an interruption: finished runs are skipped, unfinished ones resume.
+"""
+
+REPORT_EXAMPLES = """examples:
+  lakd report runs/c10cpu-lakd                       # per-epoch table + runs/c10cpu-lakd/curves.png
+  lakd report runs/c10cpu-kd runs/c10cpu-lakd --out compare.png
+"""
+
+DEMO_EXAMPLES = """examples:
+  LAKD_DATA=../shared/data lakd demo               # ~10 min on 2 CPU cores: KD vs LAKD, table + pictures
+  lakd demo --out runs/demo2 --epochs 3 --train-limit 45000
+"""
+
+EXPLAIN_EXAMPLES = """examples:
+  lakd explain --teacher benchmarks/teachers/cifar10_resnet56_e8.pt --student runs/c10cpu-lakd/best.pt
+  lakd explain --teacher T.pt --student runs/lakd/best.pt --before runs/vanilla/best.pt --images 6 --out maps.png
 """
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.yaml", "run.json", "summary.json")
@@ -116,6 +141,55 @@ def build_parser() -> argparse.ArgumentParser:
     d = data_sub.add_parser("info", help="show which datasets are found under the data root",
                             epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--root", help="data root (default: $LAKD_DATA, else ~/.cache/lakd/data)")
+
+    p = sub.add_parser("bench", help="run a benchmark protocol for several methods and seeds (resumable)",
+                       description="Run a named benchmark protocol (configs/protocols/*.yaml) for several "
+                       "methods and seeds; write per-run result JSON, a mean ± std table and plots.",
+                       epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("protocol", help="protocol name (cifar10-cpu, cifar100-crd, ...) or path of a protocol YAML")
+    p.add_argument("--methods", nargs="+", help="methods / ablation entries of the protocol (default: its list)")
+    p.add_argument("--seeds", nargs="+", help="seeds (default: the protocol's)")
+    p.add_argument("--pairs", nargs="+", help="teacher/student pairs, for protocols that have them")
+    p.add_argument("--epochs", type=int, help="override the protocol's epoch budget (results go to <protocol>-eN)")
+    p.add_argument("--data-root", help="folder holding the datasets (else $LAKD_DATA)")
+    p.add_argument("--runs-dir", default="runs/bench", help="where run folders go (default runs/bench)")
+    p.add_argument("--results-dir", default="benchmarks/results",
+                   help="where result JSON, tables and plots go (default benchmarks/results)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and commands, run nothing")
+    p.add_argument("--summary-only", action="store_true", help="only rebuild tables/plots from existing results")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars in the runs")
+
+    p = sub.add_parser("report", help="print a run's metrics table and write its training curves (PNG)",
+                       description="Show what a run recorded: per-epoch table and curves PNG.",
+                       epilog=REPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) written by lakd train / distill")
+    p.add_argument("--out", help="PNG path (default RUN_DIR/curves.png; compare.png for several runs)")
+
+    p = sub.add_parser("demo", help="the 10-minute tour: teacher -> KD and LAKD students, table and pictures",
+                       description="Distil a CIFAR-10 student with KD and with LAKD from a small teacher (reused "
+                       "or trained), print a comparison table and write pictures and curves.",
+                       epilog=DEMO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", help="folder holding CIFAR-10 (else $LAKD_DATA)")
+    p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    p.add_argument("--teacher", help="teacher checkpoint to use (default: the committed CIFAR-10 resnet56)")
+    p.add_argument("--epochs", type=int, default=2, help="student epochs per method (default 2)")
+    p.add_argument("--train-limit", type=int, default=20000,
+                   help="training images per epoch (default 20000, a seeded random subset)")
+    p.add_argument("--tiny", action="store_true", help="synthetic data and tiny models: a 1-minute smoke run")
+    p.add_argument("--force", action="store_true", help="start over in an existing --out folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("explain", help="PNG grid of teacher/student activation maps (NDAM) per module",
+                       description="Show where teacher and student are active, module by module, on test images, "
+                       "with a per-module similarity number.",
+                       epilog=EXPLAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", required=True, help="teacher checkpoint")
+    p.add_argument("--student", required=True, help="student checkpoint (after distillation)")
+    p.add_argument("--before", help="a second student checkpoint to show beside it (e.g. before distillation)")
+    p.add_argument("--images", type=int, default=4, help="number of test images (default 4)")
+    p.add_argument("--data-root", help="folder holding the datasets (else $LAKD_DATA)")
+    p.add_argument("--out", help="PNG path (default: ndam.png beside the student checkpoint)")
+
     return parser
 
 
@@ -199,7 +273,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_model_name(cfg.model.name)
     out = Path(cfg.out or f"runs/{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     _prepare_out_dir(out, args.resume, args.force)
-    return _run_training(cfg, out, args.resume, args.force, argv=sys.argv)
+    return _run_training(cfg, out, args.resume, args.force, argv=args.argv)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -221,7 +295,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     teacher_ckpt = _load_teacher_checkpoint(cfg.distill.teacher) if cfg.distill.teacher else None
     out = Path(cfg.out or f"runs/{cfg.distill.method}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     _prepare_out_dir(out, args.resume, args.force)
-    return _run_training(cfg, out, args.resume, args.force, argv=sys.argv, teacher_ckpt=teacher_ckpt)
+    return _run_training(cfg, out, args.resume, args.force, argv=args.argv, teacher_ckpt=teacher_ckpt)
 
 
 def _load_teacher_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -246,21 +320,9 @@ def _build_teacher(teacher_ckpt: tuple[dict[str, Any], dict[str, Any], str], spl
                         f"'{splits.name}' has {splits.num_classes}: use a teacher trained on {splits.name}")
     if meta.get("dataset") and meta["dataset"] != splits.name:
         raise LakdError(f"teacher '{path}' was trained on '{meta['dataset']}', not on '{splits.name}'")
-    return _model_from_checkpoint(ckpt, meta, f"teacher '{path}'")
+    from lakd.engine.checkpoint import model_from_checkpoint
 
-
-def _model_from_checkpoint(ckpt: dict[str, Any], meta: dict[str, Any], what: str) -> Any:
-    """Build ``meta['arch']`` and load the checkpoint's weights; a mismatch is one clear error."""
-    from lakd.models import build_model
-
-    check_model_name(meta["arch"])
-    model = build_model(meta["arch"], meta["num_classes"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise LakdError(f"{what}: weights do not fit architecture '{meta['arch']}': "
-                        f"{str(exc).splitlines()[0]}") from None
-    return model
+    return model_from_checkpoint(ckpt, meta, f"teacher '{path}'")
 
 
 def _run_training(
@@ -313,7 +375,7 @@ def _run_training(
         trainer.resume_from(out / "last.pt")
     else:
         (out / "config.yaml").write_text(dump_yaml(cfg))
-    run_info = {"command": " ".join(["lakd", *argv[1:]]), "config": cfg.to_dict(),
+    run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
                 "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
                 "environment": environment_info(runtime), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
@@ -336,43 +398,53 @@ def _run_training(
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def evaluate_checkpoint(
+    path: str, split: str = "test", dataset: str | None = None, data_root: str | None = None,
+    device: str = "auto", precision: str = "auto", batch_size: int = 500,
+) -> dict[str, Any]:
+    """Top-1/top-5/loss/img/s of a checkpoint's model on one split of its dataset (or ``dataset``)."""
     import torch
 
     from lakd.data import load_splits
     from lakd.engine import evaluate, load_checkpoint, resolve_runtime
-    from lakd.engine.checkpoint import checkpoint_meta
+    from lakd.engine.checkpoint import checkpoint_meta, model_from_checkpoint
 
-    ckpt = load_checkpoint(args.ckpt)
-    meta = checkpoint_meta(ckpt, args.ckpt)
-    runtime = resolve_runtime(args.device, args.precision, "auto")
+    ckpt = load_checkpoint(path)
+    meta = checkpoint_meta(ckpt, path)
+    runtime = resolve_runtime(device, precision, "auto")
     data = dict(meta.get("data") or {"dataset": meta.get("dataset", "cifar10")})
-    if args.dataset and args.dataset != data.get("dataset"):
-        data = {"dataset": args.dataset}
+    if dataset and dataset != data.get("dataset"):
+        data = {"dataset": dataset}
     dataset = data.pop("dataset")
-    if args.split == "test":
+    if split == "test":
         data["val_size"] = 0  # the test split does not depend on the validation carve-out
-    splits = load_splits(dataset, args.data_root, **data)
+    splits = load_splits(dataset, data_root, **data)
     if splits.num_classes != meta["num_classes"]:
-        raise LakdError(f"checkpoint '{args.ckpt}' predicts {meta['num_classes']} classes but dataset "
+        raise LakdError(f"checkpoint '{path}' predicts {meta['num_classes']} classes but dataset "
                         f"'{dataset}' has {splits.num_classes}")
-    model = _model_from_checkpoint(ckpt, meta, f"checkpoint '{args.ckpt}'").to(runtime.device)
+    model = model_from_checkpoint(ckpt, meta, f"checkpoint '{path}'").to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    arrays = {"test": splits.test, "val": splits.val, "train": splits.train}[args.split]
+    arrays = {"test": splits.test, "val": splits.val, "train": splits.train}[split]
     if arrays is None:
         raise LakdError("--split val: this checkpoint was trained without a validation split")
     mean = tuple(meta.get("mean", splits.mean))
     std = tuple(meta.get("std", splits.std))
-    result = evaluate(model, arrays, mean, std, runtime, args.batch_size)
-    result.update({"ckpt": str(args.ckpt), "arch": meta["arch"], "dataset": dataset, "split": args.split,
+    result = evaluate(model, arrays, mean, std, runtime, batch_size)
+    result.update({"ckpt": str(path), "arch": meta["arch"], "dataset": dataset, "split": split,
                    "images": len(arrays), "device": runtime.describe()})
+    return result
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoint(args.ckpt, args.split, args.dataset, args.data_root, args.device, args.precision,
+                                 args.batch_size)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{meta['arch']} on {dataset}/{args.split} ({len(arrays)} images, {runtime.describe()}): "
-              f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
-              f"{result['img_per_s']:.0f} img/s")
+        print(f"{result['arch']} on {result['dataset']}/{args.split} ({result['images']} images, "
+              f"{result['device']}): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+              f"loss {result['loss']:.4f}  {result['img_per_s']:.0f} img/s")
     return 0
 
 
@@ -399,6 +471,73 @@ def cmd_data(args: argparse.Namespace) -> int:
     raise LakdError("lakd data needs an action: download or info (see `lakd data --help`)")
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lakd.bench import current_command, load_protocol, plan_runs, run_bench, split_list, summarise
+
+    seeds = split_list(args.seeds)
+    try:
+        seed_list = [int(s) for s in seeds] if seeds else None
+    except ValueError:
+        raise LakdError(f"--seeds must be integers, got {' '.join(seeds)}") from None
+    if args.epochs is not None and args.epochs < 1:
+        raise LakdError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.summary_only:
+        protocol = load_protocol(args.protocol)
+        runs = plan_runs(protocol, split_list(args.methods) or None, seed_list, split_list(args.pairs) or None,
+                         args.epochs, Path(args.runs_dir), Path(args.results_dir))
+        folders = sorted({r.result_path.parent for r in runs})
+        for folder in folders:
+            print(summarise(folder, title=str(folder.relative_to(Path(args.results_dir))))["table"])
+        return 0
+    return run_bench(args.protocol, split_list(args.methods) or None, seed_list, split_list(args.pairs) or None,
+                     args.epochs, args.runs_dir, args.results_dir, args.data_root, progress=not args.no_progress,
+                     dry_run=args.dry_run, bench_command=current_command())
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lakd.report import load_run, loss_terms, metrics_table, plot_curves, summary_line
+
+    records = [load_run(r) for r in args.runs]
+    for record in records:
+        print(f"== {record.path}  ({record.run.get('command', 'command unknown')})")
+        print(metrics_table(record))
+        terms = loss_terms(record.epochs)
+        if terms and record.epochs:
+            last = record.epochs[-1]
+            print("last epoch loss terms: " + "  ".join(f"{t[6:]} {last[t]:.4f}" for t in terms if t in last))
+        print(summary_line(record) + "\n")
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = records[0].path / "curves.png" if len(records) == 1 else Path("compare.png")
+    labels = [r.path.name or str(r.path) for r in records]
+    if len(set(labels)) < len(labels):
+        labels = [str(r.path) for r in records]
+    plot_curves({label: r.epochs for label, r in zip(labels, records, strict=True)}, out)
+    print(f"curves: {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lakd.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from lakd.explain import explain_checkpoints
+
+    result = explain_checkpoints(args.teacher, args.student, before=args.before, images=args.images,
+                                 data_root=args.data_root, out=args.out)
+    for m in result["modules"]:
+        before = m.get("similarity_before")
+        extra = f"  (before: {before:.3f})" if before is not None else ""
+        print(f"module {m['module']} <- teacher stage {m['teacher_stage']}: NDAM similarity "
+              f"{m['similarity']:.3f}{extra}")
+    print(f"picture: {result['path']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides (KEY=VALUE) may sit between options: collect the ones argparse left over.
@@ -411,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handlers = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "data": cmd_data}
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in run.json as the exact command
+    handlers = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "data": cmd_data, "bench": cmd_bench,
+                "report": cmd_report, "demo": cmd_demo, "explain": cmd_explain}
     try:
         return handlers[args.command](args)
     except LakdError as exc:

@@ -1,0 +1,137 @@
+"""``lakd demo``: the ten-minute tour a new user runs first.
+
+Teacher (the committed CIFAR-10 resnet56, a given checkpoint, or a quickly trained one) -> resnet20 students
+distilled with KD and with LAKD under the same budget -> a comparison table (top-1, img/s, peak memory, time),
+training curves and NDAM pictures in the demo folder. Every step is an ordinary ``lakd`` command run in-process,
+so each sub-run folder is a normal run folder (config, metrics, checkpoints, run.json with its exact command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from lakd.errors import LakdError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMMITTED_TEACHER = REPO_ROOT / "benchmarks" / "teachers" / "cifar10_resnet56_e8.pt"
+DEMO_METHODS = ("kd", "lakd")
+
+
+def _run(argv: list[str]) -> None:
+    """Run one lakd command in-process; its failure stops the demo with that command's message."""
+    from lakd.cli import main
+
+    print(f"\n$ lakd {' '.join(argv)}", flush=True)
+    rc = main(argv)
+    if rc != 0:
+        raise LakdError(f"demo step failed (exit {rc}): lakd {' '.join(argv)}")
+
+
+def _check_data(root: str | None) -> None:
+    from lakd.data.cifar import find_cifar_forms
+    from lakd.data.root import resolve_data_root
+
+    path, how = resolve_data_root(root)
+    if not path.is_dir() or not find_cifar_forms("cifar10", path):
+        raise LakdError(f"CIFAR-10 is not under the data root '{path}' (chosen by {how}): fetch it with "
+                        f"`lakd data download cifar10 --root {path}`, or point --data-root / $LAKD_DATA at a "
+                        "folder that has it (or try `lakd demo --tiny`, which needs no data)")
+
+
+def comparison_rows(out: Path, methods: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = []
+    for method in methods:
+        summary = json.loads((out / method / "summary.json").read_text())
+        rows.append({"method": method, "test_top1": summary["last_test_top1"], "val_top1": summary["last_val_top1"],
+                     "best_test_top1": summary["best_test_top1"], "img_per_s": summary["train_img_per_s"],
+                     "peak_mem_mb": summary["peak_mem_mb"], "wall_s": summary["fit_wall_s"],
+                     "run": str(out / method)})
+    return rows
+
+
+def comparison_table(rows: list[dict[str, Any]], teacher_top1: float) -> str:
+    lines = ["| method | test top-1 | val top-1 | img/s | peak MB | time |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['test_top1']:.2f} | {r['val_top1']:.2f} | {r['img_per_s']:.0f} | "
+                     f"{r['peak_mem_mb']:.0f} | {r['wall_s'] / 60:.1f} min |")
+    lines.append(f"\nteacher test top-1: {teacher_top1:.2f}")
+    return "\n".join(lines)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise LakdError(f"demo folder '{out}' already exists and is not empty; use --force to redo it there, or "
+                        "another --out")
+    if args.epochs < 1 or args.train_limit < 1:
+        raise LakdError("--epochs and --train-limit must be >= 1")
+    common = ["--no-progress"] if args.no_progress else []
+    if args.data_root:
+        common += ["--data-root", args.data_root]
+    if args.tiny:  # synthetic images, tiny models: exercises every step in about a minute
+        data = ["--dataset", "synthetic", "data.synthetic_size=256", "data.val_size=64", "data.eval_batch_size=128"]
+        student, epochs, limit = "resnet8", 1, None
+    else:
+        _check_data(args.data_root)
+        data = ["--dataset", "cifar10", "data.val_size=5000"]
+        student, epochs, limit = "resnet20", args.epochs, args.train_limit
+    if args.force and out.exists():
+        for name in ("teacher", *DEMO_METHODS):
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    teacher = args.teacher
+    if teacher is None and not args.tiny and COMMITTED_TEACHER.is_file():
+        teacher = str(COMMITTED_TEACHER)
+        print(f"teacher: the committed CIFAR-10 resnet56 ({teacher})")
+    if teacher is None:
+        arch = "resnet8" if args.tiny else "resnet32"
+        print(f"teacher: none given or committed here, so training a quick {arch} teacher first (1 epoch; for real "
+              "work train one with `lakd train -c configs/cifar10_teacher.yaml`)")
+        _run(["train", "--model", arch, "--epochs", "1", "--out", str(out / "teacher"), *data, *common])
+        teacher = str(out / "teacher" / "best.pt")
+
+    for method in DEMO_METHODS:
+        argv = ["distill", "--method", method, "--teacher", teacher, "--student", student, "--epochs", str(epochs),
+                "--out", str(out / method), *data, *common]
+        if limit is not None:
+            argv.append(f"data.train_limit={limit}")
+        _run(argv)
+
+    from lakd.explain import explain_checkpoints
+    from lakd.report import plot_curves, read_jsonl
+
+    rows = comparison_rows(out, DEMO_METHODS)
+    curves = plot_curves({m: read_jsonl(out / m / "metrics.jsonl") for m in DEMO_METHODS}, out / "curves.png",
+                         title=f"{student} students of {Path(teacher).name}")
+    pictures = {}
+    for method in DEMO_METHODS:
+        result = explain_checkpoints(teacher, str(out / method / "best.pt"), images=6, data_root=args.data_root,
+                                     out=str(out / f"ndam_{method}.png"))
+        pictures[method] = result
+    from lakd.cli import evaluate_checkpoint
+
+    teacher_top1 = evaluate_checkpoint(teacher, data_root=args.data_root)["top1"]
+    table = comparison_table(rows, teacher_top1)
+    similarity = "\n".join(
+        f"NDAM similarity to the teacher, per module, {m}: "
+        + ", ".join(f"{x['similarity']:.3f}" for x in pictures[m]["modules"]) for m in DEMO_METHODS)
+    (out / "comparison.md").write_text(table + "\n\n" + similarity + "\n")
+    (out / "comparison.json").write_text(json.dumps({"rows": rows, "teacher": teacher, "teacher_top1": teacher_top1,
+                                                     "student": student,
+                                                     "epochs": epochs, "train_limit": limit,
+                                                     "ndam": {m: pictures[m]["modules"] for m in DEMO_METHODS}},
+                                                    indent=2))
+    print("\n" + table + "\n\n" + similarity)
+    print(f"\ndemo finished in {(time.perf_counter() - start) / 60:.1f} min. Outputs in {out}/:")
+    print(f"  comparison.md / comparison.json   the table above\n  {curves.name:<33} training curves")
+    for method in DEMO_METHODS:
+        print(f"  ndam_{method}.png{'':<{20 - len(method)}}teacher vs {method} student activation maps")
+    print(f"  {', '.join(DEMO_METHODS)}/ (+ teacher/ if trained)   ordinary run folders: `lakd report {out}/lakd`")
+    return 0

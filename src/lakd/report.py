@@ -1,0 +1,155 @@
+"""Read run folders back and show them: a per-epoch metrics table and training-curve PNGs.
+
+Used by ``lakd report RUN_DIR`` and by ``lakd bench`` / ``lakd demo`` for their plots. Everything here only
+reads what the trainer wrote (metrics.jsonl, summary.json, run.json); nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lakd.errors import LakdError
+
+
+@dataclass
+class RunRecord:
+    """One finished or unfinished run folder, as the trainer left it."""
+
+    path: Path
+    epochs: list[dict[str, Any]]
+    summary: dict[str, Any] | None = None
+    run: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; a torn last line (run killed mid-write) is skipped, not fatal."""
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Load a run folder written by ``lakd train`` / ``lakd distill``; a folder without metrics is an error."""
+    path = Path(path)
+    metrics = path / "metrics.jsonl"
+    if not path.is_dir():
+        raise LakdError(f"run folder '{path}' does not exist")
+    if not metrics.is_file():
+        raise LakdError(f"'{path}' is not a run folder: it has no metrics.jsonl (written after each epoch by "
+                        "`lakd train` / `lakd distill`)")
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
+    run = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
+    return RunRecord(path, read_jsonl(metrics), summary, run)
+
+
+def loss_terms(epochs: list[dict[str, Any]]) -> list[str]:
+    """The per-term training losses recorded (train_<name>), in first-seen order, without the total."""
+    names: list[str] = []
+    for row in epochs:
+        for key in row:
+            if key.startswith("train_") and key not in ("train_loss", "train_top1", "train_time_s") \
+                    and key not in names:
+                names.append(key)
+    return names
+
+
+def metrics_table(record: RunRecord) -> str:
+    """A fixed-width per-epoch table: losses, accuracies, lr, speed, memory."""
+    cols = [("epoch", "{:>5}"), ("train_loss", "{:>10.4f}"), ("train_top1", "{:>10.2f}"), ("val_top1", "{:>8.2f}"),
+            ("test_top1", "{:>9.2f}"), ("lr", "{:>8.4f}"), ("img_per_s", "{:>9.0f}"), ("peak_mem_mb", "{:>11.0f}")]
+    cols = [(name, fmt) for name, fmt in cols if any(name in row for row in record.epochs)]
+    lines = [" ".join(f"{name:>{len(fmt.format(0))}}" for name, fmt in cols)]
+    for row in record.epochs:
+        cells = []
+        for name, fmt in cols:
+            width = len(fmt.format(0))
+            value = row.get(name)
+            cells.append(fmt.format(value) if isinstance(value, (int, float)) else f"{'-':>{width}}")
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def summary_line(record: RunRecord) -> str:
+    """One line: last and best-on-val test top-1, speed, memory, wall time (or how far an unfinished run got)."""
+    s = record.summary
+    if s is None:
+        done = record.epochs[-1]["epoch"] if record.epochs else 0
+        return f"{record.path}: unfinished, {done} epoch(s) recorded"
+    best = f"best-val epoch {s.get('best_epoch')} (test {s.get('best_test_top1', float('nan')):.2f})"
+    return (f"{record.path}: last test {s.get('last_test_top1', float('nan')):.2f}  {best}  "
+            f"{s.get('train_img_per_s', 0):.0f} img/s  peak {s.get('peak_mem_mb', 0):.0f} MB  "
+            f"{s.get('fit_wall_s', 0):.0f} s")
+
+
+def _pyplot():
+    """matplotlib's Figure with the Agg canvas only: no global backend switch, safe in headless runs."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
+        raise LakdError("plots need matplotlib: pip install matplotlib") from exc
+    return Figure
+
+
+def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str | None = None) -> Path:
+    """Accuracy (val and test top-1) and training loss per epoch, one line per run label; writes a PNG."""
+    figure_cls = _pyplot()
+    fig = figure_cls(figsize=(11, 4), dpi=100)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for label, epochs in runs.items():
+        xs = [row["epoch"] for row in epochs]
+        line = None
+        for key, style in (("val_top1", "-"), ("test_top1", ":")):
+            ys = [row.get(key) for row in epochs]
+            if any(v is not None for v in ys):
+                kw = {"color": line.get_color()} if line is not None else {}
+                (drawn,) = ax_acc.plot(xs, ys, style, marker="o", ms=3,
+                                       label=f"{label} ({key.split('_')[0]})", **kw)
+                line = line or drawn
+        ys = [row.get("train_loss") for row in epochs]
+        ax_loss.plot(xs, ys, "-", marker="o", ms=3, label=label,
+                     **({"color": line.get_color()} if line is not None else {}))
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy (solid: val, dotted: test)")
+    ax_loss.set(xlabel="epoch", ylabel="training loss (sum of weighted terms)", title="training loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_accuracy_vs_speed(points: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Scatter of test top-1 (mean ± std over seeds) against training img/s, one point per method."""
+    figure_cls = _pyplot()
+    fig = figure_cls(figsize=(6, 4.5), dpi=100)
+    ax = fig.subplots()
+    for pt in points:
+        ax.errorbar(pt["img_per_s"], pt["top1_mean"], yerr=pt.get("top1_std") or 0.0, fmt="o", capsize=3)
+        ax.annotate(pt["label"], (pt["img_per_s"], pt["top1_mean"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set(xlabel="training throughput (img/s)", ylabel="test top-1 at best val epoch (%)",
+           title=title or "accuracy vs speed")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

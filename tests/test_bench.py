@@ -1,0 +1,139 @@
+"""`lakd bench` and `lakd report` on a tiny synthetic protocol: results, tables, plots, skip/resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lakd.bench import load_protocol, plan_runs, run_state
+from lakd.cli import main
+from lakd.errors import LakdError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY = ["--dataset", "synthetic", "--epochs", "1", "--no-progress", "--precision", "fp32",
+        "data.synthetic_size=96", "data.val_size=16", "data.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_protocol(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A protocol file in the format of configs/protocols/*.yaml, on synthetic data with a tiny teacher."""
+    root = tmp_path_factory.mktemp("proto")
+    teacher = root / "teacher"
+    assert main(["train", "--model", "resnet8", "--out", str(teacher), *TINY]) == 0
+    base = {"model": {"name": "resnet8"},
+            "data": {"dataset": "synthetic", "synthetic_size": 96, "val_size": 16, "batch_size": 16,
+                     "eval_batch_size": 64},
+            "train": {"epochs": 1, "precision": "fp32"},
+            "distill": {"teacher": str(teacher / "best.pt")}}
+    (root / "base.yaml").write_text(yaml.safe_dump(base))
+    for method in ("vanilla", "kd"):
+        (root / f"{method}.yaml").write_text(yaml.safe_dump({"distill": {"method": method}}))
+    protocol = {"name": "tiny", "configs": [str(root / "base.yaml")], "seeds": [0, 1],
+                "default_methods": ["vanilla", "kd"],
+                "methods": {"vanilla": {"config": str(root / "vanilla.yaml")},
+                            "kd": {"config": str(root / "kd.yaml")},
+                            "kd-t2": {"config": str(root / "kd.yaml"),
+                                      "overrides": ["distill.params.temperature=2"]}}}
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(protocol))
+    return path
+
+
+def test_bench_runs_collects_tabulates_and_skips_finished(
+    tiny_protocol: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    args = ["bench", str(tiny_protocol), "--runs-dir", str(runs), "--results-dir", str(results), "--no-progress"]
+    assert main(args) == 0
+    folder = results / "tiny"
+    files = sorted(p.name for p in folder.glob("*-s*.json"))
+    assert files == ["kd-s0.json", "kd-s1.json", "vanilla-s0.json", "vanilla-s1.json"]
+    result = json.loads((folder / "kd-s1.json").read_text())
+    assert result["seed"] == 1 and result["method"] == "kd" and result["distill_method"] == "kd"
+    assert result["config"]["train"]["seed"] == 1
+    assert len(result["epochs"]) == 1 and "val_top1" in result["epochs"][0]
+    for key in ("last_test_top1", "best_test_top1", "img_per_s", "peak_mem_mb", "wall_s"):
+        assert isinstance(result[key], float), key
+    assert result["environment"]["torch"] and "git_commit" in result["environment"]
+    assert "--seed 1" in result["command"] and result["command"].startswith("lakd distill")
+    # Two seeds -> mean ± std in the table; plots are real PNGs.
+    table = (folder / "summary.md").read_text()
+    assert "| kd | 0,1 | 1 |" in table and "±" in table
+    summary = json.loads((folder / "summary.json").read_text())
+    kd = next(m for m in summary["methods"] if m["method"] == "kd")
+    values = [json.loads((folder / f"kd-s{s}.json").read_text())["best_test_top1"] for s in (0, 1)]
+    assert kd["best_test_top1"]["values"] == values
+    assert kd["best_test_top1"]["mean"] == pytest.approx(sum(values) / 2)
+    for png in ("accuracy_curves.png", "accuracy_vs_speed.png"):
+        assert (folder / png).read_bytes()[:8] == PNG_SIGNATURE
+
+    # A second call runs nothing: every result exists.
+    stamp = (runs / "tiny" / "kd-s0" / "last.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "kd seed 0: done" in capsys.readouterr().out
+    assert (runs / "tiny" / "kd-s0" / "last.pt").stat().st_mtime_ns == stamp
+
+    # An unfinished run (no summary yet, last.pt present) is resumed, not restarted.
+    (folder / "kd-s0.json").unlink()
+    (runs / "tiny" / "kd-s0" / "summary.json").unlink()
+    protocol = load_protocol(str(tiny_protocol))
+    planned = {(r.method, r.seed): r for r in plan_runs(protocol, None, None, None, None, runs, results)}
+    assert run_state(planned[("kd", 0)]) == "resume"
+    assert run_state(planned[("kd", 1)]) == "done"
+    capsys.readouterr()
+    assert main([*args, "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert "  resume  lakd distill" in dry and dry.count("    done  ") == 3
+    assert main(args) == 0
+    assert "--resume" in capsys.readouterr().out
+    assert (folder / "kd-s0.json").is_file()
+
+    # `lakd report` on one of the runs: table on stdout and a curves PNG.
+    assert main(["report", str(runs / "tiny" / "kd-s1")]) == 0
+    out = capsys.readouterr().out
+    assert "val_top1" in out and "last epoch loss terms: ce" in out and "kd " in out
+    assert (runs / "tiny" / "kd-s1" / "curves.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_bench_variant_overrides_and_epochs_label(tiny_protocol: Path, tmp_path: Path) -> None:
+    protocol = load_protocol(str(tiny_protocol))
+    runs = plan_runs(protocol, ["kd-t2"], [3], None, 2, tmp_path / "runs", tmp_path / "results")
+    assert len(runs) == 1
+    args = runs[0].command(data_root=None, progress=False)
+    assert args[-1] == "distill.params.temperature=2" and args[args.index("--epochs") + 1] == "2"
+    assert runs[0].run_dir == tmp_path / "runs" / "tiny-e2" / "kd-t2-s3"
+    assert runs[0].result_path == tmp_path / "results" / "tiny-e2" / "kd-t2-s3.json"
+
+
+def test_bench_bad_input(tiny_protocol: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = [
+        (["bench", str(tiny_protocol), "--methods", "kdd"], "has no method 'kdd' (did you mean 'kd'?)"),
+        (["bench", "cifar10-cpux"], "unknown protocol 'cifar10-cpux' (did you mean 'cifar10-cpu'?)"),
+        (["bench", str(tiny_protocol), "--seeds", "one"], "--seeds must be integers"),
+        (["bench", str(tiny_protocol), "--pairs", "a_b"], "has no teacher/student pairs"),
+        (["report", str(tmp_path)], "has no metrics.jsonl"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--results-dir", str(tmp_path / "r")] if argv[0] == "bench" else argv) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmethod: {}\n")
+    with pytest.raises(LakdError, match=r"unknown key 'method' \(did you mean 'methods'\?\)"):
+        load_protocol(str(bad))
+
+
+def test_shipped_protocols_load_and_name_existing_configs() -> None:
+    for name in ("cifar10-cpu", "cifar100-crd"):
+        protocol = load_protocol(name)
+        runs = plan_runs(protocol, list(protocol.methods), [0], None, None, Path("runs/x"), Path("results/x"))
+        for run in runs:
+            run.command(data_root=None, progress=False)  # resolves every config path or raises
+    c10 = load_protocol("cifar10-cpu")
+    assert {"vanilla", "kd", "fitnet", "at", "dkd", "reviewkd", "lakd"} <= set(c10.default_methods)
+    assert "distill.params.warmup_epochs=0.5" in c10.methods["dkd"].overrides
+    assert len(load_protocol("cifar100-crd").pairs) == 11

@@ -1,0 +1,42 @@
+"""`lakd demo --tiny`: every step of the main command (teacher, KD, LAKD, table, curves, NDAM pictures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lakd.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--tiny", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| method | test top-1 |" in printed and f"Outputs in {out}/" in printed
+    result = json.loads((out / "comparison.json").read_text())
+    assert [r["method"] for r in result["rows"]] == ["kd", "lakd"]
+    for row in result["rows"]:
+        summary = json.loads((Path(row["run"]) / "summary.json").read_text())
+        assert row["test_top1"] == summary["last_test_top1"] and row["img_per_s"] > 0
+        assert "lakd distill --method" in summary["command"]  # the sub-run records its own command
+    assert 0 <= result["teacher_top1"] <= 100
+    assert len(result["ndam"]["lakd"]) == 3  # resnet8: three stage modules
+    for png in ("curves.png", "ndam_kd.png", "ndam_lakd.png"):
+        assert (out / png).read_bytes()[:8] == PNG_SIGNATURE, png
+    assert (out / "teacher" / "best.pt").is_file()  # --tiny trains its own teacher
+    # A second demo into the same folder is refused (nothing overwritten) unless --force.
+    before = (out / "comparison.json").read_bytes()
+    assert main(["demo", "--tiny", "--out", str(out), "--no-progress"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "comparison.json").read_bytes() == before
+
+
+def test_demo_without_data_says_how_to_get_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path / "d"), "--data-root", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "CIFAR-10 is not under the data root" in err and "lakd data download cifar10" in err
+    assert not (tmp_path / "d").exists()
