@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lakd.distill import build_distiller
-from lakd.distill.lakd import LAKD
+from lakd.distill.lakd import LAKD, feature_loss
 from lakd.distill.ndam import coarse, ndam_loss, ndam_map, similarity, spatial_weights
 from lakd.engine.memory import SavedTensorMeter
 from lakd.errors import LakdError
@@ -167,7 +167,33 @@ def test_loss_terms_switch_off() -> None:
     assert set(losses) == {"ndam0", "ndam1", "ndam2", "ce"}
 
 
+def test_feature_loss_forms_by_hand() -> None:
+    # B=2, C=2, 1x1 positions: student channel vectors (1, 0), (0, 2); teacher (1, 1), (0, 1).
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).view(2, 2, 1, 1)
+    t = torch.tensor([[1.0, 1.0], [0.0, 1.0]]).view(2, 2, 1, 1)
+    # mse: squared differences 0, 1, 0, 1 -> mean 0.5
+    assert feature_loss(s, t, "mse").item() == pytest.approx(0.5)
+    # cosine: sample 0: cos((1,0),(1,1)) = 1/sqrt2; sample 1: cos((0,2),(0,1)) = 1 -> mean(1 - cos)
+    assert feature_loss(s, t, "cosine").item() == pytest.approx((1 - 1 / math.sqrt(2)) / 2, rel=1e-5)
+    # channel_norm: each channel standardised over the batch (biased var, eps 1e-5):
+    # student ch0 (1, 0) -> (1, -1)*c0, ch1 (0, 2) -> (-1, 1)*c1; teacher ch0 (1, 0) -> (1, -1)*c0, ch1 (1, 1) -> 0
+    c = lambda var: 1 / math.sqrt(var + 1e-5)  # noqa: E731
+    expected = (0 + 0 + (c(1.0) * 1) ** 2 * 2) / 4  # ch0 equal on both sides; ch1 student +-c, teacher 0
+    assert feature_loss(s, t, "channel_norm").item() == pytest.approx(expected, rel=1e-4)
+    # spatial weights scale each position's error: weight 2 on sample 0, 0 on sample 1 -> mse 2 * 1 / 4
+    w = torch.tensor([2.0, 0.0]).view(2, 1, 1, 1)
+    assert feature_loss(s, t, "mse", w).item() == pytest.approx(0.5)
+    assert feature_loss(s, t, "cosine", w).item() == pytest.approx(2 * (1 - 1 / math.sqrt(2)) / 2, rel=1e-5)
+    # The forms are selectable in LAKD and train: every feat term finite and positive.
+    for form in ("channel_norm", "cosine"):
+        _, losses = make_lakd(feat_form=form, progressive=False).forward_train(
+            torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), 5.0)
+        assert all(torch.isfinite(losses[f"feat{k}"]) and losses[f"feat{k}"] > 0 for k in range(3))
+
+
 def test_bad_params_are_clear() -> None:
+    with pytest.raises(LakdError, match="feat_form"):
+        make_lakd(feat_form="l1")
     with pytest.raises(LakdError, match="needs detach = true"):
         make_lakd(detach=False, backward="local")
     with pytest.raises(LakdError, match="ndam_mode"):

@@ -32,6 +32,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         return_index: bool = False,
+        pin_memory: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -50,6 +51,7 @@ class BatchLoader:
         self.world_size = world_size
         self.epoch = 0
         self.return_index = return_index  # also yield each sample's index in ``arrays`` (CRD's memory bank)
+        self.pin_memory = pin_memory  # page-locked batches: the host->GPU copy can overlap compute (CUDA only)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -96,7 +98,8 @@ class BatchLoader:
             images = self.images[index]
             if self.augment:
                 images = apply_crop_flip(images, self.crop_padding, *params)
-            if self.return_index:
-                yield normalise(images, self.mean, self.std), self.labels[index], index
-            else:
-                yield normalise(images, self.mean, self.std), self.labels[index]
+            batch = normalise(images, self.mean, self.std)
+            labels = self.labels[index]
+            if self.pin_memory:
+                batch, labels = batch.pin_memory(), labels.pin_memory()
+            yield (batch, labels, index) if self.return_index else (batch, labels)

@@ -45,6 +45,33 @@ SPLIT_TABLES: dict[str, list[list[int]]] = {
     "vgg19": [[0, 1], [2], [3, 4]],
 }
 
+FEAT_FORMS = ("mse", "channel_norm", "cosine")
+
+
+def channel_standardise(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each channel to zero mean / unit variance over (batch, H, W): a BatchNorm without parameters or memory."""
+    return F.batch_norm(x, None, None, training=True, eps=eps)
+
+
+def feature_loss(
+    s: torch.Tensor, t: torch.Tensor, form: str = "mse", weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Distance between projected student and teacher features (B, C, H, W), averaged over positions.
+
+    ``mse``: mean squared error. ``channel_norm``: the same after ``channel_standardise`` of both sides, so every
+    teacher channel counts equally whatever its scale. ``cosine``: ``1 - cos`` between the channel vectors at each
+    position (scale-free per position). ``weights`` (B, 1, H, W) re-weights positions (mean 1).
+    """
+    if form == "channel_norm":
+        s, t = channel_standardise(s), channel_standardise(t)
+    if form == "cosine":
+        per_position = 1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-8)[:, None]  # (B, 1, H, W)
+        return (per_position * weights).mean() if weights is not None else per_position.mean()
+    if weights is not None:
+        return ((s - t).pow(2) * weights).mean()
+    return F.mse_loss(s, t)  # saves no new activation-sized tensor for backward
+
+
 # A module is a list of pieces (stage index, first block, end block); ``None`` bounds = the whole stage.
 Piece = tuple[int, int | None, int | None]
 
@@ -55,7 +82,8 @@ class Params(DistillParams):
     kd_weight: float = 0.9  # logit KD at the last module (0 = off)
     temperature: float = 4.0
     feat_weight: float = 1.0  # per-module feature MSE (0 = off)
-    feat_spatial_weighting: bool = False  # weight the MSE per position by the teacher's NDAM map
+    feat_form: str = "mse"  # mse (raw) | channel_norm (MSE after per-channel standardisation) | cosine
+    feat_spatial_weighting: bool = False  # weight the feature loss per position by the teacher's NDAM map
     ndam_weight: float = 5.0  # per-module NDAM loss (0 = off)
     ndam_p: float = 2.0
     ndam_scales: list[int] = field(default_factory=lambda: [0, 4, 2])  # 0 = native grid
@@ -84,6 +112,8 @@ class Params(DistillParams):
             raise bad("ndam_tau", "> 0")
         if not self.ndam_scales or any(s < 0 for s in self.ndam_scales):
             raise bad("ndam_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
+        if self.feat_form not in FEAT_FORMS:
+            raise bad("feat_form", " | ".join(f"'{f}'" for f in FEAT_FORMS))
         if self.ndam_mode not in ("l2", "kl"):
             raise bad("ndam_mode", "'l2' or 'kl'")
         if self.split not in ("stage", "block"):
@@ -246,11 +276,8 @@ class LAKD(Distiller):
                 s = F.adaptive_avg_pool2d(s, (h, w))
             if t.shape[-2:] != (h, w):
                 t = F.adaptive_avg_pool2d(t, (h, w))
-            if p.feat_spatial_weighting:
-                mse = ((s - t).pow(2) * spatial_weights(t_feat, (h, w), p.ndam_p)).mean()
-            else:
-                mse = F.mse_loss(s, t)  # saves no new activation-sized tensor for backward
-            losses[f"feat{k}"] = weighted(p.feat_weight * ramp, mse)
+            weights = spatial_weights(t_feat, (h, w), p.ndam_p) if p.feat_spatial_weighting else None
+            losses[f"feat{k}"] = weighted(p.feat_weight * ramp, feature_loss(s, t, p.feat_form, weights))
         if p.ndam_weight > 0:
             scales = [NATIVE if s == 0 else s for s in p.ndam_scales]
             nd = ndam_loss(feat, t_feat, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)

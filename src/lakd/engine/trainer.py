@@ -49,7 +49,7 @@ def evaluate(
     """Top-1/top-5 accuracy (%), mean CE loss and img/s of ``model`` on ``arrays`` (no augmentation)."""
     was_training = model.training
     model.eval()
-    loader = BatchLoader(arrays, batch_size, mean, std)
+    loader = BatchLoader(arrays, batch_size, mean, std, pin_memory=runtime.device.type == "cuda")
     correct1 = correct5 = 0
     loss_sum = 0.0
     start = time.perf_counter()
@@ -100,7 +100,7 @@ class Trainer:
         self.train_loader = BatchLoader(
             splits.train, cfg.data.batch_size, splits.mean, splits.std, shuffle=True,
             augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=True, seed=cfg.train.seed,
-            return_index=bool(getattr(task, "needs_index", False)),
+            return_index=bool(getattr(task, "needs_index", False)), pin_memory=runtime.device.type == "cuda",
         )
         if len(self.train_loader) == 0:
             raise LakdError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
