@@ -66,6 +66,13 @@ DEMO_EXAMPLES = """examples:
   lakd demo --out runs/demo2 --epochs 3 --train-limit 45000
 """
 
+EXPORT_EXAMPLES = """examples:
+  lakd export --ckpt runs/c10-lakd/best.pt                          # -> runs/c10-lakd/best.safetensors
+  lakd export --ckpt runs/c10-lakd/best.pt --format onnx --out student.onnx   # needs pip install "lakd[onnx]"
+The student alone is written (projectors, auxiliary heads, memory banks and the teacher are dropped), with its
+architecture, classes and normalisation as metadata; lakd.export.load_exported() rebuilds it from a .safetensors.
+"""
+
 EXPLAIN_EXAMPLES = """examples:
   lakd explain --teacher benchmarks/teachers/cifar10_resnet56_e8.pt --student runs/c10cpu-lakd/best.pt
   lakd explain --teacher T.pt --student runs/lakd/best.pt --before runs/vanilla/best.pt --images 6 --out maps.png
@@ -178,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="synthetic data and tiny models: a 1-minute smoke run")
     p.add_argument("--force", action="store_true", help="start over in an existing --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("export", help="write the student of a checkpoint as safetensors or ONNX",
+                       description="Export the student model of a checkpoint for deployment.",
+                       epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint written by lakd (best.pt / last.pt)")
+    p.add_argument("--format", default="safetensors", help="safetensors (default) | onnx")
+    p.add_argument("--out", help="output file (default: the checkpoint path with .safetensors / .onnx)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     p = sub.add_parser("explain", help="PNG grid of teacher/student activation maps (NDAM) per module",
                        description="Show where teacher and student are active, module by module, on test images, "
@@ -524,6 +539,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from lakd.export import export_checkpoint
+
+    result = export_checkpoint(args.ckpt, args.out, args.format, force=args.force)
+    print(f"{result['arch']} ({result['params']:,} parameters, {result['num_classes']} classes) -> {result['path']} "
+          f"({result['format']}, {result['bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from lakd.explain import explain_checkpoints
 
@@ -552,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in run.json as the exact command
     handlers = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "data": cmd_data, "bench": cmd_bench,
-                "report": cmd_report, "demo": cmd_demo, "explain": cmd_explain}
+                "report": cmd_report, "demo": cmd_demo, "explain": cmd_explain, "export": cmd_export}
     try:
         return handlers[args.command](args)
     except LakdError as exc:
