@@ -186,3 +186,20 @@ def test_distill_bad_input(tmp_path: Path, synthetic_teacher: Path, capsys: pyte
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (extra, err)
         assert not out.exists()
+
+
+def test_tensorboard_event_files_next_to_csv(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb-run"
+    assert main(["train", "--model", "resnet8", "--out", str(out), *TINY, "--epochs", "2",
+                 "train.tensorboard=true"]) == 0
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"val/top1", "test/top1", "train/loss", "lr"} <= set(tags)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = acc.Scalars("val/top1")
+    assert [e.step for e in events] == [1, 2]
+    assert [e.value for e in events] == pytest.approx([r["val_top1"] for r in rows])

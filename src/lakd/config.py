@@ -69,6 +69,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU (None: torch default)
     progress: bool = True
     eval_test: bool = True  # also evaluate on test every epoch (selection always uses val)
+    tensorboard: bool = False  # also write TensorBoard event files to <out>/tb (needs the tensorboard package)
 
 
 @dataclass

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from lakd.errors import LakdError
+
 
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
     """Number of samples whose label is among the top-k logits, for each k (k capped at #classes)."""
@@ -35,9 +37,17 @@ class MetricsLog:
     that starts with a warm-up) still gets a header.
     """
 
-    def __init__(self, out_dir: Path | None) -> None:
+    def __init__(self, out_dir: Path | None, tensorboard: bool = False) -> None:
         self.out_dir = out_dir
         self.rows: list[dict[str, Any]] = []
+        self.tb: Any = None
+        self.tensorboard = tensorboard and out_dir is not None
+        if self.tensorboard:  # fail before training starts, not after the first epoch
+            try:
+                import torch.utils.tensorboard  # noqa: F401
+            except ImportError:
+                raise LakdError("train.tensorboard = true needs the tensorboard package: pip install tensorboard "
+                                "(or leave it off; metrics.csv / metrics.jsonl are always written)") from None
 
     def restore(self, rows: list[dict[str, Any]]) -> None:
         self.rows = list(rows)
@@ -50,6 +60,23 @@ class MetricsLog:
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         self._write_csv()
+        if self.tensorboard:
+            if self.tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out_dir / "tb"))
+            # Grouped as train/..., val/..., test/... so TensorBoard shows one panel per split.
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    split, _, name = key.partition("_")
+                    tag = f"{split}/{name}" if split in ("train", "val", "test") and name else key
+                    self.tb.add_scalar(tag, value, row["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
     def _write_all(self) -> None:
         if self.out_dir is None:

@@ -105,7 +105,7 @@ class Trainer:
         if len(self.train_loader) == 0:
             raise LakdError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                             f"({self.train_loader.num_images} images): no full batch to train on")
-        self.metrics = MetricsLog(out_dir)
+        self.metrics = MetricsLog(out_dir, tensorboard=cfg.train.tensorboard)
         self.start_epoch = 0
         self.best: dict[str, Any] = {"val_top1": -1.0, "epoch": -1}
 
@@ -221,8 +221,18 @@ class Trainer:
         """Train from ``start_epoch`` to the end (or to epoch ``stop_after``); return the summary."""
         cfg = self.cfg
         fit_start = time.perf_counter()
-        student = self.task.student()
         end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
+        try:
+            self._fit_epochs(end)
+        finally:
+            self.metrics.close()
+        summary = self.summary()
+        summary["fit_wall_s"] = time.perf_counter() - fit_start
+        return summary
+
+    def _fit_epochs(self, end: int) -> None:
+        cfg = self.cfg
+        student = self.task.student()
         for epoch in range(self.start_epoch, end):
             row: dict[str, Any] = {"epoch": epoch + 1}
             row.update(self.train_epoch(epoch))
@@ -244,9 +254,6 @@ class Trainer:
             self.metrics.append(row)
             self._save(epoch + 1, is_best)
             self.log(self._format_row(row))
-        summary = self.summary()
-        summary["fit_wall_s"] = time.perf_counter() - fit_start
-        return summary
 
     def summary(self) -> dict[str, Any]:
         rows = self.metrics.rows
