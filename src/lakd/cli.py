@@ -78,7 +78,8 @@ EXPLAIN_EXAMPLES = """examples:
   lakd explain --teacher T.pt --student runs/lakd/best.pt --before runs/vanilla/best.pt --images 6 --out maps.png
 """
 
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.yaml", "run.json", "summary.json")
+RUN_FILES = ("last.pt", "last.prev.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.yaml", "run.json",
+             "summary.json")
 
 
 def _add_common_run_flags(p: argparse.ArgumentParser) -> None:
@@ -247,7 +248,7 @@ def _prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
         raise LakdError("--resume and --force contradict each other: pick one")
     existing = out.is_dir() and any(out.iterdir())
     if resume:
-        if not (out / "last.pt").is_file():
+        if not (out / "last.pt").is_file() and not (out / "last.prev.pt").is_file():
             raise LakdError(f"--resume: no '{out / 'last.pt'}' to resume from")
         return
     if out.exists() and not out.is_dir():
@@ -348,6 +349,7 @@ def _run_training(
     from lakd.config import dump_yaml
     from lakd.data import load_splits
     from lakd.engine import SupervisedTask, Trainer, resolve_runtime, seed_everything
+    from lakd.engine.trainer import TrainingStopped
     from lakd.models import build_model
 
     runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last)
@@ -403,8 +405,12 @@ def _run_training(
           f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()} -> {out}")
     try:
         summary = trainer.fit()
+    except TrainingStopped as stop:
+        print(f"\n{stop}: checkpoint saved to {stop.checkpoint}; continue with the same command plus --resume",
+              file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {out / 'last.pt'} holds the last completed epoch; continue with --resume",
+        print(f"\ninterrupted: {out / 'last.pt'} holds the last saved state; continue with --resume",
               file=sys.stderr)
         return 130
     summary["out"] = str(out)

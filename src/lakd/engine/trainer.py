@@ -7,10 +7,15 @@ best validation top-1) ``best.pt`` atomically.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,46 @@ def seed_everything(seed: int) -> None:
 
 class NonFiniteLoss(LakdError):
     """A loss became NaN/inf; the message names the term."""
+
+
+class TrainingStopped(Exception):
+    """SIGTERM / Ctrl-C asked the run to stop; a resumable checkpoint was saved first."""
+
+    def __init__(self, signum: int, checkpoint: Path | None, where: str) -> None:
+        self.signum, self.checkpoint, self.where = signum, checkpoint, where
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
+
+
+def keep_previous(path: Path, previous: Path) -> None:
+    """Make ``previous`` a copy of ``path`` (a hard link where possible) without ``path`` ever being absent."""
+    tmp = previous.with_name(previous.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # no hard links on this filesystem
+        shutil.copy2(path, tmp)
+    os.replace(tmp, previous)
+
+
+@contextlib.contextmanager
+def stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """Turn SIGTERM / SIGINT into a request to stop at the next step boundary (a second Ctrl-C stops at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: Any) -> None:
+        on_signal(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # impatient second Ctrl-C: KeyboardInterrupt
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @torch.no_grad()
@@ -108,10 +153,13 @@ class Trainer:
         self.metrics = MetricsLog(out_dir, tensorboard=cfg.train.tensorboard)
         self.start_epoch = 0
         self.best: dict[str, Any] = {"val_top1": -1.0, "epoch": -1}
+        self.stop_signal: int | None = None  # set by SIGTERM / Ctrl-C; honoured at the next step boundary
+        self.partial: dict[str, Any] | None = None  # progress inside an epoch restored from a mid-epoch checkpoint
 
     # -- checkpoints -------------------------------------------------------------------------------------
-    def _state(self, epoch: int) -> dict[str, Any]:
+    def _state(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
+            "partial": partial,  # None at an epoch boundary; else the epoch in progress and its step
             "format": CHECKPOINT_FORMAT,
             "model": self.task.student().state_dict(),
             "meta": self.meta,
@@ -127,8 +175,21 @@ class Trainer:
         }
 
     def resume_from(self, path: Path) -> None:
-        """Restore model, task extras, optimizer, epoch, best, history and RNG from a ``last.pt``."""
-        ckpt = load_checkpoint(path, map_location=self.runtime.device)
+        """Restore model, task extras, optimizer, epoch (and step), best, history and RNG from a ``last.pt``.
+
+        If ``path`` is missing or unreadable (torn by a failing disk, truncated by hand), the previous one
+        (``last.prev.pt``, kept at every save) is used instead, with a warning saying so.
+        """
+        path = Path(path)
+        previous = path.with_name(path.stem + ".prev" + path.suffix)
+        try:
+            ckpt = load_checkpoint(path, map_location=self.runtime.device)
+        except LakdError as exc:
+            if not previous.is_file():
+                raise
+            self.log(f"warning: {exc}; resuming from the previous checkpoint '{previous}' instead")
+            ckpt = load_checkpoint(previous, map_location=self.runtime.device)
+            path = previous
         for key in ("task", "optimizer", "epoch", "rng"):
             if key not in ckpt:
                 raise LakdError(f"checkpoint '{path}' has no '{key}': it holds weights only and cannot resume")
@@ -140,20 +201,29 @@ class Trainer:
         if "scaler" in ckpt and ckpt["scaler"]:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch = int(ckpt["epoch"])
+        self.partial = ckpt.get("partial")
         self.best = dict(ckpt.get("best", self.best))
         self.metrics.restore(ckpt.get("history", []))
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
-        self.log(f"resumed from {path} at epoch {self.start_epoch}/{self.cfg.train.epochs}")
+        where = f", step {self.partial['step']}" if self.partial else ""
+        self.log(f"resumed from {path} at epoch {self.start_epoch}/{self.cfg.train.epochs}{where}")
 
-    def _save(self, epoch: int, is_best: bool) -> None:
+    def _save(self, epoch: int, is_best: bool, partial: dict[str, Any] | None = None) -> None:
         if self.out_dir is None:
             return
-        state = self._state(epoch)
-        atomic_torch_save(state, self.out_dir / "last.pt")
+        state = self._state(epoch, partial)
+        last = self.out_dir / "last.pt"
+        if last.is_file():  # keep the previous good one: resume falls back to it if last.pt is ever unreadable
+            keep_previous(last, self.out_dir / "last.prev.pt")
+        atomic_torch_save(state, last)
         if is_best:
             atomic_torch_save(state, self.out_dir / "best.pt")
+
+    def _on_signal(self, signum: int) -> None:
+        self.stop_signal = signum
+        self.log(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this step")
 
     # -- loop --------------------------------------------------------------------------------------------
     def _lr(self, epoch: float) -> float:
@@ -171,14 +241,21 @@ class Trainer:
         loader.set_epoch(epoch)
         steps = len(loader)
         sums: dict[str, float] = {}
-        correct = seen = 0
+        correct = seen = first_step = 0
+        elapsed_before = 0.0
+        if self.partial is not None and self.partial["epoch"] == epoch:  # continue a mid-epoch checkpoint
+            first_step, sums = int(self.partial["step"]), dict(self.partial["sums"])
+            correct, seen = int(self.partial["correct"]), int(self.partial["seen"])
+            elapsed_before = float(self.partial["elapsed"])
+        self.partial = None
         if self.runtime.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.runtime.device)
-        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
-                   disable=not self.cfg.train.progress, leave=False, dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(loader.iter_from(first_step), initial=first_step, total=steps,
+                   desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", disable=not self.cfg.train.progress,
+                   leave=False, dynamic_ncols=True, mininterval=1.0)
         start = time.perf_counter()
         custom_step = getattr(self.task, "train_step", None)
-        for step, batch in enumerate(bar):
+        for step, batch in enumerate(bar, start=first_step):
             lr = self._lr(epoch + step / steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -209,7 +286,14 @@ class Trainer:
             seen += len(y)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{sum(values.values()):.3f}", acc=f"{100 * correct / seen:.1f}")
-        elapsed = time.perf_counter() - start
+            if self.stop_signal is not None and step + 1 < steps:
+                bar.close()
+                partial = {"epoch": epoch, "step": step + 1, "sums": sums, "correct": correct, "seen": seen,
+                           "elapsed": elapsed_before + time.perf_counter() - start}
+                self._save(epoch, is_best=False, partial=partial)
+                raise TrainingStopped(self.stop_signal, self.out_dir / "last.pt" if self.out_dir else None,
+                                      f"at epoch {epoch + 1}, step {step + 1}/{steps}")
+        elapsed = elapsed_before + time.perf_counter() - start
         bar.close()
         row = {f"train_{name}": s / steps for name, s in sums.items()}
         row.update({"train_loss": sum(sums.values()) / steps, "train_top1": 100.0 * correct / max(seen, 1),
@@ -223,7 +307,8 @@ class Trainer:
         fit_start = time.perf_counter()
         end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
         try:
-            self._fit_epochs(end)
+            with stop_on_signals(self._on_signal):
+                self._fit_epochs(end)
         finally:
             self.metrics.close()
         summary = self.summary()
@@ -254,6 +339,9 @@ class Trainer:
             self.metrics.append(row)
             self._save(epoch + 1, is_best)
             self.log(self._format_row(row))
+            if self.stop_signal is not None and epoch + 1 < end:
+                raise TrainingStopped(self.stop_signal, self.out_dir / "last.pt" if self.out_dir else None,
+                                      f"after epoch {epoch + 1}")
 
     def summary(self) -> dict[str, Any]:
         rows = self.metrics.rows

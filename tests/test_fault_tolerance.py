@@ -1,0 +1,135 @@
+"""Fault tolerance: SIGTERM saves a mid-epoch checkpoint, SIGKILL loses only the current epoch, a corrupt
+last.pt falls back to the previous one — and every resumed run ends with the uninterrupted run's exact weights
+and metrics (CPU, same thread count)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lakd.cli import main
+from lakd.engine import load_checkpoint
+
+ARGS = ["train", "--model", "resnet8", "--dataset", "synthetic", "--epochs", "3", "--no-progress",
+        "--precision", "fp32", "data.synthetic_size=1200", "data.val_size=64", "data.batch_size=32"]
+METRICS = ("train_loss", "train_top1", "val_top1", "val_loss", "test_top1", "lr")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert main([*ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
+    rows_a = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_b] == [1, 2, 3]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert {k: ra[k] for k in METRICS} == {k: rb[k] for k in METRICS}
+
+
+def start_run(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lakd", *ARGS, "--out", str(out), *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(out: Path, proc: subprocess.Popen, n: int, timeout: float = 120.0) -> None:
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("run too slow")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_mid_epoch_then_resumed_equals_uninterrupted(reference: Path, tmp_path: Path, sig: int) -> None:
+    out = tmp_path / "run"
+    proc = start_run(out)
+    wait_for_epochs(out, proc, 1)
+    time.sleep(0.3)  # well inside epoch 2
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM, stderr
+        assert "stopped by SIGTERM" in stderr and "--resume" in stderr
+        partial = load_checkpoint(out / "last.pt").get("partial")
+        if partial is not None:  # normally: the signal landed mid-epoch
+            assert partial["epoch"] == 1 and 0 < partial["step"] < 35
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert len((out / "metrics.jsonl").read_text().splitlines()) < 3
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    assert_same_run(reference, out)
+
+
+def test_stop_request_saves_mid_epoch_and_resume_is_exact(reference: Path, tmp_path: Path) -> None:
+    """The same path without timing luck: the stop request is raised at a known step of epoch 2."""
+    from lakd.engine.trainer import Trainer
+
+    out = tmp_path / "run"
+    original = Trainer.train_epoch
+
+    def stop_in_epoch_2(self: Trainer, epoch: int) -> dict[str, float]:
+        if epoch == 1:
+            forward = self.task.forward_train
+            calls = {"n": 0}
+
+            def counting(*a: object, **k: object) -> object:
+                calls["n"] += 1
+                if calls["n"] == 7:
+                    self.stop_signal = signal.SIGTERM
+                return forward(*a, **k)
+
+            self.task.forward_train = counting  # type: ignore[method-assign]
+        return original(self, epoch)
+
+    Trainer.train_epoch = stop_in_epoch_2  # type: ignore[method-assign]
+    try:
+        assert main([*ARGS, "--out", str(out)]) == 128 + signal.SIGTERM
+    finally:
+        Trainer.train_epoch = original  # type: ignore[method-assign]
+    partial = load_checkpoint(out / "last.pt")["partial"]
+    assert partial["epoch"] == 1 and partial["step"] == 7 and partial["seen"] == 7 * 32
+    assert (out / "last.prev.pt").is_file()  # the epoch-1 checkpoint is kept beside it
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    assert_same_run(reference, out)
+
+
+def test_corrupt_last_checkpoint_falls_back_to_previous(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    proc = start_run(out)
+    wait_for_epochs(out, proc, 2)
+    last = out / "last.pt"
+    while load_checkpoint(last)["epoch"] < 2:  # metrics are written just before the checkpoint
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert (out / "last.prev.pt").is_file()
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # torn by a failing disk
+    capsys.readouterr()
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "cannot be loaded safely" in printed and "last.prev.pt" in printed
+    assert_same_run(reference, out)
