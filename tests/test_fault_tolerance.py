@@ -19,7 +19,7 @@ from lakd.cli import main
 from lakd.engine import load_checkpoint
 
 ARGS = ["train", "--model", "resnet8", "--dataset", "synthetic", "--epochs", "3", "--no-progress",
-        "--precision", "fp32", "data.synthetic_size=1200", "data.val_size=64", "data.batch_size=32"]
+        "--precision", "fp32", "data.synthetic_size=640", "data.val_size=64", "data.batch_size=32"]
 METRICS = ("train_loss", "train_top1", "val_top1", "val_loss", "test_top1", "lr")
 
 
@@ -49,11 +49,13 @@ def start_run(out: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_epochs(out: Path, proc: subprocess.Popen, n: int, timeout: float = 120.0) -> None:
-    metrics = out / "metrics.jsonl"
+def wait_for_checkpoint(out: Path, proc: subprocess.Popen, epoch: int, timeout: float = 300.0) -> None:
+    """Until last.pt holds ``epoch`` completed epochs (metrics are written just before the checkpoint)."""
+    metrics, last = out / "metrics.jsonl", out / "last.pt"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= n:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= epoch and last.is_file() \
+                and load_checkpoint(last)["epoch"] >= epoch:
             return
         if proc.poll() is not None:
             raise AssertionError(f"run ended early: {proc.communicate()}")
@@ -65,16 +67,15 @@ def wait_for_epochs(out: Path, proc: subprocess.Popen, n: int, timeout: float = 
 def test_killed_mid_epoch_then_resumed_equals_uninterrupted(reference: Path, tmp_path: Path, sig: int) -> None:
     out = tmp_path / "run"
     proc = start_run(out)
-    wait_for_epochs(out, proc, 1)
-    time.sleep(0.3)  # well inside epoch 2
-    proc.send_signal(sig)
+    wait_for_checkpoint(out, proc, 1)
+    proc.send_signal(sig)  # early in epoch 2
     stdout, stderr = proc.communicate(timeout=60)
     if sig == signal.SIGTERM:
         assert proc.returncode == 128 + signal.SIGTERM, stderr
         assert "stopped by SIGTERM" in stderr and "--resume" in stderr
         partial = load_checkpoint(out / "last.pt").get("partial")
         if partial is not None:  # normally: the signal landed mid-epoch
-            assert partial["epoch"] == 1 and 0 < partial["step"] < 35
+            assert partial["epoch"] == 1 and 0 < partial["step"] < 18
     else:
         assert proc.returncode == -signal.SIGKILL
     assert len((out / "metrics.jsonl").read_text().splitlines()) < 3
@@ -120,10 +121,8 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(
 ) -> None:
     out = tmp_path / "run"
     proc = start_run(out)
-    wait_for_epochs(out, proc, 2)
+    wait_for_checkpoint(out, proc, 2)
     last = out / "last.pt"
-    while load_checkpoint(last)["epoch"] < 2:  # metrics are written just before the checkpoint
-        time.sleep(0.02)
     proc.kill()
     proc.communicate(timeout=60)
     assert (out / "last.prev.pt").is_file()
