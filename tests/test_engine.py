@@ -162,3 +162,14 @@ def test_bf16_autocast_channels_last_path_runs(tmp_path: Path) -> None:
     assert trainer.runtime.amp_dtype is torch.bfloat16 and trainer.runtime.channels_last
     summary = trainer.fit()
     assert summary["last_test_top1"] is not None
+
+
+def test_atomic_save_gives_a_normal_file_mode(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_torch_save({"model": {}}, tmp_path / "c.pt")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600

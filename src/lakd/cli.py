@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, help="student checkpoint (after distillation)")
     p.add_argument("--before", help="a second student checkpoint to show beside it (e.g. before distillation)")
     p.add_argument("--images", type=int, default=4, help="number of test images (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="which test images: a seeded random pick (default 0)")
     p.add_argument("--data-root", help="folder holding the datasets (else $LAKD_DATA)")
     p.add_argument("--out", help="PNG path (default: ndam.png beside the student checkpoint)")
 
@@ -558,7 +559,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from lakd.explain import explain_checkpoints
 
     result = explain_checkpoints(args.teacher, args.student, before=args.before, images=args.images,
-                                 data_root=args.data_root, out=args.out)
+                                 data_root=args.data_root, out=args.out, seed=args.seed)
     for m in result["modules"]:
         before = m.get("similarity_before")
         extra = f"  (before: {before:.3f})" if before is not None else ""

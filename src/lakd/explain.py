@@ -366,9 +366,13 @@ def explain_checkpoints(
     images: int = 4,
     data_root: str | Path | None = None,
     out: str | Path | None = None,
+    seed: int | None = 0,
 ) -> dict[str, Any]:
-    """``lakd explain``: load checkpoints and test images, write the grid (default: ndam.png beside the student)."""
-    inputs = load_explain_inputs(teacher, student, before, data_root=data_root, num_images=images)
+    """``lakd explain``: load checkpoints and test images, write the grid (default: ndam.png beside the student).
+
+    ``seed`` picks the test images at random (reproducibly; test sets are often sorted by class); None = the first.
+    """
+    inputs = load_explain_inputs(teacher, student, before, data_root=data_root, num_images=images, seed=seed)
     out_path = Path(out) if out else Path(student).parent / "ndam.png"
     return explain(inputs.teacher, inputs.student, inputs.images, inputs.mean, inputs.std, out_path,
                    before=inputs.before, labels=inputs.labels, title=inputs.title)
