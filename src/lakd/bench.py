@@ -341,6 +341,8 @@ def run_bench(
                     break
                 continue
         collect(run, data_root, bench_command)
+        # Keep the table current while a long bench runs (and if it is stopped half-way).
+        summarise(run.result_path.parent, title=str(run.result_path.parent.relative_to(Path(results_dir))))
     for folder in sorted({r.result_path.parent for r in runs}):
         if any(folder.glob("*-s*.json")):
             out = summarise(folder, title=str(folder.relative_to(Path(results_dir))))
