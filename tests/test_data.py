@@ -169,12 +169,17 @@ def test_loader_epochs_shards_and_resume() -> None:
     # Mid-epoch resume yields exactly the remaining batches, augmentation included.
     tail = list(loader.iter_from(4))
     assert len(tail) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(tail, e0[4:], strict=True))
-    # Two ranks cover disjoint halves of the same permutation.
-    plain = BatchLoader(data, 10, mean, std, shuffle=True, seed=1)
-    ranks = [BatchLoader(data, 10, mean, std, shuffle=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
-    labels = [torch.cat([y for _, y in r]) for r in ranks]
-    assert len(labels[0]) == len(labels[1]) == 50
-    assert sorted(torch.cat(labels).tolist()) == sorted(torch.cat([y for _, y in plain]).tolist())
+    # Two ranks with batch 10 see, step by step, exactly one process's batches of 20, augmentation included:
+    # rank r holds every second sample from r on.
+    single = list(BatchLoader(data, 20, mean, std, shuffle=True, augment=True, drop_last=True, seed=1))
+    ranks = [list(BatchLoader(data, 10, mean, std, shuffle=True, augment=True, drop_last=True, seed=1, rank=r,
+                              world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == 5
+    for step, (x, y) in enumerate(single):
+        for r in (0, 1):
+            assert torch.equal(ranks[r][step][0], x[r::2]) and torch.equal(ranks[r][step][1], y[r::2])
+    with pytest.raises(ValueError, match="drop_last"):
+        BatchLoader(data, 10, mean, std, rank=0, world_size=2)
 
 
 def test_synthetic_splits_are_learnable_shapes() -> None:

@@ -36,6 +36,8 @@ class BatchLoader:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size > 1 and not drop_last:
+            raise ValueError("a sharded loader (world_size > 1) needs drop_last=True so every rank runs the same steps")
         # HWC uint8 -> CHW view; kept as one tensor so batch gathers are a single index_select.
         self.images = torch.from_numpy(np.ascontiguousarray(arrays.x)).permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(arrays.y.astype(np.int64))
@@ -60,41 +62,47 @@ class BatchLoader:
     def num_images(self) -> int:
         return len(self.labels)
 
-    def _shard(self) -> torch.Tensor:
-        """This rank's indices for the current epoch (all ranks draw the same permutation)."""
+    def _order(self) -> torch.Tensor:
+        """This epoch's sample order; every rank draws the same one."""
         n = self.num_images
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        if self.world_size > 1:
-            per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
-            total = per_rank * self.world_size
-            if total > n:  # pad by wrapping so every rank runs the same number of steps
-                order = torch.cat([order, order[: total - n]])
-            order = order[self.rank:total:self.world_size]
-        return order
+            return torch.randperm(n, generator=g)
+        return torch.arange(n)
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
 
     def __len__(self) -> int:
-        n = len(self._shard())
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, gb = self.num_images, self.global_batch_size
+        return n // gb if self.drop_last else -(-n // gb)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         return self.iter_from(0)
 
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Batches of the current epoch starting at ``start_step`` (mid-epoch resume)."""
-        order = self._shard()
-        aug_gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 31 + 17 + self.rank)
-        steps = len(self)
-        for step in range(steps):
-            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+        """Batches of the current epoch starting at ``start_step`` (mid-epoch resume).
+
+        With ``world_size`` N, step s covers the same ``batch_size * N`` samples, with the same augmentation, as
+        step s of a single process with an N-times larger batch; rank r takes every N-th of them from r on. So
+        data-parallel training sees exactly the global batches a single process would.
+        """
+        order = self._order()
+        aug_gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 31 + 17)
+        gb = self.global_batch_size
+        for step in range(len(self)):
+            index = order[step * gb:(step + 1) * gb]
             if self.augment:
                 # Draw every step's augmentation, even a skipped one, so resumed steps match exactly.
                 params = draw_crop_flip(len(index), self.crop_padding, True, aug_gen)
             if step < start_step:
                 continue
+            if self.world_size > 1:
+                mine = slice(self.rank, None, self.world_size)
+                index = index[mine]
+                if self.augment:
+                    params = tuple(p[mine] for p in params)
             images = self.images[index]
             if self.augment:
                 images = apply_crop_flip(images, self.crop_padding, *params)
