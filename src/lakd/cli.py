@@ -347,13 +347,34 @@ def _run_training(
 ) -> int:
     import torch
 
+    from lakd.engine import resolve_runtime
+    from lakd.engine.distributed import env_from_torchrun, init_process_group, shutdown
+
+    dist_env = env_from_torchrun()  # torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; else one process
+    device_name = cfg.train.device
+    if dist_env.enabled and device_name in ("auto", "cuda") and torch.cuda.is_available():
+        device_name = f"cuda:{dist_env.local_rank}"  # one GPU per process
+    runtime = resolve_runtime(device_name, cfg.train.precision, cfg.train.channels_last)
+    init_process_group(dist_env, runtime.device)
+    try:
+        return _train_in_process(cfg, out, resume, force, argv, teacher_ckpt, runtime, dist_env)
+    finally:
+        shutdown()
+
+
+def _train_in_process(
+    cfg: Any, out: Path, resume: bool, force: bool, argv: list[str], teacher_ckpt: Any, runtime: Any, dist_env: Any
+) -> int:
+    import torch
+    import torch.distributed as dist
+
     from lakd.config import dump_yaml
     from lakd.data import load_splits
-    from lakd.engine import SupervisedTask, Trainer, resolve_runtime, seed_everything
+    from lakd.engine import SupervisedTask, Trainer, seed_everything
     from lakd.engine.trainer import TrainingStopped
     from lakd.models import build_model
 
-    runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.channels_last)
+    main_rank = dist_env.is_main
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     d = cfg.data
@@ -384,26 +405,37 @@ def _run_training(
         meta["distill"] = {"method": distill.method, "teacher": distill.teacher,
                            "teacher_arch": teacher_ckpt[1]["arch"] if teacher_ckpt else None,
                            "params": dict(distill.params)}
-    trainer = Trainer(task, cfg, splits, runtime, out, meta)
+    trainer = Trainer(task, cfg, splits, runtime, out, meta, log=print if main_rank else (lambda _m: None),
+                      dist_env=dist_env)
+    if dist_env.enabled:
+        dist.barrier()  # every rank has checked its input before rank 0 touches the run folder
+    if resume:
+        trainer.resume_from(out / "last.pt")
+    if not main_rank:
+        try:
+            trainer.fit()
+        except TrainingStopped as stop:
+            return 128 + stop.signum
+        return 0
     # Everything that can fail on bad input has run; only now touch the run folder.
     out.mkdir(parents=True, exist_ok=True)
     if force:
         _clear_run_files(out)
-    if resume:
-        trainer.resume_from(out / "last.pt")
-    else:
+    if not resume:
         (out / "config.yaml").write_text(dump_yaml(cfg))
     run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
                 "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
-                "environment": environment_info(runtime), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "environment": {**environment_info(runtime), "world_size": dist_env.world_size},
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
                          "test": len(splits.test)}}
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
     what = "training "
     if distill is not None:
         what = f"distilling ({distill.method}) {teacher_ckpt[1]['arch'] if teacher_ckpt else 'no teacher'} -> "
+    procs = f" x {dist_env.world_size} processes" if dist_env.enabled else ""
     print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "
-          f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()} -> {out}")
+          f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()}{procs} -> {out}")
     try:
         summary = trainer.fit()
     except TrainingStopped as stop:

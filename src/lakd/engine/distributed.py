@@ -128,11 +128,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         c = x.shape[1]
         xf = x.float()
         count = torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)
-        local = torch.cat([xf.sum(dim=(0, 2, 3)), xf.square().sum(dim=(0, 2, 3)), count])
-        total = _GlobalSums.apply(local)
+        # Two passes (global mean, then global sum of squared deviations), as BatchNorm itself: E[x^2] - E[x]^2
+        # loses precision when a channel's variance is small next to its mean.
+        total = _GlobalSums.apply(torch.cat([xf.sum(dim=(0, 2, 3)), count]))
         n = total[-1]
         mean = total[:c] / n
-        var = total[c:2 * c] / n - mean.square()
+        var = _GlobalSums.apply((xf - mean[None, :, None, None]).square().sum(dim=(0, 2, 3))) / n
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1

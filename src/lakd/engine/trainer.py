@@ -29,6 +29,7 @@ from lakd.data import BatchLoader, DatasetSplits
 from lakd.data.cifar import ImageArrays
 from lakd.engine.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
 from lakd.engine.device import Runtime
+from lakd.engine.distributed import SINGLE, DistEnv, all_reduce_sum, average_gradients, broadcast_module, sync_batchnorm
 from lakd.engine.metrics import MetricsLog, peak_memory_mb, topk_correct
 from lakd.engine.schedule import lr_at
 from lakd.engine.task import TrainTask
@@ -126,7 +127,17 @@ class Trainer:
         out_dir: Path | None,
         meta: dict[str, Any],
         log: Callable[[str], None] = print,
+        dist_env: DistEnv = SINGLE,
     ) -> None:
+        self.dist = dist_env
+        if dist_env.enabled:
+            if cfg.data.batch_size % dist_env.world_size:
+                raise LakdError(f"data.batch_size={cfg.data.batch_size} is the global batch and must divide evenly "
+                                f"over {dist_env.world_size} processes")
+            sync_batchnorm(task, runtime.device)  # BatchNorm statistics of the global batch, as one process
+            broadcast_module(task)
+            if not dist_env.is_main:  # only rank 0 prints and writes
+                log, out_dir = (lambda _msg: None), None
         self.task = task
         self.cfg = cfg
         self.splits = splits
@@ -137,15 +148,17 @@ class Trainer:
         if runtime.channels_last:
             task.student().to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         params = [p for p in task.learnable_parameters() if p.requires_grad]
+        self.params = params
         self.optimizer = torch.optim.SGD(
             params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
             weight_decay=cfg.optim.weight_decay,
         )
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype is torch.float16)
         self.train_loader = BatchLoader(
-            splits.train, cfg.data.batch_size, splits.mean, splits.std, shuffle=True,
+            splits.train, cfg.data.batch_size // dist_env.world_size, splits.mean, splits.std, shuffle=True,
             augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=True, seed=cfg.train.seed,
             return_index=bool(getattr(task, "needs_index", False)), pin_memory=runtime.device.type == "cuda",
+            rank=dist_env.rank, world_size=dist_env.world_size,
         )
         if len(self.train_loader) == 0:
             raise LakdError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
@@ -271,13 +284,23 @@ class Trainer:
                 with self.runtime.autocast():
                     logits, losses = self.task.forward_train(x, y, progress, **extra)
             values = {name: float(v.detach()) for name, v in losses.items()}
-            for name, v in values.items():
-                if not math.isfinite(v):
-                    raise NonFiniteLoss(f"loss term '{name}' became {v} at epoch {epoch + 1}, step {step}; "
-                                        "stopping (the last good checkpoint is kept). Lower optim.lr or "
-                                        "this term's weight")
+            bad = [(name, v) for name, v in values.items() if not math.isfinite(v)]
+            if self.dist.enabled:  # every rank must agree to stop (signal or NaN), or the others would hang
+                stop_any, bad_any = all_reduce_sum([float(self.stop_signal is not None), float(bool(bad))],
+                                                   self.runtime.device)
+                if stop_any and self.stop_signal is None:
+                    self.stop_signal = signal.SIGTERM
+                if bad_any and not bad:
+                    bad = [("(on another rank)", float("nan"))]
+            if bad:
+                name, v = bad[0]
+                raise NonFiniteLoss(f"loss term '{name}' became {v} at epoch {epoch + 1}, step {step}; "
+                                    "stopping (the last good checkpoint is kept). Lower optim.lr or "
+                                    "this term's weight")
             if custom_step is None:
                 self._backward(sum(losses.values()))
+            if self.dist.enabled:
+                average_gradients(self.params, self.dist.world_size)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             for name, v in values.items():
@@ -295,6 +318,11 @@ class Trainer:
                                       f"at epoch {epoch + 1}, step {step + 1}/{steps}")
         elapsed = elapsed_before + time.perf_counter() - start
         bar.close()
+        if self.dist.enabled:  # metrics over the global batch: sum over ranks (sums are means per rank-step)
+            names = sorted(sums)
+            reduced = all_reduce_sum([*(sums[n] for n in names), correct, seen], self.runtime.device)
+            sums = {n: v / self.dist.world_size for n, v in zip(names, reduced, strict=False)}
+            correct, seen = int(reduced[-2]), int(reduced[-1])
         row = {f"train_{name}": s / steps for name, s in sums.items()}
         row.update({"train_loss": sum(sums.values()) / steps, "train_top1": 100.0 * correct / max(seen, 1),
                     "lr": self._lr(epoch), "train_time_s": elapsed, "img_per_s": seen / max(elapsed, 1e-9),
@@ -322,6 +350,10 @@ class Trainer:
             row: dict[str, Any] = {"epoch": epoch + 1}
             row.update(self.train_epoch(epoch))
             eval_start = time.perf_counter()
+            if not self.dist.is_main:  # rank 0 evaluates and writes; the others go on to the next epoch
+                if self.stop_signal is not None and epoch + 1 < end:
+                    raise TrainingStopped(self.stop_signal, None, f"after epoch {epoch + 1}")
+                continue
             if self.splits.val is not None:
                 for k, v in evaluate(student, self.splits.val, self.splits.mean, self.splits.std, self.runtime,
                                      cfg.data.eval_batch_size).items():
