@@ -132,3 +132,26 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(
     printed = capsys.readouterr().out
     assert "cannot be loaded safely" in printed and "last.prev.pt" in printed
     assert_same_run(reference, out)
+
+
+def test_disk_full_while_saving_is_one_clear_error_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lakd.engine.checkpoint as checkpoint
+
+    out = tmp_path / "run"
+    args = [*ARGS[:ARGS.index("--epochs")], "--epochs", "1", *ARGS[ARGS.index("--epochs") + 2:], "--out", str(out)]
+    assert main(args) == 0
+    before = (out / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def disk_full(obj: object, f: object, *a: object, **k: object) -> None:
+        real_save(obj, f, *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    assert main([*args[:-2], "--out", str(out), "--resume", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "could not write a checkpoint" in err and "No space left on device" in err and "--resume" in err
+    assert (out / "last.pt").read_bytes() == before  # the epoch-1 checkpoint survived
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

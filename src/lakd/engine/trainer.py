@@ -228,11 +228,15 @@ class Trainer:
             return
         state = self._state(epoch, partial)
         last = self.out_dir / "last.pt"
-        if last.is_file():  # keep the previous good one: resume falls back to it if last.pt is ever unreadable
-            keep_previous(last, self.out_dir / "last.prev.pt")
-        atomic_torch_save(state, last)
-        if is_best:
-            atomic_torch_save(state, self.out_dir / "best.pt")
+        try:
+            if last.is_file():  # keep the previous good one: resume falls back to it if last.pt is ever unreadable
+                keep_previous(last, self.out_dir / "last.prev.pt")
+            atomic_torch_save(state, last)
+            if is_best:
+                atomic_torch_save(state, self.out_dir / "best.pt")
+        except OSError as exc:  # disk full, quota, permissions: atomic writes left the earlier files intact
+            raise LakdError(f"could not write a checkpoint to '{self.out_dir}' ({exc.strerror or exc}); the "
+                            "checkpoints already there are intact — free space and continue with --resume") from None
 
     def _on_signal(self, signum: int) -> None:
         self.stop_signal = signum
