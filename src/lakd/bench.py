@@ -337,7 +337,7 @@ def run_bench(
             rc = execute(run, data_root, progress)
             if rc != 0:
                 failed.append(f"{run.label} (exit {rc}, log in {run.run_dir})")
-                if rc in (130, -2):  # Ctrl-C: stop the whole bench, the run resumes next time
+                if rc in (130, 143, -2, -15):  # Ctrl-C / SIGTERM: stop the whole bench; the run resumes next time
                     break
                 continue
         collect(run, data_root, bench_command)
