@@ -203,3 +203,42 @@ def test_tensorboard_event_files_next_to_csv(tmp_path: Path) -> None:
     events = acc.Scalars("val/top1")
     assert [e.step for e in events] == [1, 2]
     assert [e.value for e in events] == pytest.approx([r["val_top1"] for r in rows])
+
+
+def test_images_too_small_for_a_model_is_one_clear_error(
+    tmp_path: Path, synthetic_teacher: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pair that cannot be matched at all: 2x2 images leave VGG8's pools nothing to pool, for the student or
+    the teacher. The error names the model, the size and the smallest size that works; nothing is written."""
+    from PIL import Image
+
+    from lakd.models import build_model
+
+    root = tmp_path / "tiny-images"
+    for split in ("train", "test"):
+        for c in range(2):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (2, 2), (40 * i, 100 * c, 7)).save(folder / f"{i}.png")
+    data = ["--dataset", "imagefolder", f"data.path={root}", "data.val_size=2", "data.batch_size=2", "--epochs", "1",
+            "--no-progress"]
+    vgg_teacher = tmp_path / "vgg8.pt"
+    torch.save({"model": build_model("vgg8", 2).state_dict(), "meta": {"arch": "vgg8", "num_classes": 2}},
+               vgg_teacher)
+    resnet_teacher = tmp_path / "resnet8.pt"
+    torch.save({"model": build_model("resnet8", 2).state_dict(), "meta": {"arch": "resnet8", "num_classes": 2}},
+               resnet_teacher)
+    out = tmp_path / "never"
+    cases = [
+        (["train", "--model", "vgg8"], "the model 'vgg8' cannot take 2x2 images"),
+        (["distill", "--method", "lakd", "--student", "vgg8", "--teacher", str(resnet_teacher)],
+         "the student model 'vgg8' cannot take 2x2 images"),
+        (["distill", "--method", "fitnet", "--student", "resnet8", "--teacher", str(vgg_teacher)],
+         "the teacher model 'vgg8' cannot take 2x2 images"),
+    ]
+    for args, message in cases:
+        assert main([*args, "--out", str(out), *data]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "at least 8x8 pixels" in err and "Traceback" not in err, err
+        assert not out.exists()

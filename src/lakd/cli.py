@@ -373,6 +373,7 @@ def _train_in_process(
     from lakd.engine import SupervisedTask, Trainer, seed_everything
     from lakd.engine.trainer import TrainingStopped
     from lakd.models import build_model
+    from lakd.models.base import check_input_size
 
     main_rank = dist_env.is_main
     if cfg.train.threads:
@@ -383,6 +384,10 @@ def _train_in_process(
     teacher = _build_teacher(teacher_ckpt, splits) if teacher_ckpt is not None else None
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model.name, splits.num_classes)
+    input_shape = (3, splits.image_size, splits.image_size)
+    check_input_size(model, "student" if teacher is not None else "", input_shape)
+    if teacher is not None:
+        check_input_size(teacher, "teacher", input_shape)
     distill = getattr(cfg, "distill", None)
     if distill is None:
         task = SupervisedTask(model, cfg.train.label_smoothing)
@@ -390,7 +395,7 @@ def _train_in_process(
         from lakd.distill import build_distiller
 
         task = build_distiller(distill.method, model, teacher, distill.params,
-                               input_shape=(3, splits.image_size, splits.image_size), total_epochs=cfg.train.epochs,
+                               input_shape=input_shape, total_epochs=cfg.train.epochs,
                                num_train_samples=len(splits.train))
     task = task.to(runtime.device)
     if runtime.channels_last and teacher is not None:

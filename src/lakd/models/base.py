@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lakd.errors import LakdError
+
 
 class StagedModel(nn.Module):
     """Base class: subclasses set ``stem``, ``stages`` and ``head`` in ``__init__``.
@@ -55,6 +57,34 @@ class StagedModel(nn.Module):
         finally:
             self.train(was_training)
         return [tuple(f.shape[1:]) for f in feats]  # type: ignore[misc]
+
+
+def _accepts(model: StagedModel, side: int, channels: int) -> bool:
+    try:
+        model.stage_shapes((channels, side, side))
+    except RuntimeError:
+        return False
+    return True
+
+
+def check_input_size(model: StagedModel, role: str, input_shape: tuple[int, int, int]) -> None:
+    """A clear error when ``model`` cannot run on images of ``input_shape`` (C, H, W).
+
+    Too-small images make a pooling or strided layer produce an empty map; PyTorch reports that deep inside the
+    forward. We say which model, which size, and the smallest square size that works.
+    """
+    channels, height, width = input_shape
+    try:
+        model.stage_shapes(input_shape)
+        return
+    except RuntimeError as err:
+        reason = str(err).splitlines()[0]
+    sides = [*range(1, 65), 96, 128, 192, 256, 384, 512]  # small models at small sizes: a few ms each
+    smallest = next((side for side in sides if _accepts(model, side, channels)), None)
+    hint = (f"use images of at least {smallest}x{smallest} pixels, or a model made for small images" if smallest
+            else "this model cannot run on these images")
+    who = f"the {role} model" if role else "the model"
+    raise LakdError(f"{who} '{model.arch_name}' cannot take {height}x{width} images ({reason}); {hint}")
 
 
 class ClassifierHead(nn.Module):
