@@ -114,11 +114,37 @@ def test_without_detach_gradients_cross_modules() -> None:
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def _step_grads(d: LAKD, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def _step_grads(d: LAKD, x: torch.Tensor, y: torch.Tensor, epoch: float = 5.0) -> dict[str, torch.Tensor]:
     d.train()
     d.zero_grad(set_to_none=True)
-    d.train_step(x, y, 5.0, backward=lambda loss: loss.backward())
+    d.train_step(x, y, epoch, backward=lambda loss: loss.backward())
     return {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
+
+
+def test_detach_until_cuts_modules_early_and_joins_them_later() -> None:
+    """detach_until = 0.4 of 10 epochs: before epoch 4 the step equals SDM's local step; from epoch 4 on it equals
+    the end-to-end (detach = false) step, whose CE gradient reaches the stem."""
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    scheduled = make_lakd(detach_until=0.4, progressive=False)
+    sdm, end_to_end = make_lakd(progressive=False), make_lakd(progressive=False, detach=False, backward="joint")
+    assert scheduled.detached(3.99) and not scheduled.detached(4.0)
+    early, late = _step_grads(scheduled, x, y, 3.0), _step_grads(scheduled, x, y, 4.0)
+    want_early, want_late = _step_grads(sdm, x, y, 3.0), _step_grads(end_to_end, x, y, 4.0)
+    for name in want_early:
+        torch.testing.assert_close(early[name], want_early[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(late[name], want_late[name], rtol=1e-4, atol=1e-6, msg=name)
+    stem = [n for n in want_early if n.startswith("student_model.stem.")]
+    assert stem and any((late[n] - early[n]).abs().max() > 1e-6 for n in stem)  # the switch changed something
+
+
+def test_feat_modules_choose_who_gets_the_feature_loss() -> None:
+    d = make_lakd("resnet8", "resnet8x4", feat_modules=[0, -1])  # channels differ: projectors are real
+    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)), 5.0)
+    assert {n for n in losses if n.startswith("feat")} == {"feat0", "feat2"}
+    assert not isinstance(d.projectors[0], torch.nn.Identity)
+    assert isinstance(d.projectors[1], torch.nn.Identity)  # no loss, no projector (nothing left untrained)
+    with pytest.raises(LakdError, match=r"names module 3, but this student has 3 local modules"):
+        make_lakd(feat_modules=[3])
 
 
 @pytest.mark.parametrize("pair", [("resnet8", "resnet14"), ("wrn_16_1", "wrn_16_2")])
@@ -198,6 +224,8 @@ def test_bad_params_are_clear() -> None:
         make_lakd(detach=False, backward="local")
     with pytest.raises(LakdError, match="ndam_mode"):
         make_lakd(ndam_mode="cosine")
+    with pytest.raises(LakdError, match="detach_until"):
+        make_lakd(detach_until=1.5)
     with pytest.raises(LakdError, match="did you mean 'ndam_weight'"):
         make_lakd(ndam_wieght=1.0)
 

@@ -84,6 +84,7 @@ class Params(DistillParams):
     feat_weight: float = 1.0  # per-module feature MSE (0 = off)
     feat_form: str = "mse"  # mse (raw) | channel_norm (MSE after per-channel standardisation) | cosine
     feat_spatial_weighting: bool = False  # weight the feature loss per position by the teacher's NDAM map
+    feat_modules: list[int] = field(default_factory=list)  # modules that get the feature loss ([] = all; -1 = last)
     ndam_weight: float = 5.0  # per-module NDAM loss (0 = off)
     ndam_p: float = 2.0
     ndam_scales: list[int] = field(default_factory=lambda: [0, 4, 2])  # 0 = native grid
@@ -92,6 +93,7 @@ class Params(DistillParams):
     aux_weight: float = 0.0  # CE of auxiliary classifiers on intermediate modules (0 = off)
     split: str = "stage"  # stage (split table / one module per stage) | block (stages of >= 2 blocks cut in two)
     detach: bool = True  # SDM: no gradient across module boundaries (false = end-to-end, same losses)
+    detach_until: float = 1.0  # SDM for this fraction of training, then end-to-end with joint backward (1 = always)
     backward: str = "local"  # local | joint
     progressive: bool = True
     ramp_stagger: float = 0.1  # module k's ramp starts at k * ramp_stagger (fraction of training)
@@ -123,6 +125,8 @@ class Params(DistillParams):
         if self.backward == "local" and not self.detach:
             raise LakdError("distill.params.backward = 'local' needs detach = true: without detached module "
                             "boundaries a module's loss reaches earlier modules; use backward = 'joint'")
+        if not 0 <= self.detach_until <= 1:
+            raise bad("detach_until", "a fraction of training in [0, 1]")
         if not 0 <= self.ramp_stagger <= 1 or not 0 <= self.ramp_length <= 1:
             raise LakdError("distill.params.ramp_stagger and ramp_length are fractions of training: in [0, 1]")
 
@@ -200,11 +204,17 @@ class LAKD(Distiller):
         out_shapes = self._module_output_shapes()
         t_shapes = self.teacher_shapes()
         num_modules = len(self.pieces)
+        for index in p.feat_modules:
+            if not -num_modules <= index < num_modules:
+                raise LakdError(f"distill.params.feat_modules = {p.feat_modules} names module {index}, but this "
+                                f"student has {num_modules} local modules: use 0..{num_modules - 1}, -1 = the last")
+        self.feat_module_set = {i % num_modules for i in p.feat_modules} or set(range(num_modules))
         # Module k learns from the teacher stage at the same relative depth.
         self.teacher_index = [min(len(t_shapes) - 1, math.ceil((k + 1) * len(t_shapes) / num_modules) - 1)
                               for k in range(num_modules)]
-        self.projectors = nn.ModuleList(
-            make_projector(out_shapes[k][0], t_shapes[self.teacher_index[k]][0]) for k in range(num_modules)
+        self.projectors = nn.ModuleList(  # a module without feature loss needs no projector
+            make_projector(out_shapes[k][0], t_shapes[self.teacher_index[k]][0]) if k in self.feat_module_set
+            else nn.Identity() for k in range(num_modules)
         )
         num_classes = self._num_classes()
         self.aux_heads = nn.ModuleList(
@@ -260,6 +270,11 @@ class LAKD(Distiller):
             return 1.0 if t >= start else 0.0
         return min(max((t - start) / p.ramp_length, 0.0), 1.0)
 
+    def detached(self, epoch: float) -> bool:
+        """Whether module boundaries are cut (SDM) at ``epoch``: ``detach`` until ``detach_until`` of training."""
+        p: Params = self.params  # type: ignore[assignment]
+        return p.detach and epoch < p.detach_until * self.total_epochs
+
     # -- losses ------------------------------------------------------------------------------------------
     def module_losses(
         self, k: int, feat: torch.Tensor, t_feat: torch.Tensor, y: torch.Tensor, epoch: float
@@ -268,7 +283,7 @@ class LAKD(Distiller):
         p: Params = self.params  # type: ignore[assignment]
         ramp = self.ramp(k, epoch)
         losses: dict[str, torch.Tensor] = {}
-        if p.feat_weight > 0:
+        if p.feat_weight > 0 and k in self.feat_module_set:
             s = self.projectors[k](feat).float()
             t = t_feat.float()
             h, w = min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1])
@@ -296,6 +311,7 @@ class LAKD(Distiller):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p: Params = self.params  # type: ignore[assignment]
         ctx = autocast or contextlib.nullcontext
+        detach = self.detached(epoch)
         teacher = _TeacherInLockstep(self.teacher, x)  # type: ignore[arg-type]
         losses: dict[str, torch.Tensor] = {}
         h = x
@@ -303,7 +319,7 @@ class LAKD(Distiller):
         for k in range(self.num_modules):
             with ctx():
                 t_feat = teacher.feature(self.teacher_index[k])
-                inp = h.detach() if (k > 0 and p.detach) else h
+                inp = h.detach() if (k > 0 and detach) else h
                 feat = self.run_module(k, inp)
                 module_losses = self.module_losses(k, feat, t_feat, y, epoch)
                 if k == self.num_modules - 1:
@@ -338,9 +354,12 @@ class LAKD(Distiller):
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
         **batch: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One step's forward + backward, module by module (``local``) or all at once (``joint``)."""
+        """One step's forward + backward, module by module (``local``) or all at once (``joint``).
+
+        Once ``detach_until`` has passed, modules are no longer cut and one joint backward runs.
+        """
         p: Params = self.params  # type: ignore[assignment]
-        if p.backward == "local":
+        if p.backward == "local" and self.detached(epoch):
             logits, losses = self._forward_modules(x, y, epoch, backward=backward, autocast=autocast)
             return logits.detach(), losses
         logits, losses = self._forward_modules(x, y, epoch, backward=None, autocast=autocast)
