@@ -87,7 +87,7 @@ def _add_common_run_flags(p: argparse.ArgumentParser) -> None:
                    help="config file(s), applied in order (later wins)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted config overrides, e.g. optim.lr=0.05 data.batch_size=64")
-    p.add_argument("--dataset", help="cifar10 | cifar100 | imagefolder | synthetic  (data.dataset)")
+    p.add_argument("--dataset", help="cifar10 | cifar100 | imagefolder | imagenet | synthetic  (data.dataset)")
     p.add_argument("--data-root", help="folder holding the datasets (data.root; else $LAKD_DATA)")
     p.add_argument("--epochs", type=int, help="number of epochs (train.epochs)")
     p.add_argument("--lr", type=float, help="base learning rate (optim.lr)")
@@ -380,7 +380,7 @@ def _train_in_process(
         torch.set_num_threads(cfg.train.threads)
     d = cfg.data
     splits = load_splits(d.dataset, d.root, d.val_size, d.split_seed, d.path, d.synthetic_size,
-                         d.synthetic_classes, d.train_limit, d.test_limit)
+                         d.synthetic_classes, d.train_limit, d.test_limit, stream=d.stream, image_size=d.image_size)
     teacher = _build_teacher(teacher_ckpt, splits) if teacher_ckpt is not None else None
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model.name, splits.num_classes)
@@ -404,7 +404,8 @@ def _train_in_process(
             "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
             "image_size": splits.image_size, "val_size": d.val_size, "split_seed": d.split_seed,
             "data": {"dataset": d.dataset, "path": d.path, "val_size": d.val_size, "split_seed": d.split_seed,
-                     "synthetic_size": d.synthetic_size, "synthetic_classes": d.synthetic_classes},
+                     "synthetic_size": d.synthetic_size, "synthetic_classes": d.synthetic_classes,
+                     "stream": d.stream, "image_size": d.image_size},
             "lakd_version": __version__}
     if distill is not None:
         meta["distill"] = {"method": distill.method, "teacher": distill.teacher,
@@ -526,6 +527,10 @@ def cmd_data(args: argparse.Namespace) -> int:
             forms = find_cifar_forms(name, root) if root.is_dir() else []
             found = ", ".join(f"{form} at {path}" for form, path in forms) or "not found"
             print(f"  {name}: {found}")
+        imagenet = root / "imagenet"
+        have = [s for s in ("train", "val", "test") if (imagenet / s).is_dir()]
+        print(f"  imagenet: {'folders ' + ', '.join(have) + ' at ' + str(imagenet) if have else 'not found'} "
+              "(streamed from disk, never cached)")
         return 0
     raise LakdError("lakd data needs an action: download or info (see `lakd data --help`)")
 

@@ -27,7 +27,10 @@ class ModelConfig:
 class DataConfig:
     dataset: str = "cifar10"
     root: str | None = None  # None: $LAKD_DATA, then ~/.cache/lakd/data
-    path: str | None = None  # for dataset=imagefolder: folder with train/ and test/
+    path: str | None = None  # imagefolder (or imagenet): folder with train/ and test/ (or val/)
+    stream: bool = False  # imagefolder: decode from disk batch by batch instead of into RAM (imagenet always does)
+    image_size: int | None = None  # streamed sets: crop side (default 224); in-memory imagefolder: resize to it
+    workers: int | None = None  # streamed sets: decode threads (default min(8, cpu count))
     val_size: int = 5000
     split_seed: int = 0
     batch_size: int = 128
@@ -271,6 +274,10 @@ def validate(cfg: Any) -> None:
     check("data.crop_padding", cfg.data.crop_padding >= 0, ">= 0")
     check("data.synthetic_size", cfg.data.synthetic_size >= 2, ">= 2")
     check("data.synthetic_classes", cfg.data.synthetic_classes >= 2, ">= 2")
+    if cfg.data.image_size is not None:
+        check("data.image_size", cfg.data.image_size >= 1, ">= 1 or null")
+    if cfg.data.workers is not None:
+        check("data.workers", cfg.data.workers >= 1, ">= 1 or null")
     if cfg.data.train_limit is not None:
         check("data.train_limit", cfg.data.train_limit >= 1, ">= 1 or null")
     if cfg.data.test_limit is not None:

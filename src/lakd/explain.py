@@ -309,7 +309,7 @@ def load_explain_inputs(
 
     The data and normalisation are the student's (``meta['data']``, as ``lakd eval``); ``dataset`` overrides it.
     """
-    from lakd.data import load_splits
+    from lakd.data import as_arrays, load_splits
 
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise LakdError(f"explain: number of images must be >= 1, got {num_images!r}")
@@ -347,7 +347,7 @@ def load_explain_inputs(
         index = np.arange(num_images)
     else:
         index = np.sort(np.random.default_rng(seed).choice(len(test), size=num_images, replace=False))
-    picked = test.subset(index)
+    picked = as_arrays(test.subset(index))  # a streamed split: decode just these (evaluation transform)
     labels = [test.classes[int(c)] if int(c) < len(test.classes) else str(int(c)) for c in picked.y]
 
     method = (s_meta.get("distill") or {}).get("method")

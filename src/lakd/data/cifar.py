@@ -40,6 +40,11 @@ class ImageArrays:
     def subset(self, index: np.ndarray) -> ImageArrays:
         return ImageArrays(self.x[index], self.y[index], self.classes)
 
+    @property
+    def image_size(self) -> int:
+        """Side of the (square) images the model sees; the streaming ``FileList`` has the same attribute."""
+        return int(self.x.shape[1])
+
 
 def decode_jpeg_npz(path: Path) -> ImageArrays:
     """Decode an npz of concatenated JPEG files (the shared offline CIFAR form)."""

@@ -1,4 +1,10 @@
-"""Datasets by name -> train / val / test arrays plus the normalisation to use with them."""
+"""Datasets by name -> train / val / test splits plus the normalisation to use with them.
+
+A split is either decoded uint8 arrays in RAM (``ImageArrays``: CIFAR, synthetic, small image folders) or a list
+of files decoded while training (``FileList``: ``imagenet``, and ``imagefolder`` with ``data.stream: true``).
+Both offer ``len``, ``.y``, ``.classes``, ``.image_size`` and ``subset``, so validation carving, limits and the
+loader factory (``lakd.data.make_loader``) treat them alike.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +14,40 @@ from pathlib import Path
 import numpy as np
 
 from lakd.data.cifar import CIFAR_NAMES, ImageArrays, load_cifar
+from lakd.data.folder import ImageFolderError
 from lakd.data.root import resolve_data_root
+from lakd.data.stream import (
+    DEFAULT_IMAGE_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FileList,
+    sample_channel_stats,
+    scan_file_list,
+)
 from lakd.data.synthetic import make_synthetic
 from lakd.errors import LakdError, did_you_mean
 
-DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
+DATASETS = ("cifar10", "cifar100", "imagefolder", "imagenet", "synthetic")
+STREAMED = ("imagenet",)  # always streamed; imagefolder is streamed when data.stream is true
+
+Split = ImageArrays | FileList
 
 # Channel statistics of the training sets (published CIFAR values, which the shared JPEG copies match).
 NORMALISATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
 }
 
 
 @dataclass
 class DatasetSplits:
-    """What the trainer needs: uint8 arrays for each split, class names, and mean/std for normalising."""
+    """What the trainer needs: each split (arrays or a file list), class names, and mean/std for normalising."""
 
     name: str
-    train: ImageArrays
-    val: ImageArrays | None
-    test: ImageArrays
+    train: Split
+    val: Split | None
+    test: Split
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
@@ -38,14 +57,19 @@ class DatasetSplits:
 
     @property
     def image_size(self) -> int:
-        return int(self.train.x.shape[1])
+        """Side of the square images the model gets (a streamed split's crop size, else the arrays' size)."""
+        return self.train.image_size
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, FileList)
 
 
-def carve_validation(train: ImageArrays, val_size: int, seed: int) -> tuple[ImageArrays, ImageArrays | None]:
+def carve_validation(train: Split, val_size: int, seed: int) -> tuple[Split, Split | None]:
     """Hold out ``val_size`` training images, chosen by a fixed seed (stratified by class), as validation.
 
     Stratifying keeps every class equally represented in the held-out set; the seed makes the split identical
-    across runs and machines, so model selection on it is reproducible.
+    across runs and machines, so model selection on it is reproducible. Arrays and file lists alike.
     """
     if val_size <= 0:
         return train, None
@@ -85,16 +109,34 @@ def load_splits(
     synthetic_classes: int = 10,
     train_limit: int | None = None,
     test_limit: int | None = None,
+    stream: bool = False,
+    image_size: int | None = None,
 ) -> DatasetSplits:
     """Load dataset ``name`` and carve the validation split.
 
-    ``imagefolder`` reads ``path/train`` and ``path/test`` (or ``path/val`` as the test split).
+    ``imagefolder`` reads ``path/train`` and ``path/test`` (or ``path/val`` as the test split), into RAM, or as
+    file lists when ``stream``. ``imagenet`` is always streamed, from ``path`` if given, else from
+    ``<data root>/imagenet``, with ``val/`` (or ``test/``) as the test split. ``image_size`` is the side the
+    streaming loader crops to (default 224); for an in-memory image folder it resizes every image.
     ``train_limit`` / ``test_limit`` keep a fixed stratified-random subset (quick runs, smoke tests);
     they are applied after the validation split so validation is unchanged by them.
     """
     if name not in DATASETS:
         raise LakdError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)}; known: {', '.join(DATASETS)}")
-    if name in CIFAR_NAMES:
+    if stream and name not in ("imagefolder", *STREAMED):
+        raise LakdError(f"data.stream applies to dataset 'imagefolder' only ('imagenet' always streams); "
+                        f"'{name}' is loaded into memory — drop data.stream")
+    if image_size is not None and name not in ("imagefolder", "imagenet"):
+        raise LakdError(f"data.image_size applies to 'imagefolder' and 'imagenet'; '{name}' images keep their "
+                        "own size — drop data.image_size")
+    if image_size is not None and image_size < 1:
+        raise LakdError(f"data.image_size must be >= 1, got {image_size}")
+    train: Split
+    test: Split
+    if name in STREAMED or (name == "imagefolder" and stream):
+        train, test = _file_lists(name, root, path, image_size or DEFAULT_IMAGE_SIZE)
+        mean, std = NORMALISATION[name] if name in NORMALISATION else sample_channel_stats(train)
+    elif name in CIFAR_NAMES:
         data_root, how = resolve_data_root(root)
         try:
             train, test = load_cifar(name, data_root, "train"), load_cifar(name, data_root, "test")
@@ -117,9 +159,9 @@ def load_splits(
             if not d.is_dir():
                 raise LakdError(f"imagefolder: '{d}' is not a folder; expected {base}/train/<class>/... and "
                                 f"{base}/test/<class>/... (or val/)")
-        x, y, classes = read_image_folder(base / "train")
+        x, y, classes = read_image_folder(base / "train", image_size)
         train = ImageArrays(x, y, classes)
-        x, y, test_classes = read_image_folder(test_dir)
+        x, y, test_classes = read_image_folder(test_dir, image_size)
         if test_classes != classes:
             raise LakdError(f"imagefolder: class folders of {test_dir} differ from those of {base / 'train'}")
         test = ImageArrays(x, y, classes)
@@ -134,7 +176,51 @@ def load_splits(
     return DatasetSplits(name, train, val, test, tuple(mean), tuple(std))  # type: ignore[arg-type]
 
 
-def _limit(arrays: ImageArrays, limit: int, seed: int) -> ImageArrays:
+def _file_lists(
+    name: str, root: str | Path | None, path: str | Path | None, image_size: int
+) -> tuple[FileList, FileList]:
+    """Scan the train and test folders of a streamed dataset; say where we looked and what layout is expected."""
+    if path:
+        base, how = Path(path).expanduser(), "data.path"
+    elif name == "imagefolder":
+        raise LakdError("dataset 'imagefolder' needs data.path: a folder with train/ and test/ (or val/) "
+                        "class subfolders")
+    else:
+        data_root, how = resolve_data_root(root)
+        base, how = data_root / name, f"data root chosen by {how}"
+    # ImageNet calls its labelled held-out split "val"; a generic folder more often "test".
+    names = ("val", "test") if name == "imagenet" else ("test", "val")
+    test_dir = next((base / n for n in names if (base / n).is_dir()), base / names[0])
+    layout = (f"{base}/train/<class>/*.JPEG and {base}/{names[0]}/<class>/*.JPEG (or {names[1]}/), one folder per "
+              "class with the same class folders in both")
+    for d in (base / "train", test_dir):
+        if not d.is_dir():
+            hint = (" — point data.path at the folder holding train/ and val/, or --data-root / $LAKD_DATA at "
+                    "the folder holding imagenet/" if name == "imagenet" else "")
+            raise LakdError(f"{name}: no folder '{d}' ({how}); expected {layout}{hint}")
+    train = scan_file_list(base / "train", image_size)
+    try:
+        test = scan_file_list(test_dir, image_size)
+    except ImageFolderError as exc:
+        if name != "imagenet":
+            raise
+        raise LakdError(f"{exc}. ImageNet's val images ship as one flat folder: sort them into one folder per "
+                        "class (the same names as train/) first") from None
+    if test.classes != train.classes:
+        only_train = sorted(set(train.classes) - set(test.classes))[:5]
+        only_test = sorted(set(test.classes) - set(train.classes))[:5]
+        raise LakdError(f"{name}: the class folders of '{test_dir}' ({len(test.classes)}) differ from those of "
+                        f"'{base / 'train'}' ({len(train.classes)}); only in train: {only_train or 'none'}, only "
+                        f"in {test_dir.name}: {only_test or 'none'} (first 5 shown). Both need the same class folders")
+    return train, test
+
+
+def as_arrays(split: Split) -> ImageArrays:
+    """A split as uint8 arrays: itself, or a file list decoded with the evaluation transform (keep it small)."""
+    return split if isinstance(split, ImageArrays) else split.to_arrays()
+
+
+def _limit(arrays: Split, limit: int, seed: int) -> Split:
     if limit >= len(arrays):
         return arrays
     index = np.sort(np.random.default_rng(seed + 7).permutation(len(arrays))[:limit])

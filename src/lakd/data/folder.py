@@ -32,15 +32,50 @@ def _visible(entry: Path) -> bool:
     return not entry.name.startswith(".")
 
 
-def _class_images(class_dir: Path) -> list[Path]:
-    """Image files anywhere under ``class_dir`` (links followed, as ImageFolder does), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+def _class_image_paths(class_dir: Path) -> list[str]:
+    """Image files anywhere under ``class_dir`` (links followed, as ImageFolder does), sorted by relative path.
+
+    Plain strings, not ``Path`` objects: ImageNet has 1.28 M files and the objects alone would cost seconds.
+    """
+    found: list[tuple[str, str]] = []  # (path relative to class_dir with '/', full path)
+    top = str(class_dir)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        base = Path(dirpath)
-        found.extend(base / f for f in filenames
+        rel = os.path.relpath(dirpath, top).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        found.extend((prefix + f, os.path.join(dirpath, f)) for f in filenames
                      if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-    return sorted(found, key=lambda p: p.relative_to(class_dir).as_posix())
+    found.sort(key=lambda item: item[0])
+    return [full for _, full in found]
+
+
+def list_image_folder(path: str | Path) -> tuple[list[str], list[int], list[str]]:
+    """Scan ``path/<class>/...`` once: image paths, their labels and the class names (sorted folder names).
+
+    Shared by the in-memory reader and the streaming file list, so both order and label a folder identically.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageFolderNotFound(f"image folder '{path}' does not exist")
+    if not path.is_dir():
+        raise ImageFolderNotFound(f"'{path}' is not a folder; expected {path}/<class>/<image files>")
+    entries = [e for e in path.iterdir() if _visible(e)]
+    if not entries:
+        raise ImageFolderError(f"image folder '{path}' is empty; expected one sub-folder per class")
+    class_dirs = sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+    if not class_dirs:
+        raise ImageFolderError(f"image folder '{path}' has no class folders (only files); expected "
+                               f"{path}/<class>/<image files>")
+    files: list[str] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        images = _class_image_paths(class_dir)
+        if not images:
+            raise ImageFolderError(f"class folder '{class_dir}' holds no images (looked for "
+                                   f"{', '.join(IMAGE_EXTENSIONS)}, any case); remove it or add images")
+        files.extend(images)
+        labels.extend([label] * len(images))
+    return files, labels, [d.name for d in class_dirs]
 
 
 def _decode(path: Path, image_size: int | None) -> np.ndarray:
@@ -68,31 +103,10 @@ def read_image_folder(
     (bilinear) to ``image_size`` x ``image_size``. Extensions accepted (any case): png, jpg, jpeg, bmp, webp;
     other files are ignored.
     """
-    path = Path(path)
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
         raise ImageFolderError(f"image_size must be a positive int or None, got {image_size!r}")
-    if not path.exists():
-        raise ImageFolderNotFound(f"image folder '{path}' does not exist")
-    if not path.is_dir():
-        raise ImageFolderNotFound(f"'{path}' is not a folder; expected {path}/<class>/<image files>")
-    entries = [e for e in path.iterdir() if _visible(e)]
-    if not entries:
-        raise ImageFolderError(f"image folder '{path}' is empty; expected one sub-folder per class")
-    class_dirs = sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
-    if not class_dirs:
-        raise ImageFolderError(f"image folder '{path}' has no class folders (only files); expected "
-                               f"{path}/<class>/<image files>")
-
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, class_dir in enumerate(class_dirs):
-        images = _class_images(class_dir)
-        if not images:
-            raise ImageFolderError(f"class folder '{class_dir}' holds no images (looked for "
-                                   f"{', '.join(IMAGE_EXTENSIONS)}, any case); remove it or add images")
-        files.extend(images)
-        labels.extend([label] * len(images))
-
+    names, labels, classes = list_image_folder(path)
+    files = [Path(f) for f in names]
     first = _decode(files[0], image_size)
     x = np.empty((len(files), *first.shape), dtype=np.uint8)
     x[0] = first
@@ -101,8 +115,9 @@ def read_image_folder(
         if arr.shape != first.shape:
             raise ImageFolderError(
                 f"image {files[i]} is {arr.shape[1]}x{arr.shape[0]} (width x height) but {files[0]} is "
-                f"{first.shape[1]}x{first.shape[0]}; all images must share one size — pass image_size to "
-                "resize them all to image_size x image_size"
+                f"{first.shape[1]}x{first.shape[0]}; all images must share one size — pass image_size "
+                "(data.image_size) to resize them all to image_size x image_size, or stream the folder "
+                "(data.stream: true), which crops each image on the fly"
             )
         x[i] = arr
-    return x, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs]
+    return x, np.asarray(labels, dtype=np.int64), classes

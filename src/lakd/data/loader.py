@@ -1,12 +1,15 @@
-"""In-memory batch iterator: the whole split sits in RAM as uint8; each epoch is one permutation.
+"""Batch iterators. ``BatchLoader``: the whole split sits in RAM as uint8; each epoch is one permutation.
 
 Order and augmentation are drawn from a generator seeded by ``(seed, epoch)``, so an epoch's batches are the
 same whenever it is replayed (resume) and each DDP rank takes its own shard of the same permutation.
+``EpochBatches`` holds what every loader shares (order, length, sharding rules), so the streaming loader
+(``lakd.data.stream.StreamLoader``) cannot drift from the in-memory one; ``make_loader`` picks between them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,53 +17,37 @@ import torch
 from lakd.data.augment import apply_crop_flip, draw_crop_flip, normalise
 from lakd.data.cifar import ImageArrays
 
+if TYPE_CHECKING:
+    from lakd.data.stream import FileList, StreamLoader
 
-class BatchLoader:
-    """Yield ``(images float32 (B, C, H, W), labels int64 (B,)[, index int64 (B,)])`` from uint8 arrays."""
 
-    def __init__(
-        self,
-        arrays: ImageArrays,
-        batch_size: int,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        shuffle: bool = False,
-        augment: bool = False,
-        crop_padding: int = 4,
-        drop_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        return_index: bool = False,
-        pin_memory: bool = False,
-    ) -> None:
+class EpochBatches:
+    """What every loader shares: the epoch's sample order, the step count and the DDP sharding rule.
+
+    Subclasses set ``batch_size, shuffle, drop_last, seed, rank, world_size, epoch`` and ``num_images``.
+    """
+
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    seed: int
+    rank: int
+    world_size: int
+    epoch: int
+
+    @staticmethod
+    def _check(batch_size: int, world_size: int, drop_last: bool) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if world_size > 1 and not drop_last:
             raise ValueError("a sharded loader (world_size > 1) needs drop_last=True so every rank runs the same steps")
-        # HWC uint8 -> CHW view; kept as one tensor so batch gathers are a single index_select.
-        self.images = torch.from_numpy(np.ascontiguousarray(arrays.x)).permute(0, 3, 1, 2)
-        self.labels = torch.from_numpy(arrays.y.astype(np.int64))
-        self.batch_size = batch_size
-        self.mean = torch.tensor(mean, dtype=torch.float32)
-        self.std = torch.tensor(std, dtype=torch.float32)
-        self.shuffle = shuffle
-        self.augment = augment
-        self.crop_padding = crop_padding
-        self.drop_last = drop_last
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.return_index = return_index  # also yield each sample's index in ``arrays`` (CRD's memory bank)
-        self.pin_memory = pin_memory  # page-locked batches: the host->GPU copy can overlap compute (CUDA only)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     @property
     def num_images(self) -> int:
-        return len(self.labels)
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def _order(self) -> torch.Tensor:
         """This epoch's sample order; every rank draws the same one."""
@@ -80,6 +67,51 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         return self.iter_from(0)
+
+    def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        raise NotImplementedError
+
+
+class BatchLoader(EpochBatches):
+    """Yield ``(images float32 (B, C, H, W), labels int64 (B,)[, index int64 (B,)])`` from uint8 arrays."""
+
+    def __init__(
+        self,
+        arrays: ImageArrays,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        shuffle: bool = False,
+        augment: bool = False,
+        crop_padding: int = 4,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        return_index: bool = False,
+        pin_memory: bool = False,
+    ) -> None:
+        self._check(batch_size, world_size, drop_last)
+        # HWC uint8 -> CHW view; kept as one tensor so batch gathers are a single index_select.
+        self.images = torch.from_numpy(np.ascontiguousarray(arrays.x)).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(arrays.y.astype(np.int64))
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self.shuffle = shuffle
+        self.augment = augment
+        self.crop_padding = crop_padding
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.return_index = return_index  # also yield each sample's index in ``arrays`` (CRD's memory bank)
+        self.pin_memory = pin_memory  # page-locked batches: the host->GPU copy can overlap compute (CUDA only)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
 
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """Batches of the current epoch starting at ``start_step`` (mid-epoch resume).
@@ -111,3 +143,36 @@ class BatchLoader:
             if self.pin_memory:
                 batch, labels = batch.pin_memory(), labels.pin_memory()
             yield (batch, labels, index) if self.return_index else (batch, labels)
+
+
+def make_loader(
+    data: ImageArrays | FileList,
+    batch_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    shuffle: bool = False,
+    augment: bool = False,
+    crop_padding: int = 4,
+    drop_last: bool = False,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    return_index: bool = False,
+    pin_memory: bool = False,
+    workers: int | None = None,
+) -> BatchLoader | StreamLoader:
+    """The loader for a split: in-memory arrays -> ``BatchLoader``, a file list -> ``StreamLoader``.
+
+    The one place that knows there are two kinds of split, so the trainer and ``evaluate`` never branch on the
+    dataset. ``crop_padding`` only applies to arrays (pad-crop); ``workers`` (decode threads) only to files.
+    """
+    if isinstance(data, ImageArrays):
+        return BatchLoader(data, batch_size, mean, std, shuffle=shuffle, augment=augment, crop_padding=crop_padding,
+                           drop_last=drop_last, seed=seed, rank=rank, world_size=world_size,
+                           return_index=return_index, pin_memory=pin_memory)
+    from lakd.data.stream import StreamLoader
+
+    return StreamLoader(data, batch_size, mean, std, shuffle=shuffle, augment=augment, drop_last=drop_last, seed=seed,
+                        rank=rank, world_size=world_size, return_index=return_index, pin_memory=pin_memory,
+                        workers=workers)

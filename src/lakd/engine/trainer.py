@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lakd.config import RunConfig
-from lakd.data import BatchLoader, DatasetSplits
-from lakd.data.cifar import ImageArrays
+from lakd.data import DatasetSplits, FileList, ImageArrays, make_loader
 from lakd.engine.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
 from lakd.engine.device import Runtime
 from lakd.engine.distributed import SINGLE, DistEnv, all_reduce_sum, average_gradients, broadcast_module, sync_batchnorm
@@ -89,13 +88,16 @@ def stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, arrays: ImageArrays, mean: tuple[float, ...], std: tuple[float, ...],
-    runtime: Runtime, batch_size: int = 500,
+    model: torch.nn.Module, arrays: ImageArrays | FileList, mean: tuple[float, ...], std: tuple[float, ...],
+    runtime: Runtime, batch_size: int = 500, workers: int | None = None,
 ) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%), mean CE loss and img/s of ``model`` on ``arrays`` (no augmentation)."""
+    """Top-1/top-5 accuracy (%), mean CE loss and img/s of ``model`` on a split (no augmentation).
+
+    ``workers``: decode threads when the split is streamed from files (ignored for in-memory arrays).
+    """
     was_training = model.training
     model.eval()
-    loader = BatchLoader(arrays, batch_size, mean, std, pin_memory=runtime.device.type == "cuda")
+    loader = make_loader(arrays, batch_size, mean, std, pin_memory=runtime.device.type == "cuda", workers=workers)
     correct1 = correct5 = 0
     loss_sum = 0.0
     start = time.perf_counter()
@@ -154,11 +156,11 @@ class Trainer:
             weight_decay=cfg.optim.weight_decay,
         )
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype is torch.float16)
-        self.train_loader = BatchLoader(
+        self.train_loader = make_loader(
             splits.train, cfg.data.batch_size // dist_env.world_size, splits.mean, splits.std, shuffle=True,
             augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=True, seed=cfg.train.seed,
             return_index=bool(getattr(task, "needs_index", False)), pin_memory=runtime.device.type == "cuda",
-            rank=dist_env.rank, world_size=dist_env.world_size,
+            rank=dist_env.rank, world_size=dist_env.world_size, workers=cfg.data.workers,
         )
         if len(self.train_loader) == 0:
             raise LakdError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
@@ -360,11 +362,11 @@ class Trainer:
                 continue
             if self.splits.val is not None:
                 for k, v in evaluate(student, self.splits.val, self.splits.mean, self.splits.std, self.runtime,
-                                     cfg.data.eval_batch_size).items():
+                                     cfg.data.eval_batch_size, cfg.data.workers).items():
                     row[f"val_{k}"] = v
             if cfg.train.eval_test or self.splits.val is None:
                 for k, v in evaluate(student, self.splits.test, self.splits.mean, self.splits.std, self.runtime,
-                                     cfg.data.eval_batch_size).items():
+                                     cfg.data.eval_batch_size, cfg.data.workers).items():
                     row[f"test_{k}"] = v
             row["eval_time_s"] = time.perf_counter() - eval_start
             # Model selection uses validation only; without a validation split "best" is simply the last.
