@@ -147,6 +147,18 @@ def test_feat_modules_choose_who_gets_the_feature_loss() -> None:
         make_lakd(feat_modules=[3])
 
 
+def test_feat_projector_always_gives_equal_widths_a_trained_projector() -> None:
+    auto, always = make_lakd("resnet8", "resnet14"), make_lakd("resnet8", "resnet14", feat_projector="always")
+    assert all(isinstance(p, torch.nn.Identity) for p in auto.projectors)  # same widths: the raw feature
+    assert all(isinstance(p[0], torch.nn.Conv2d) for p in always.projectors)
+    always.train()
+    _, losses = always.forward_train(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)), 5.0)
+    grad = torch.autograd.grad(losses["feat1"], always.projectors[1][0].weight)[0]
+    assert grad.abs().sum() > 0  # the projector learns from its module's feature loss
+    with pytest.raises(LakdError, match="feat_projector"):
+        make_lakd(feat_projector="sometimes")
+
+
 @pytest.mark.parametrize("pair", [("resnet8", "resnet14"), ("wrn_16_1", "wrn_16_2")])
 def test_joint_and_local_backward_give_identical_gradients(pair: tuple[str, str]) -> None:
     local = make_lakd(*pair, backward="local", aux_weight=0.3, feat_spatial_weighting=True)

@@ -85,6 +85,7 @@ class Params(DistillParams):
     feat_form: str = "mse"  # mse (raw) | channel_norm (MSE after per-channel standardisation) | cosine
     feat_spatial_weighting: bool = False  # weight the feature loss per position by the teacher's NDAM map
     feat_modules: list[int] = field(default_factory=list)  # modules that get the feature loss ([] = all; -1 = last)
+    feat_projector: str = "auto"  # auto (1x1 conv + BN only where widths differ) | always
     ndam_weight: float = 5.0  # per-module NDAM loss (0 = off)
     ndam_p: float = 2.0
     ndam_scales: list[int] = field(default_factory=lambda: [0, 4, 2])  # 0 = native grid
@@ -116,6 +117,8 @@ class Params(DistillParams):
             raise bad("ndam_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
         if self.feat_form not in FEAT_FORMS:
             raise bad("feat_form", " | ".join(f"'{f}'" for f in FEAT_FORMS))
+        if self.feat_projector not in ("auto", "always"):
+            raise bad("feat_projector", "'auto' or 'always'")
         if self.ndam_mode not in ("l2", "kl"):
             raise bad("ndam_mode", "'l2' or 'kl'")
         if self.split not in ("stage", "block"):
@@ -153,9 +156,13 @@ def module_pieces(student: StagedModel, arch: str | None, split: str) -> list[li
     return modules
 
 
-def make_projector(c_in: int, c_out: int) -> nn.Module:
-    """1x1 conv + BN mapping student channels to teacher channels (training only; dropped at export)."""
-    if c_in == c_out:
+def make_projector(c_in: int, c_out: int, always: bool = False) -> nn.Module:
+    """1x1 conv + BN mapping student channels to teacher channels (training only; dropped at export).
+
+    Equal widths get no projector unless ``always``: then the student matches a learned linear view of the
+    teacher's feature instead of the feature itself, as FitNet's regressor and ReviewKD's fusion allow.
+    """
+    if c_in == c_out and not always:
         return nn.Identity()
     return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
 
@@ -213,7 +220,8 @@ class LAKD(Distiller):
         self.teacher_index = [min(len(t_shapes) - 1, math.ceil((k + 1) * len(t_shapes) / num_modules) - 1)
                               for k in range(num_modules)]
         self.projectors = nn.ModuleList(  # a module without feature loss needs no projector
-            make_projector(out_shapes[k][0], t_shapes[self.teacher_index[k]][0]) if k in self.feat_module_set
+            make_projector(out_shapes[k][0], t_shapes[self.teacher_index[k]][0], p.feat_projector == "always")
+            if k in self.feat_module_set
             else nn.Identity() for k in range(num_modules)
         )
         num_classes = self._num_classes()
