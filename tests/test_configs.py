@@ -15,16 +15,18 @@ METHODS = sorted((CONFIGS / "methods").glob("*.yaml"))
 PAIRS = sorted((CONFIGS / "cifar100_pairs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("teacher_cfg", ["cifar10_teacher.yaml", "cifar100_teacher.yaml"])
+@pytest.mark.parametrize("teacher_cfg", ["cifar10_teacher.yaml", "cifar100_teacher.yaml", "cifar100_cpu_teacher.yaml"])
 def test_teacher_configs(teacher_cfg: str) -> None:
     cfg = build_config(RunConfig, [str(CONFIGS / teacher_cfg)])
     assert cfg.model.name in list_models()
 
 
+@pytest.mark.parametrize("protocol_cfg", ["cifar10_cpu.yaml", "cifar100_cpu.yaml"])
 @pytest.mark.parametrize("method", METHODS, ids=lambda p: p.stem)
-def test_cifar10_cpu_with_every_method(method: Path) -> None:
-    cfg = build_config(DistillRunConfig, [str(CONFIGS / "cifar10_cpu.yaml"), str(method)])
-    assert cfg.distill.method == method.stem and cfg.model.name == "resnet20"
+def test_cpu_protocols_with_every_method(protocol_cfg: str, method: Path) -> None:
+    cfg = build_config(DistillRunConfig, [str(CONFIGS / protocol_cfg), str(method)])
+    assert cfg.distill.method == method.stem and cfg.model.name == "resnet20" and cfg.train.epochs == 3
+    assert cfg.data.dataset == protocol_cfg.split("_")[0]
     make_params(cfg.distill.method, cfg.distill.params)
 
 
