@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lakd.distill import build_distiller
-from lakd.distill.lakd import LAKD, feature_loss
+from lakd.distill.lakd import LAKD, feature_loss, pyramid_feature_loss
 from lakd.distill.ndam import coarse, ndam_loss, ndam_map, similarity, spatial_weights
 from lakd.engine.memory import SavedTensorMeter
 from lakd.errors import LakdError
@@ -227,6 +227,22 @@ def test_feature_loss_forms_by_hand() -> None:
         _, losses = make_lakd(feat_form=form, progressive=False).forward_train(
             torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), 5.0)
         assert all(torch.isfinite(losses[f"feat{k}"]) and losses[f"feat{k}"] > 0 for k in range(3))
+
+
+def test_pyramid_feature_loss_by_hand() -> None:
+    # One 2x2 map, one channel: student [[1, 2], [3, 4]], teacher all 2.5 (the student's mean).
+    s = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    t = torch.full((1, 1, 2, 2), 2.5)
+    native = (1.5**2 + 0.5**2 + 0.5**2 + 1.5**2) / 4  # 1.25
+    assert pyramid_feature_loss(s, t, "mse", None, [0]).item() == pytest.approx(native)
+    assert pyramid_feature_loss(s, t, "mse", None, [1]).item() == pytest.approx(0.0)  # the means agree
+    assert pyramid_feature_loss(s, t, "mse", None, [0, 1]).item() == pytest.approx(native / 2)
+    assert pyramid_feature_loss(s, t, "mse", None, [4]).item() == pytest.approx(native)  # never up-sampled
+    _, losses = make_lakd(feat_scales=[0, 4, 2, 1], progressive=False).forward_train(
+        torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), 5.0)
+    assert all(torch.isfinite(losses[f"feat{k}"]) and losses[f"feat{k}"] > 0 for k in range(3))
+    with pytest.raises(LakdError, match="feat_scales"):
+        make_lakd(feat_scales=[])
 
 
 def test_bad_params_are_clear() -> None:

@@ -72,6 +72,25 @@ def feature_loss(
     return F.mse_loss(s, t)  # saves no new activation-sized tensor for backward
 
 
+def pyramid_feature_loss(
+    s: torch.Tensor, t: torch.Tensor, form: str, weights: torch.Tensor | None, scales: list[int]
+) -> torch.Tensor:
+    """``feature_loss`` averaged over grids: 0 = the native grid, n = both sides average-pooled to n x n.
+
+    Coarse grids compare regional means, which a student can match even where it cannot match every position; a
+    grid at least as fine as the map is the native grid (never up-sampled).
+    """
+    total = s.new_zeros(())
+    for scale in scales:
+        if scale == NATIVE or scale >= min(s.shape[-2:]):
+            total = total + feature_loss(s, t, form, weights)
+            continue
+        grid = (scale, scale)
+        w = F.adaptive_avg_pool2d(weights, grid) if weights is not None else None
+        total = total + feature_loss(F.adaptive_avg_pool2d(s, grid), F.adaptive_avg_pool2d(t, grid), form, w)
+    return total / len(scales)
+
+
 # A module is a list of pieces (stage index, first block, end block); ``None`` bounds = the whole stage.
 Piece = tuple[int, int | None, int | None]
 
@@ -85,6 +104,7 @@ class Params(DistillParams):
     feat_form: str = "mse"  # mse (raw) | channel_norm (MSE after per-channel standardisation) | cosine
     feat_spatial_weighting: bool = False  # weight the feature loss per position by the teacher's NDAM map
     feat_modules: list[int] = field(default_factory=list)  # modules that get the feature loss ([] = all; -1 = last)
+    feat_scales: list[int] = field(default_factory=lambda: [0])  # grids of the feature loss (0 = native)
     feat_projector: str = "auto"  # auto (1x1 conv + BN only where widths differ) | always
     ndam_weight: float = 5.0  # per-module NDAM loss (0 = off)
     ndam_p: float = 2.0
@@ -117,6 +137,8 @@ class Params(DistillParams):
             raise bad("ndam_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
         if self.feat_form not in FEAT_FORMS:
             raise bad("feat_form", " | ".join(f"'{f}'" for f in FEAT_FORMS))
+        if not self.feat_scales or any(s < 0 for s in self.feat_scales):
+            raise bad("feat_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
         if self.feat_projector not in ("auto", "always"):
             raise bad("feat_projector", "'auto' or 'always'")
         if self.ndam_mode not in ("l2", "kl"):
@@ -300,7 +322,8 @@ class LAKD(Distiller):
             if t.shape[-2:] != (h, w):
                 t = F.adaptive_avg_pool2d(t, (h, w))
             weights = spatial_weights(t_feat, (h, w), p.ndam_p) if p.feat_spatial_weighting else None
-            losses[f"feat{k}"] = weighted(p.feat_weight * ramp, feature_loss(s, t, p.feat_form, weights))
+            loss = pyramid_feature_loss(s, t, p.feat_form, weights, p.feat_scales)
+            losses[f"feat{k}"] = weighted(p.feat_weight * ramp, loss)
         if p.ndam_weight > 0:
             scales = [NATIVE if s == 0 else s for s in p.ndam_scales]
             nd = ndam_loss(feat, t_feat, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
