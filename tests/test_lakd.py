@@ -245,6 +245,22 @@ def test_pyramid_feature_loss_by_hand() -> None:
         make_lakd(feat_scales=[])
 
 
+def test_feat_target_preact_matches_the_teacher_before_its_relu() -> None:
+    d = make_lakd("resnet8", "resnet14", feat_target="preact", ndam_weight=0.0, progressive=False)
+    d.train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    _, losses = d.forward_train(x, y, 5.0)
+    with torch.no_grad():
+        _, pre = d.teacher(x, preact=True)
+        _, post = d.teacher(x)
+        feat0 = d.run_module(0, x)  # equal widths: identity projector
+    assert (pre[0] < 0).any() and not torch.equal(pre[0], post[0])  # the targets really differ
+    torch.testing.assert_close(losses["feat0"], feature_loss(feat0.float(), pre[0].float()), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(losses["feat0"], feature_loss(feat0.float(), post[0].float()))
+    with pytest.raises(LakdError, match="feat_target"):
+        make_lakd(feat_target="logits")
+
+
 def test_bad_params_are_clear() -> None:
     with pytest.raises(LakdError, match="feat_form"):
         make_lakd(feat_form="l1")

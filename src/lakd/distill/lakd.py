@@ -105,6 +105,7 @@ class Params(DistillParams):
     feat_spatial_weighting: bool = False  # weight the feature loss per position by the teacher's NDAM map
     feat_modules: list[int] = field(default_factory=list)  # modules that get the feature loss ([] = all; -1 = last)
     feat_scales: list[int] = field(default_factory=lambda: [0])  # grids of the feature loss (0 = native)
+    feat_target: str = "post"  # teacher feature the feature loss matches: post(-activation) | preact (before ReLU)
     feat_projector: str = "auto"  # auto (1x1 conv + BN only where widths differ) | always
     ndam_weight: float = 5.0  # per-module NDAM loss (0 = off)
     ndam_p: float = 2.0
@@ -139,6 +140,8 @@ class Params(DistillParams):
             raise bad("feat_form", " | ".join(f"'{f}'" for f in FEAT_FORMS))
         if not self.feat_scales or any(s < 0 for s in self.feat_scales):
             raise bad("feat_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
+        if self.feat_target not in ("post", "preact"):
+            raise bad("feat_target", "'post' or 'preact'")
         if self.feat_projector not in ("auto", "always"):
             raise bad("feat_projector", "'auto' or 'always'")
         if self.ndam_mode not in ("l2", "kl"):
@@ -197,16 +200,23 @@ class _TeacherInLockstep:
     """
 
     def __init__(self, teacher: StagedModel, x: torch.Tensor) -> None:
-        self.teacher, self.h, self.done = teacher, x, -1
+        self.teacher, self.h, self.pre, self.done = teacher, x, x, -1
 
     @torch.no_grad()
     def feature(self, index: int) -> torch.Tensor:
+        """The teacher's (post-activation) output of stage ``index``."""
         while self.done < index:
             if self.done < 0:
                 self.h = self.teacher.stem(self.h)
             self.done += 1
-            self.h = self.teacher.stages[self.done](self.h)
+            self.h, self.pre = self.teacher._stage_forward(self.done, self.h)
         return self.h
+
+    @torch.no_grad()
+    def preact(self, index: int) -> torch.Tensor:
+        """Stage ``index``'s output before its final ReLU (the output itself for families without one)."""
+        self.feature(index)
+        return self.pre
 
     @torch.no_grad()
     def logits(self) -> torch.Tensor:
@@ -307,15 +317,20 @@ class LAKD(Distiller):
 
     # -- losses ------------------------------------------------------------------------------------------
     def module_losses(
-        self, k: int, feat: torch.Tensor, t_feat: torch.Tensor, y: torch.Tensor, epoch: float
+        self, k: int, feat: torch.Tensor, t_feat: torch.Tensor, y: torch.Tensor, epoch: float,
+        t_target: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The weighted local losses of module k (not including the last module's logit terms)."""
+        """The weighted local losses of module k (not including the last module's logit terms).
+
+        ``t_feat`` is the teacher's stage output (NDAM, spatial weights); ``t_target`` what the feature loss
+        matches (default ``t_feat``; the pre-activation output with ``feat_target: preact``).
+        """
         p: Params = self.params  # type: ignore[assignment]
         ramp = self.ramp(k, epoch)
         losses: dict[str, torch.Tensor] = {}
         if p.feat_weight > 0 and k in self.feat_module_set:
             s = self.projectors[k](feat).float()
-            t = t_feat.float()
+            t = (t_feat if t_target is None else t_target).float()
             h, w = min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1])
             if s.shape[-2:] != (h, w):
                 s = F.adaptive_avg_pool2d(s, (h, w))
@@ -350,16 +365,17 @@ class LAKD(Distiller):
         for k in range(self.num_modules):
             with ctx():
                 t_feat = teacher.feature(self.teacher_index[k])
+                t_target = teacher.preact(self.teacher_index[k]) if p.feat_target == "preact" else None
                 inp = h.detach() if (k > 0 and detach) else h
                 feat = self.run_module(k, inp)
-                module_losses = self.module_losses(k, feat, t_feat, y, epoch)
+                module_losses = self.module_losses(k, feat, t_feat, y, epoch, t_target)
                 if k == self.num_modules - 1:
                     logits = self.student_model.head(feat)
                     module_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
                     if p.kd_weight > 0:
                         t_logits = teacher.logits()
                         module_losses["kd"] = weighted(p.kd_weight, kd_loss(logits, t_logits, p.temperature))
-            del t_feat
+            del t_feat, t_target
             if backward is not None:
                 # Local mode: backprop this module's loss now; its graph is freed before the next module runs.
                 backward(sum(module_losses.values()))
