@@ -18,7 +18,9 @@ from lakd.models import build_model
 
 
 def make_lakd(student: str = "resnet8", teacher: str = "resnet14", **params: object) -> LAKD:
+    """LAKD over 10 epochs; SDM for all of them unless ``detach_until`` is given (the tests probe epoch 5)."""
     torch.manual_seed(0)
+    params.setdefault("detach_until", 1.0)
     d = build_distiller("lakd", build_model(student, 10), build_model(teacher, 10), dict(params), total_epochs=10)
     assert isinstance(d, LAKD)
     return d
@@ -246,7 +248,7 @@ def test_pyramid_feature_loss_by_hand() -> None:
 
 
 def test_feat_target_preact_matches_the_teacher_before_its_relu() -> None:
-    d = make_lakd("resnet8", "resnet14", feat_target="preact", ndam_weight=0.0, progressive=False)
+    d = make_lakd("resnet8", "resnet14", feat_target="preact", feat_weight=1.0, ndam_weight=0.0, progressive=False)
     d.train()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     _, losses = d.forward_train(x, y, 5.0)

@@ -100,7 +100,7 @@ class Params(DistillParams):
     ce_weight: float = 0.1  # CE on labels at the last module
     kd_weight: float = 0.9  # logit KD at the last module (0 = off)
     temperature: float = 4.0
-    feat_weight: float = 1.0  # per-module feature MSE (0 = off)
+    feat_weight: float = 3.0  # per-module feature MSE (0 = off); 3: issue 6 study
     feat_form: str = "mse"  # mse (raw) | channel_norm (MSE after per-channel standardisation) | cosine
     feat_spatial_weighting: bool = False  # weight the feature loss per position by the teacher's NDAM map
     feat_modules: list[int] = field(default_factory=list)  # modules that get the feature loss ([] = all; -1 = last)
@@ -115,7 +115,7 @@ class Params(DistillParams):
     aux_weight: float = 0.0  # CE of auxiliary classifiers on intermediate modules (0 = off)
     split: str = "stage"  # stage (split table / one module per stage) | block (stages of >= 2 blocks cut in two)
     detach: bool = True  # SDM: no gradient across module boundaries (false = end-to-end, same losses)
-    detach_until: float = 1.0  # SDM for this fraction of training, then end-to-end with joint backward (1 = always)
+    detach_until: float = 0.5  # SDM for this fraction of training, then end-to-end (1 = always); 0.5: issue 6
     backward: str = "local"  # local | joint
     progressive: bool = True
     ramp_stagger: float = 0.1  # module k's ramp starts at k * ramp_stagger (fraction of training)
