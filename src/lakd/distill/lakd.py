@@ -328,20 +328,24 @@ class LAKD(Distiller):
         p: Params = self.params  # type: ignore[assignment]
         ramp = self.ramp(k, epoch)
         losses: dict[str, torch.Tensor] = {}
+        # fp32 copies made once and shared by the feature and NDAM losses (each copy is an activation-sized
+        # tensor written, and saved for backward, in every step).
+        feat32, t_feat32 = feat.float(), t_feat.float()
         if p.feat_weight > 0 and k in self.feat_module_set:
-            s = self.projectors[k](feat).float()
-            t = (t_feat if t_target is None else t_target).float()
+            projector = self.projectors[k]
+            s = feat32 if isinstance(projector, nn.Identity) else projector(feat).float()
+            t = t_feat32 if t_target is None else t_target.float()
             h, w = min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1])
             if s.shape[-2:] != (h, w):
                 s = F.adaptive_avg_pool2d(s, (h, w))
             if t.shape[-2:] != (h, w):
                 t = F.adaptive_avg_pool2d(t, (h, w))
-            weights = spatial_weights(t_feat, (h, w), p.ndam_p) if p.feat_spatial_weighting else None
+            weights = spatial_weights(t_feat32, (h, w), p.ndam_p) if p.feat_spatial_weighting else None
             loss = pyramid_feature_loss(s, t, p.feat_form, weights, p.feat_scales)
             losses[f"feat{k}"] = weighted(p.feat_weight * ramp, loss)
         if p.ndam_weight > 0:
             scales = [NATIVE if s == 0 else s for s in p.ndam_scales]
-            nd = ndam_loss(feat, t_feat, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
+            nd = ndam_loss(feat32, t_feat32, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
             losses[f"ndam{k}"] = weighted(p.ndam_weight * ramp, nd)
         if p.aux_weight > 0 and k < self.num_modules - 1:
             losses[f"aux{k}"] = weighted(p.aux_weight, F.cross_entropy(self.aux_heads[k](feat).float(), y))
