@@ -199,8 +199,9 @@ class _TeacherInLockstep:
     the teacher adds one stage's worth of memory, not all of its stage outputs.
     """
 
-    def __init__(self, teacher: StagedModel, x: torch.Tensor) -> None:
-        self.teacher, self.h, self.pre, self.done = teacher, x, x, -1
+    def __init__(self, teacher: StagedModel, x: torch.Tensor, keep_preact: bool = False) -> None:
+        self.teacher, self.h, self.pre, self.done = teacher, x, None, -1
+        self.keep_preact = keep_preact  # hold the pre-activation too (one more stage tensor) only when asked
 
     @torch.no_grad()
     def feature(self, index: int) -> torch.Tensor:
@@ -209,13 +210,17 @@ class _TeacherInLockstep:
             if self.done < 0:
                 self.h = self.teacher.stem(self.h)
             self.done += 1
-            self.h, self.pre = self.teacher._stage_forward(self.done, self.h)
+            self.h, pre = self.teacher._stage_forward(self.done, self.h)
+            self.pre = pre if self.keep_preact else None
         return self.h
 
     @torch.no_grad()
     def preact(self, index: int) -> torch.Tensor:
         """Stage ``index``'s output before its final ReLU (the output itself for families without one)."""
+        if not self.keep_preact:
+            raise RuntimeError("preact() needs keep_preact=True")
         self.feature(index)
+        assert self.pre is not None
         return self.pre
 
     @torch.no_grad()
@@ -362,7 +367,7 @@ class LAKD(Distiller):
         p: Params = self.params  # type: ignore[assignment]
         ctx = autocast or contextlib.nullcontext
         detach = self.detached(epoch)
-        teacher = _TeacherInLockstep(self.teacher, x)  # type: ignore[arg-type]
+        teacher = _TeacherInLockstep(self.teacher, x, keep_preact=p.feat_target == "preact")  # type: ignore[arg-type]
         losses: dict[str, torch.Tensor] = {}
         h = x
         logits = None
