@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from lakd.distill import build_distiller
+from lakd.distill.dkd import dkd_loss
+from lakd.distill.kd import kd_loss
 from lakd.distill.lakd import LAKD, feature_loss, pyramid_feature_loss
 from lakd.distill.ndam import coarse, ndam_loss, ndam_map, similarity, spatial_weights
 from lakd.engine.memory import SavedTensorMeter
@@ -261,6 +263,20 @@ def test_feat_target_preact_matches_the_teacher_before_its_relu() -> None:
     assert not torch.allclose(losses["feat0"], feature_loss(feat0.float(), post[0].float()))
     with pytest.raises(LakdError, match="feat_target"):
         make_lakd(feat_target="logits")
+
+
+def test_logit_loss_dkd_replaces_kd_at_the_last_module() -> None:
+    d = make_lakd("resnet8", "resnet14", logit_loss="dkd", dkd_alpha=2.0, dkd_beta=3.0, kd_weight=0.5)
+    d.train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    logits, losses = d.forward_train(x, y, 5.0)
+    with torch.no_grad():
+        t_logits, _ = d.teacher(x)
+    expected = 0.5 * dkd_loss(logits.float(), t_logits.float(), y, alpha=2.0, beta=3.0, temperature=4.0)
+    torch.testing.assert_close(losses["kd"], expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(losses["kd"], 0.5 * kd_loss(logits.float(), t_logits.float(), 4.0))
+    with pytest.raises(LakdError, match="logit_loss"):
+        make_lakd(logit_loss="dist")
 
 
 def test_bad_params_are_clear() -> None:

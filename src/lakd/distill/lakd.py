@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lakd.distill.base import Distiller, DistillParams, register, weighted
+from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss
 from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
 from lakd.errors import LakdError
@@ -99,6 +100,9 @@ Piece = tuple[int, int | None, int | None]
 class Params(DistillParams):
     ce_weight: float = 0.1  # CE on labels at the last module
     kd_weight: float = 0.9  # logit KD at the last module (0 = off)
+    logit_loss: str = "kd"  # kd (Hinton) | dkd (decoupled: dkd_alpha * TCKD + dkd_beta * NCKD), times kd_weight
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
     temperature: float = 4.0
     feat_weight: float = 3.0  # per-module feature MSE (0 = off); 3: issue 6 study
     feat_form: str = "mse"  # mse (raw) | channel_norm (MSE after per-channel standardisation) | cosine
@@ -125,7 +129,7 @@ class Params(DistillParams):
         def bad(name: str, what: str) -> LakdError:
             return LakdError(f"distill.params.{name} = {getattr(self, name)!r} is out of range: must be {what}")
 
-        for name in ("ce_weight", "kd_weight", "feat_weight", "ndam_weight", "aux_weight"):
+        for name in ("ce_weight", "kd_weight", "feat_weight", "ndam_weight", "aux_weight", "dkd_alpha", "dkd_beta"):
             if getattr(self, name) < 0:
                 raise bad(name, ">= 0")
         if self.temperature <= 0:
@@ -144,6 +148,8 @@ class Params(DistillParams):
             raise bad("feat_target", "'post' or 'preact'")
         if self.feat_projector not in ("auto", "always"):
             raise bad("feat_projector", "'auto' or 'always'")
+        if self.logit_loss not in ("kd", "dkd"):
+            raise bad("logit_loss", "'kd' or 'dkd'")
         if self.ndam_mode not in ("l2", "kl"):
             raise bad("ndam_mode", "'l2' or 'kl'")
         if self.split not in ("stage", "block"):
@@ -321,6 +327,13 @@ class LAKD(Distiller):
         return p.detach and epoch < p.detach_until * self.total_epochs
 
     # -- losses ------------------------------------------------------------------------------------------
+    def logit_loss(self, logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The last module's logit term, before ``kd_weight``: Hinton KD or decoupled KD (DKD)."""
+        p = self.params
+        if p.logit_loss == "dkd":
+            return dkd_loss(logits, t_logits, y, p.dkd_alpha, p.dkd_beta, p.temperature)
+        return kd_loss(logits, t_logits, p.temperature)
+
     def module_losses(
         self, k: int, feat: torch.Tensor, t_feat: torch.Tensor, y: torch.Tensor, epoch: float,
         t_target: torch.Tensor | None = None,
@@ -383,7 +396,7 @@ class LAKD(Distiller):
                     module_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
                     if p.kd_weight > 0:
                         t_logits = teacher.logits()
-                        module_losses["kd"] = weighted(p.kd_weight, kd_loss(logits, t_logits, p.temperature))
+                        module_losses["kd"] = weighted(p.kd_weight, self.logit_loss(logits, t_logits, y))
             del t_feat, t_target
             if backward is not None:
                 # Local mode: backprop this module's loss now; its graph is freed before the next module runs.
