@@ -279,6 +279,41 @@ def test_logit_loss_dkd_replaces_kd_at_the_last_module() -> None:
         make_lakd(logit_loss="dist")
 
 
+def test_teacher_inputs_feed_module_k_the_teacher_stage_k_minus_1() -> None:
+    d = make_lakd("resnet8", "resnet14", teacher_inputs_until=0.5, feat_weight=1.0, ndam_weight=0.0,
+                  progressive=False)
+    d.train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        _, t_feats = d.teacher(x)
+    _, losses = d.forward_train(x, y, epoch=2.0)  # 2 of 10 epochs: teacher-fed
+    with torch.no_grad():
+        fed = d.run_module(1, t_feats[0])  # equal widths and grids: no adapter
+    torch.testing.assert_close(losses["feat1"], feature_loss(fed.float(), t_feats[1].float()), rtol=1e-5, atol=1e-6)
+    # no gradient reaches module 0 from module 1's loss, and module 1 trains
+    d.zero_grad()
+    losses["feat1"].backward()
+    assert all(q.grad is None or q.grad.abs().sum() == 0 for q in d.student_model.stem.parameters())
+    assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in d.student_model.stages[1].parameters())
+    _, later = d.forward_train(x, y, epoch=6.0)  # past teacher_inputs_until: the student's own chain again
+    with torch.no_grad():
+        own = d.run_module(1, d.run_module(0, x))
+    torch.testing.assert_close(later["feat1"], feature_loss(own.float(), t_feats[1].float()), rtol=1e-5, atol=1e-6)
+    with pytest.raises(LakdError, match="teacher_inputs_until"):
+        make_lakd(teacher_inputs_until=0.6, detach_until=0.5)
+
+
+def test_teacher_inputs_are_adapted_when_widths_differ() -> None:
+    d = make_lakd("wrn_40_1", "wrn_40_2", teacher_inputs_until=1.0, progressive=False)
+    d.train()
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    _, losses = d.forward_train(x, y, epoch=1.0)
+    sum(losses.values()).backward()
+    adapter = d.input_adapters[1]
+    assert not isinstance(adapter, torch.nn.Identity)
+    assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in adapter.parameters())
+
+
 def test_bad_params_are_clear() -> None:
     with pytest.raises(LakdError, match="feat_form"):
         make_lakd(feat_form="l1")

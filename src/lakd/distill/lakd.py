@@ -12,6 +12,9 @@ docs/method.md.
   intermediate modules. The last module also has ``ce_weight * CE`` and a logit-KD term.
 * **Progressive, shallow -> deep.** Module k's distillation weight ramps linearly from 0 to 1 over a window that
   starts ``ramp_stagger * k`` of the way into training and lasts ``ramp_length`` (fractions of training).
+* **Teacher-fed inputs (optional, ``teacher_inputs_until``).** Early in training module k > 0 may run on the
+  teacher's feature at module k-1's stage instead of the student's own (block-wise distillation): every module
+  learns its mapping from clean inputs at once, before the chain is connected.
 * **Backward modes.** ``joint``: one backward of the summed losses. ``local``: module k's loss is backpropagated
   as soon as module k has run, and its graph freed before module k+1 runs — same gradients, peak activation
   memory of one module instead of the whole network.
@@ -120,6 +123,7 @@ class Params(DistillParams):
     split: str = "stage"  # stage (split table / one module per stage) | block (stages of >= 2 blocks cut in two)
     detach: bool = True  # SDM: no gradient across module boundaries (false = end-to-end, same losses)
     detach_until: float = 0.5  # SDM for this fraction of training, then end-to-end (1 = always); 0.5: issue 6
+    teacher_inputs_until: float = 0.0  # module k > 0 runs on the teacher's stage k-1 output for this fraction
     backward: str = "local"  # local | joint
     progressive: bool = True
     ramp_stagger: float = 0.1  # module k's ramp starts at k * ramp_stagger (fraction of training)
@@ -161,6 +165,13 @@ class Params(DistillParams):
                             "boundaries a module's loss reaches earlier modules; use backward = 'joint'")
         if not 0 <= self.detach_until <= 1:
             raise bad("detach_until", "a fraction of training in [0, 1]")
+        if not 0 <= self.teacher_inputs_until <= 1:
+            raise bad("teacher_inputs_until", "a fraction of training in [0, 1]")
+        if self.teacher_inputs_until > (self.detach_until if self.detach else 0.0):
+            raise LakdError(f"distill.params.teacher_inputs_until = {self.teacher_inputs_until} needs detached "
+                            f"modules for that long (detach = true, detach_until >= teacher_inputs_until; now "
+                            f"detach = {self.detach}, detach_until = {self.detach_until}): gradients cannot "
+                            "reach the teacher's features")
         if not 0 <= self.ramp_stagger <= 1 or not 0 <= self.ramp_length <= 1:
             raise LakdError("distill.params.ramp_stagger and ramp_length are fractions of training: in [0, 1]")
 
@@ -267,6 +278,13 @@ class LAKD(Distiller):
             if k in self.feat_module_set
             else nn.Identity() for k in range(num_modules)
         )
+        # Teacher-fed inputs (block-wise distillation): module k > 0 gets the teacher's feature at the stage
+        # matching module k-1, adapted to module k-1's output shape (1x1 conv + BN only where widths differ).
+        self.input_adapters = nn.ModuleList(
+            [nn.Identity()] + [make_projector(t_shapes[self.teacher_index[k - 1]][0], out_shapes[k - 1][0])
+                               for k in range(1, num_modules)]
+        ) if p.teacher_inputs_until > 0 else nn.ModuleList()
+        self.module_input_shapes = [None] + [out_shapes[k - 1] for k in range(1, num_modules)]
         num_classes = self._num_classes()
         self.aux_heads = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(out_shapes[k][0], num_classes))
@@ -320,6 +338,19 @@ class LAKD(Distiller):
         if p.ramp_length <= 0:
             return 1.0 if t >= start else 0.0
         return min(max((t - start) / p.ramp_length, 0.0), 1.0)
+
+    def teacher_fed(self, epoch: float) -> bool:
+        """Whether modules k > 0 run on the teacher's features (instead of module k-1's output) at ``epoch``."""
+        p: Params = self.params  # type: ignore[assignment]
+        return epoch < p.teacher_inputs_until * self.total_epochs
+
+    def teacher_input(self, k: int, t_prev: torch.Tensor) -> torch.Tensor:
+        """The teacher's feature for module k's input: adapted to module k-1's output channels and grid."""
+        h = self.input_adapters[k](t_prev)
+        size = self.module_input_shapes[k][1:]  # type: ignore[index]
+        if tuple(h.shape[-2:]) != tuple(size):
+            h = F.adaptive_avg_pool2d(h, size) if h.shape[-1] > size[-1] else F.interpolate(h, size=size)
+        return h
 
     def detached(self, epoch: float) -> bool:
         """Whether module boundaries are cut (SDM) at ``epoch``: ``detach`` until ``detach_until`` of training."""
@@ -380,15 +411,18 @@ class LAKD(Distiller):
         p: Params = self.params  # type: ignore[assignment]
         ctx = autocast or contextlib.nullcontext
         detach = self.detached(epoch)
+        teacher_fed = self.teacher_fed(epoch)
         teacher = _TeacherInLockstep(self.teacher, x, keep_preact=p.feat_target == "preact")  # type: ignore[arg-type]
         losses: dict[str, torch.Tensor] = {}
         h = x
         logits = None
         for k in range(self.num_modules):
             with ctx():
+                if k > 0 and teacher_fed:  # the teacher is at module k-1's stage: take its output first
+                    h = self.teacher_input(k, teacher.feature(self.teacher_index[k - 1]))
                 t_feat = teacher.feature(self.teacher_index[k])
                 t_target = teacher.preact(self.teacher_index[k]) if p.feat_target == "preact" else None
-                inp = h.detach() if (k > 0 and detach) else h
+                inp = h.detach() if (k > 0 and detach and not teacher_fed) else h
                 feat = self.run_module(k, inp)
                 module_losses = self.module_losses(k, feat, t_feat, y, epoch, t_target)
                 if k == self.num_modules - 1:
