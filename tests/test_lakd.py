@@ -266,7 +266,9 @@ def test_feat_target_preact_matches_the_teacher_before_its_relu() -> None:
 
 
 def test_logit_loss_dkd_replaces_kd_at_the_last_module() -> None:
-    d = make_lakd("resnet8", "resnet14", logit_loss="dkd", dkd_alpha=2.0, dkd_beta=3.0, kd_weight=0.5)
+    # logit_warmup_epochs 10 at epoch 5: half of kd_weight 1.0
+    d = make_lakd("resnet8", "resnet14", logit_loss="dkd", dkd_alpha=2.0, dkd_beta=3.0, kd_weight=1.0,
+                  logit_warmup_epochs=10.0)
     d.train()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     logits, losses = d.forward_train(x, y, 5.0)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lakd.distill.base import Distiller, DistillParams, register, weighted
+from lakd.distill.base import Distiller, DistillParams, linear_warmup, register, weighted
 from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss
 from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
@@ -106,6 +106,7 @@ class Params(DistillParams):
     logit_loss: str = "kd"  # kd (Hinton) | dkd (decoupled: dkd_alpha * TCKD + dkd_beta * NCKD), times kd_weight
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
+    logit_warmup_epochs: float = 0.0  # the logit term ramps in linearly over these epochs (DKD needs it; 0 = off)
     temperature: float = 4.0
     feat_weight: float = 3.0  # per-module feature MSE (0 = off); 3: issue 6 study
     feat_form: str = "mse"  # mse (raw) | channel_norm (MSE after per-channel standardisation) | cosine
@@ -133,7 +134,8 @@ class Params(DistillParams):
         def bad(name: str, what: str) -> LakdError:
             return LakdError(f"distill.params.{name} = {getattr(self, name)!r} is out of range: must be {what}")
 
-        for name in ("ce_weight", "kd_weight", "feat_weight", "ndam_weight", "aux_weight", "dkd_alpha", "dkd_beta"):
+        for name in ("ce_weight", "kd_weight", "feat_weight", "ndam_weight", "aux_weight", "dkd_alpha", "dkd_beta",
+                     "logit_warmup_epochs"):
             if getattr(self, name) < 0:
                 raise bad(name, ">= 0")
         if self.temperature <= 0:
@@ -430,7 +432,8 @@ class LAKD(Distiller):
                     module_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
                     if p.kd_weight > 0:
                         t_logits = teacher.logits()
-                        module_losses["kd"] = weighted(p.kd_weight, self.logit_loss(logits, t_logits, y))
+                        factor = p.kd_weight * linear_warmup(epoch, p.logit_warmup_epochs)
+                        module_losses["kd"] = weighted(factor, self.logit_loss(logits, t_logits, y))
             del t_feat, t_target
             if backward is not None:
                 # Local mode: backprop this module's loss now; its graph is freed before the next module runs.
