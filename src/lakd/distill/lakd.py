@@ -123,7 +123,7 @@ class Params(DistillParams):
     aux_weight: float = 0.0  # CE of auxiliary classifiers on intermediate modules (0 = off)
     split: str = "stage"  # stage (split table / one module per stage) | block (stages of >= 2 blocks cut in two)
     detach: bool = True  # SDM: no gradient across module boundaries (false = end-to-end, same losses)
-    detach_until: float = 0.5  # SDM for this fraction of training, then end-to-end (1 = always); 0.5: issue 6
+    detach_until: float = 0.0  # SDM for this fraction of training, then end-to-end (1 = always, 0 = never): issue 6
     teacher_inputs_until: float = 0.0  # module k > 0 runs on the teacher's stage k-1 output for this fraction
     backward: str = "local"  # local | joint
     progressive: bool = True
