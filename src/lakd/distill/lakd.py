@@ -286,7 +286,7 @@ class LAKD(Distiller):
             [nn.Identity()] + [make_projector(t_shapes[self.teacher_index[k - 1]][0], out_shapes[k - 1][0])
                                for k in range(1, num_modules)]
         ) if p.teacher_inputs_until > 0 else nn.ModuleList()
-        self.module_input_shapes = [None] + [out_shapes[k - 1] for k in range(1, num_modules)]
+        self.module_output_shapes = out_shapes
         num_classes = self._num_classes()
         self.aux_heads = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(out_shapes[k][0], num_classes))
@@ -349,7 +349,7 @@ class LAKD(Distiller):
     def teacher_input(self, k: int, t_prev: torch.Tensor) -> torch.Tensor:
         """The teacher's feature for module k's input: adapted to module k-1's output channels and grid."""
         h = self.input_adapters[k](t_prev)
-        size = self.module_input_shapes[k][1:]  # type: ignore[index]
+        size = self.module_output_shapes[k - 1][1:]
         if tuple(h.shape[-2:]) != tuple(size):
             h = F.adaptive_avg_pool2d(h, size) if h.shape[-1] > size[-1] else F.interpolate(h, size=size)
         return h
@@ -362,7 +362,7 @@ class LAKD(Distiller):
     # -- losses ------------------------------------------------------------------------------------------
     def logit_loss(self, logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The last module's logit term, before ``kd_weight``: Hinton KD or decoupled KD (DKD)."""
-        p = self.params
+        p: Params = self.params  # type: ignore[assignment]
         if p.logit_loss == "dkd":
             return dkd_loss(logits, t_logits, y, p.dkd_alpha, p.dkd_beta, p.temperature)
         return kd_loss(logits, t_logits, p.temperature)
