@@ -37,6 +37,24 @@ def test_ndam_map_by_hand() -> None:
     torch.testing.assert_close(ndam_map(-f, 1.0), torch.tensor([[[1.0, 1.0], [1.0, 2.0]]]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ndam_map_channels_last_matches_mean_with_gradient(dtype: torch.dtype) -> None:
+    """The 1x1-convolution path (channels-last) gives the channel mean and its gradient, in float32."""
+    torch.manual_seed(0)
+    f = torch.randn(2, 16, 5, 5).to(dtype)
+    f_cl = f.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    f_ref = f.float().requires_grad_(True)
+    m = ndam_map(f_cl, 2.0)
+    ref = f_ref.square().mean(dim=1)
+    assert m.dtype == torch.float32 and m.shape == (2, 5, 5)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: squares rounded to 8 bits of mantissa
+    torch.testing.assert_close(m, ref, rtol=tol, atol=tol)
+    g = torch.randn(2, 5, 5)
+    (m * g).sum().backward()
+    (ref * g).sum().backward()
+    torch.testing.assert_close(f_cl.grad.float(), f_ref.grad, rtol=tol, atol=tol)
+
+
 def test_ndam_l2_loss_by_hand() -> None:
     fs = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # map (p=2): [1, 0, 0, 1]
     ft = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])  # map: [1, 1, 0, 0]
@@ -90,7 +108,7 @@ def _module_params(d: LAKD) -> list[set[int]]:
 
 @pytest.mark.parametrize("split", ["stage", "block"])
 def test_module_loss_reaches_only_its_own_module(split: str) -> None:
-    d = make_lakd("resnet14", "resnet20", split=split, aux_weight=0.5, progressive=False)
+    d = make_lakd("resnet14", "resnet20", split=split, aux_weight=0.5, progressive=False, kd_weight=0.9)
     d.train()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     _, losses = d.forward_train(x, y, epoch=5.0)
@@ -233,6 +251,18 @@ def test_feature_loss_forms_by_hand() -> None:
         assert all(torch.isfinite(losses[f"feat{k}"]) and losses[f"feat{k}"] > 0 for k in range(3))
 
 
+def test_mse_feature_loss_in_bf16_is_float32_with_the_right_gradient() -> None:
+    # Exactly representable in bf16: differences 1, -2, 0.5, 0 -> mean square (1 + 4 + 0.25) / 4 = 1.3125
+    s = torch.tensor([1.0, -1.0, 0.5, 3.0], dtype=torch.bfloat16).view(1, 4, 1, 1).requires_grad_(True)
+    t = torch.tensor([0.0, 1.0, 0.0, 3.0], dtype=torch.bfloat16).view(1, 4, 1, 1)
+    loss = feature_loss(s, t, "mse")
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(1.3125)
+    loss.backward()
+    # d/ds mean((s - t)^2) = 2 (s - t) / 4
+    assert s.grad is not None
+    torch.testing.assert_close(s.grad.float().flatten(), torch.tensor([0.5, -1.0, 0.25, 0.0]))
+
+
 def test_pyramid_feature_loss_by_hand() -> None:
     # One 2x2 map, one channel: student [[1, 2], [3, 4]], teacher all 2.5 (the student's mean).
     s = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
@@ -360,7 +390,8 @@ def test_one_epoch_through_the_trainer_local_mode() -> None:
     summary = trainer.fit()
     assert summary["last_test_top1"] is not None
     row = trainer.metrics.rows[0]
-    assert {"train_feat0", "train_ndam2", "train_ce", "train_kd"} <= set(row) and math.isfinite(row["train_loss"])
+    assert {"train_feat0", "train_ndam2", "train_ce"} <= set(row) and "train_kd" not in row  # KD off by default
+    assert math.isfinite(row["train_loss"])
     state = d.state_dict()
     assert any(k.startswith("projectors.") for k in state) or all(
         isinstance(p, torch.nn.Identity) for p in d.projectors)

@@ -66,6 +66,11 @@ def feature_loss(
     teacher channel counts equally whatever its scale. ``cosine``: ``1 - cos`` between the channel vectors at each
     position (scale-free per position). ``weights`` (B, 1, H, W) re-weights positions (mean 1).
     """
+    if form == "mse" and weights is None:
+        # In the inputs' dtype (bf16 under autocast) with a float32 sum: the only tensor saved for backward is the
+        # difference, no float32 copy of either side (F.mse_loss would make both under autocast).
+        return torch.linalg.vector_norm(s - t, dtype=torch.float32).square() / s.numel()
+    s, t = s.float(), t.float()
     if form == "channel_norm":
         s, t = channel_standardise(s), channel_standardise(t)
     if form == "cosine":
@@ -73,7 +78,7 @@ def feature_loss(
         return (per_position * weights).mean() if weights is not None else per_position.mean()
     if weights is not None:
         return ((s - t).pow(2) * weights).mean()
-    return F.mse_loss(s, t)  # saves no new activation-sized tensor for backward
+    return F.mse_loss(s, t)
 
 
 def pyramid_feature_loss(
@@ -101,8 +106,8 @@ Piece = tuple[int, int | None, int | None]
 
 @dataclass
 class Params(DistillParams):
-    ce_weight: float = 0.1  # CE on labels at the last module
-    kd_weight: float = 0.9  # logit KD at the last module (0 = off)
+    ce_weight: float = 1.0  # CE on labels at the last module
+    kd_weight: float = 0.0  # logit KD at the last module (0 = off; issue 6 round 5: off beat 0.9 with CE 0.1)
     logit_loss: str = "kd"  # kd (Hinton) | dkd (decoupled: dkd_alpha * TCKD + dkd_beta * NCKD), times kd_weight
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
@@ -379,24 +384,21 @@ class LAKD(Distiller):
         p: Params = self.params  # type: ignore[assignment]
         ramp = self.ramp(k, epoch)
         losses: dict[str, torch.Tensor] = {}
-        # fp32 copies made once and shared by the feature and NDAM losses (each copy is an activation-sized
-        # tensor written, and saved for backward, in every step).
-        feat32, t_feat32 = feat.float(), t_feat.float()
+        # Features stay in their dtype (bf16 under autocast); each loss accumulates in float32 itself.
         if p.feat_weight > 0 and k in self.feat_module_set:
-            projector = self.projectors[k]
-            s = feat32 if isinstance(projector, nn.Identity) else projector(feat).float()
-            t = t_feat32 if t_target is None else t_target.float()
+            s = self.projectors[k](feat)
+            t = t_feat if t_target is None else t_target
             h, w = min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1])
             if s.shape[-2:] != (h, w):
                 s = F.adaptive_avg_pool2d(s, (h, w))
             if t.shape[-2:] != (h, w):
                 t = F.adaptive_avg_pool2d(t, (h, w))
-            weights = spatial_weights(t_feat32, (h, w), p.ndam_p) if p.feat_spatial_weighting else None
+            weights = spatial_weights(t_feat, (h, w), p.ndam_p) if p.feat_spatial_weighting else None
             loss = pyramid_feature_loss(s, t, p.feat_form, weights, p.feat_scales)
             losses[f"feat{k}"] = weighted(p.feat_weight * ramp, loss)
         if p.ndam_weight > 0:
             scales = [NATIVE if s == 0 else s for s in p.ndam_scales]
-            nd = ndam_loss(feat32, t_feat32, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
+            nd = ndam_loss(feat, t_feat, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
             losses[f"ndam{k}"] = weighted(p.ndam_weight * ramp, nd)
         if p.aux_weight > 0 and k < self.num_modules - 1:
             losses[f"aux{k}"] = weighted(p.aux_weight, F.cross_entropy(self.aux_heads[k](feat).float(), y))
