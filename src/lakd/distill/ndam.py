@@ -29,7 +29,7 @@ NATIVE = 0  # the scale value meaning "the map's own grid"
 
 
 def channel_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over the channel axis of a (B, C, H, W) tensor -> (B, H, W) in float32, in ``x``'s own dtype.
+    """Mean over the channel axis of a (B, C, H, W) tensor, computed in ``x``'s dtype -> (B, H, W) float32.
 
     On channels-last tensors it runs as a 1x1 convolution with a ones kernel: oneDNN then does both the forward
     and the broadcast backward, ~3x faster than ``mean(dim=1)`` plus its backward (measured on bf16 CIFAR
