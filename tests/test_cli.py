@@ -181,6 +181,8 @@ def test_distill_bad_input(tmp_path: Path, synthetic_teacher: Path, capsys: pyte
     ckpt["meta"]["arch"] = "resnet20"
     torch.save(ckpt, wrong_weights)
     cases.append((["--method", "kd", "--teacher", str(wrong_weights)], "do not fit architecture 'resnet20'"))
+    cases.append((["--method", "reviewkd", "--teacher", str(synthetic_teacher), "data.batch_size=1"],
+                  "needs at least 2"))
     for extra, message in cases:
         assert main([*base, *extra]) == 2, extra
         err = capsys.readouterr().err

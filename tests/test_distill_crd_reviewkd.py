@@ -247,3 +247,21 @@ def test_one_epoch_through_trainer(method: str, params: dict) -> None:
     assert summary["epochs"] == 1
     row = trainer.metrics.rows[-1]
     assert math.isfinite(row["train_loss"]) and math.isfinite(row[f"train_{method}"])
+
+
+def test_reviewkd_batch_of_one_is_a_clear_error_and_two_train() -> None:
+    """The pooled 1x1 level's fusion BatchNorm cannot take one sample: a LakdError, not a BatchNorm traceback."""
+    from lakd.errors import LakdError
+
+    torch.manual_seed(0)
+    d = build_distiller("reviewkd", build_model("resnet8", 10), build_model("resnet14", 10))
+    d.train()
+    assert d.min_batch_size == 2
+    with pytest.raises(LakdError, match="at least 2 samples"):
+        d.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([3]), epoch=1.0)
+    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.tensor([3, 4]), epoch=1.0)
+    assert all(torch.isfinite(v) for v in losses.values())
+    no_pool = build_distiller("reviewkd", build_model("resnet8", 10), build_model("resnet14", 10),
+                              {"pooled_level": False})
+    assert no_pool.min_batch_size == 1
+    no_pool.train().forward_train(torch.randn(1, 3, 32, 32), torch.tensor([3]), epoch=1.0)

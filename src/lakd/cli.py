@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="architecture name (model.name), see `lakd train --list-models`")
     p.add_argument("--list-models", action="store_true", help="print the model zoo and exit")
+    p.add_argument("--init-weights", metavar="FILE",
+                   help="start from these weights: a state_dict .pth/.th/.pt/.safetensors, read without running "
+                        "pickled code (model.init_weights; rename keys with model.init_key_map)")
     _add_common_run_flags(p)
 
     p = sub.add_parser("distill", help="distil a student from a teacher checkpoint (LAKD or a baseline)",
@@ -286,7 +289,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.list_models:
         print("\n".join(list_models()))
         return 0
-    cfg: RunConfig = _config_from_args(RunConfig, args, {"model.name": args.model})
+    cfg: RunConfig = _config_from_args(RunConfig, args, {"model.name": args.model,
+                                                          "model.init_weights": args.init_weights})
     check_model_name(cfg.model.name)
     out = Path(cfg.out or f"runs/{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     _prepare_out_dir(out, args.resume, args.force)
@@ -381,9 +385,16 @@ def _train_in_process(
     d = cfg.data
     splits = load_splits(d.dataset, d.root, d.val_size, d.split_seed, d.path, d.synthetic_size,
                          d.synthetic_classes, d.train_limit, d.test_limit, stream=d.stream, image_size=d.image_size)
+    if d.mean is not None:
+        splits.mean, splits.std = tuple(d.mean), tuple(d.std)
     teacher = _build_teacher(teacher_ckpt, splits) if teacher_ckpt is not None else None
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model.name, splits.num_classes)
+    if cfg.model.init_weights:
+        from lakd.models.weights import load_weights_into
+
+        load_weights_into(model, cfg.model.init_weights, cfg.model.init_key_map,
+                          "student" if teacher is not None else "model")
     input_shape = (3, splits.image_size, splits.image_size)
     check_input_size(model, "student" if teacher is not None else "", input_shape)
     if teacher is not None:
@@ -397,6 +408,10 @@ def _train_in_process(
         task = build_distiller(distill.method, model, teacher, distill.params,
                                input_shape=input_shape, total_epochs=cfg.train.epochs,
                                num_train_samples=len(splits.train))
+    per_process = d.batch_size // dist_env.world_size
+    if per_process < task.min_batch_size:
+        raise LakdError(f"data.batch_size = {d.batch_size} gives {per_process} samples per process, but method "
+                        f"'{distill.method}' needs at least {task.min_batch_size}: {task.min_batch_reason}")
     task = task.to(runtime.device)
     if runtime.channels_last and teacher is not None:
         teacher.to(memory_format=torch.channels_last)

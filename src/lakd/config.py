@@ -21,6 +21,8 @@ from lakd.errors import LakdError, did_you_mean
 @dataclass
 class ModelConfig:
     name: str = "resnet20"
+    init_weights: str | None = None  # start from these weights (.pth/.th/.pt/.safetensors state_dict, read safely)
+    init_key_map: Any = None  # rename their keys: a preset ("akamaster") or [[regex, replacement], ...]
 
 
 @dataclass
@@ -41,6 +43,8 @@ class DataConfig:
     test_limit: int | None = None  # keep only this many val/test images
     synthetic_size: int = 512
     synthetic_classes: int = 10
+    mean: list[float] | None = None  # normalise with these channel means (0..1) instead of the dataset's ...
+    std: list[float] | None = None  # ... and stds, e.g. the ImageNet ones that foreign weights were trained with
 
 
 @dataclass
@@ -282,6 +286,13 @@ def validate(cfg: Any) -> None:
         check("data.train_limit", cfg.data.train_limit >= 1, ">= 1 or null")
     if cfg.data.test_limit is not None:
         check("data.test_limit", cfg.data.test_limit >= 1, ">= 1 or null")
+    if (cfg.data.mean is None) != (cfg.data.std is None):
+        raise LakdError("config keys 'data.mean' and 'data.std' go together: give both (3 values each) or neither")
+    if cfg.data.mean is not None:
+        check("data.mean", len(cfg.data.mean) == 3 and all(0 <= m <= 1 for m in cfg.data.mean),
+              "3 channel means in [0, 1]")
+        check("data.std", len(cfg.data.std) == 3 and all(0 < s <= 1 for s in cfg.data.std),
+              "3 channel stds in (0, 1]")
     if cfg.train.threads is not None:
         check("train.threads", cfg.train.threads >= 1, ">= 1 or null")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:

@@ -46,6 +46,8 @@ class Distiller(nn.Module):
     needs_index: ClassVar[bool] = False
     #: False only for methods that ignore the teacher (vanilla).
     requires_teacher: ClassVar[bool] = True
+    #: Smallest training batch the method can use (BatchNorm over a 1x1 map needs 2 samples); see check_batch.
+    min_batch_size: int = 1
 
     def __init__(
         self,
@@ -72,6 +74,14 @@ class Distiller(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def check_batch(self, x: torch.Tensor) -> None:
+        """A clear error for a batch smaller than the method can train on (instead of a BatchNorm traceback)."""
+        if x.shape[0] < self.min_batch_size:
+            raise LakdError(f"method '{self.name}' needs training batches of at least {self.min_batch_size} "
+                            f"samples, got {x.shape[0]}: {self.min_batch_reason}; use a larger batch size")
+
+    min_batch_reason: str = ""
 
     def learnable_parameters(self) -> Iterator[nn.Parameter]:
         for name, param in self.named_parameters():

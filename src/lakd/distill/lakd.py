@@ -297,6 +297,13 @@ class LAKD(Distiller):
             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(out_shapes[k][0], num_classes))
             for k in range(num_modules - 1)
         ) if p.aux_weight > 0 else nn.ModuleList()
+        if p.feat_weight > 0 and p.feat_form == "channel_norm":
+            grids = [min(out_shapes[k][1], t_shapes[self.teacher_index[k]][1]) * min(
+                out_shapes[k][2], t_shapes[self.teacher_index[k]][2]) for k in self.feat_module_set]
+            if 1 in p.feat_scales or 1 in grids:
+                self.min_batch_size = 2
+                self.min_batch_reason = ("feat_form 'channel_norm' standardises each channel over the batch and "
+                                         "a 1x1 grid, which needs two samples")
 
     # -- structure ---------------------------------------------------------------------------------------
     @property
@@ -413,6 +420,7 @@ class LAKD(Distiller):
         autocast: Callable[[], contextlib.AbstractContextManager] | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p: Params = self.params  # type: ignore[assignment]
+        self.check_batch(x)
         ctx = autocast or contextlib.nullcontext
         detach = self.detached(epoch)
         teacher_fed = self.teacher_fed(epoch)

@@ -169,6 +169,10 @@ class ReviewKD(Distiller):
         self.abfs = nn.ModuleList(
             ABF(in_shapes[i][0], mid, out_shapes[i][0], fuse=i < n - 1) for i in reversed(range(n))
         )
+        if any(h * w == 1 for h, w in self.out_sizes) or any(s[1] * s[2] == 1 for s in in_shapes):
+            self.min_batch_size = 2
+            self.min_batch_reason = ("its fusion modules batch-normalise 1x1 maps (the pooled level), which needs "
+                                     "two samples for a batch statistic")
 
     def review(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         """Student levels (shallowest first) -> one output per level in teacher shape (shallowest first)."""
@@ -183,6 +187,7 @@ class ReviewKD(Distiller):
         self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
+        self.check_batch(x)
         logits, levels_s = review_features(self.student_model, x, p.student_preact, p.pooled_level)
         assert self.teacher is not None
         with torch.no_grad():

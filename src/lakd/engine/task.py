@@ -43,6 +43,8 @@ class TrainTask(Protocol):
 class SupervisedTask(nn.Module):
     """Cross-entropy on labels (optionally label-smoothed): how teachers are trained."""
 
+    min_batch_size = 1
+
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.model = model

@@ -32,6 +32,12 @@ MODEL_REGISTRY: dict[str, Callable[..., StagedModel]] = {
     "resnet110": resnet_cifar.resnet110,
     "resnet8x4": resnet_cifar.resnet8x4,
     "resnet32x4": resnet_cifar.resnet32x4,
+    # original CIFAR ResNets, option-A shortcuts (akamaster's released weights fit them)
+    "resnet20_a": resnet_cifar.resnet20_a,
+    "resnet32_a": resnet_cifar.resnet32_a,
+    "resnet44_a": resnet_cifar.resnet44_a,
+    "resnet56_a": resnet_cifar.resnet56_a,
+    "resnet110_a": resnet_cifar.resnet110_a,
     # Wide ResNets
     "wrn_16_1": wrn.wrn_16_1,
     "wrn_16_2": wrn.wrn_16_2,

@@ -8,6 +8,9 @@ classes).
 * resnet8 ... resnet110: stem 16 channels, stages 16 / 32 / 64.
 * resnet8x4, resnet32x4: stem 32 channels, stages 64 / 128 / 256 (so the first block of stage 0 has a projection
   shortcut too).
+* resnet20_a ... resnet110_a: the original CIFAR ResNets of He et al. (2016), "option A" shortcuts (stride-2
+  subsampling plus zero-padded channels, no parameters), as in akamaster/pytorch_resnet_cifar10, whose released
+  weights load into them (``lakd train --init-weights ... model.init_key_map=akamaster``).
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ from lakd.models.base import ClassifierHead, StagedModel
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU; can also hand back the pre-ReLU sum."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "B") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut = projection_shortcut(in_channels, out_channels, stride)
+        self.shortcut = (projection_shortcut(in_channels, out_channels, stride) if shortcut == "B"
+                         else ZeroPadShortcut(in_channels, out_channels, stride))
 
     def forward_with_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(relu(sum), sum)``; the sum is kept intact (the final ReLU is not in-place)."""
@@ -51,6 +55,22 @@ def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.
         nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
         nn.BatchNorm2d(out_channels),
     )
+
+
+class ZeroPadShortcut(nn.Module):
+    """ResNet "option A": identity when the shape is kept, else strided subsampling and zero-padded channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if out_channels < in_channels or (out_channels - in_channels) % 2:
+            raise ValueError(f"option-A shortcut needs an even channel increase, got {in_channels} -> {out_channels}")
+        self.stride = stride
+        self.pad = (out_channels - in_channels) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad, self.pad)) if self.pad else x
 
 
 def forward_blocks_with_preact(stage: nn.Sequential, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,8 +96,10 @@ def init_conv_bn(model: nn.Module) -> None:
 class CifarResNet(StagedModel):
     """Stem (conv3x3-BN-ReLU) + three stages of BasicBlocks + pool/linear head."""
 
-    def __init__(self, depth: int, widths: Sequence[int], num_classes: int) -> None:
+    def __init__(self, depth: int, widths: Sequence[int], num_classes: int, shortcut: str = "B") -> None:
         super().__init__()
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (1x1 projection), got {shortcut!r}")
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
         if len(widths) != 4:
@@ -93,8 +115,8 @@ class CifarResNet(StagedModel):
         in_channels = stem_width
         for index, width in enumerate(stage_widths):
             stride = 1 if index == 0 else 2
-            blocks = [BasicBlock(in_channels, width, stride)]
-            blocks += [BasicBlock(width, width) for _ in range(blocks_per_stage - 1)]
+            blocks = [BasicBlock(in_channels, width, stride, shortcut)]
+            blocks += [BasicBlock(width, width, 1, shortcut) for _ in range(blocks_per_stage - 1)]
             stages.append(nn.Sequential(*blocks))
             in_channels = width
         self.stages = nn.ModuleList(stages)
@@ -143,3 +165,23 @@ def resnet8x4(num_classes: int = 100) -> CifarResNet:
 
 def resnet32x4(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(32, _WIDE_X4, num_classes)
+
+
+def resnet20_a(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(20, _NARROW, num_classes, shortcut="A")
+
+
+def resnet32_a(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(32, _NARROW, num_classes, shortcut="A")
+
+
+def resnet44_a(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(44, _NARROW, num_classes, shortcut="A")
+
+
+def resnet56_a(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(56, _NARROW, num_classes, shortcut="A")
+
+
+def resnet110_a(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(110, _NARROW, num_classes, shortcut="A")

@@ -1,0 +1,141 @@
+"""Weights from other code bases: a raw ``state_dict`` file loaded into a named architecture, safely.
+
+Checkpoints released by other repositories are ``.pth`` / ``.th`` / ``.pt`` pickles or ``.safetensors`` files,
+often wrapped (``{'state_dict': ...}``, ``{'model': ...}``), often with a ``module.`` prefix from
+``DataParallel``, and named after their own module tree. We read them without running pickled code
+(``torch.load(weights_only=True)``, or safetensors), unwrap them, strip ``module.``, rename keys by a key map
+(a named preset or ``[regex, replacement]`` pairs: data, never code) and load strictly: a key that is missing,
+left over or of the wrong shape is one clear error that lists them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lakd.errors import LakdError
+
+# Key maps of released checkpoints, as ordered [regex, replacement] rules applied to every key in turn.
+KEY_MAP_PRESETS: dict[str, list[tuple[str, str]]] = {
+    # akamaster/pytorch_resnet_cifar10 (CIFAR-10 ResNet-20 ... 1202, option-A shortcuts) -> resnet*_a
+    "akamaster": [
+        (r"^conv1\.", "stem.0."),
+        (r"^bn1\.", "stem.1."),
+        (r"^layer1\.", "stages.0."),
+        (r"^layer2\.", "stages.1."),
+        (r"^layer3\.", "stages.2."),
+        (r"^linear\.", "head.fc."),
+    ],
+}
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
+_SUFFIXES = (".pth", ".th", ".pt", ".bin", ".safetensors")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (unwrapped, ``module.`` stripped); never runs pickled code."""
+    path = Path(path)
+    if not path.exists():
+        raise LakdError(f"weights file '{path}' does not exist")
+    if not path.is_file():
+        raise LakdError(f"weights file '{path}' is a directory, not a file")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            raw: object = load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise LakdError(f"weights file '{path}' is not a readable safetensors file "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    else:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise LakdError(f"weights file '{path}' cannot be loaded safely ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}); lakd reads only tensors and plain containers, "
+                            "never pickled objects — re-save it as a plain state_dict or as .safetensors") from None
+    state = _unwrap(raw, path)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict, or a dict holding one under a usual key (``state_dict``, ``model``, ...)."""
+    for _ in range(3):
+        if isinstance(raw, Mapping) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+            if not all(isinstance(k, str) for k in raw):
+                break
+            return dict(raw)
+        if isinstance(raw, Mapping):
+            inner = next((raw[k] for k in _WRAPPER_KEYS if isinstance(raw.get(k), Mapping)), None)
+            if inner is not None:
+                raw = inner
+                continue
+        break
+    found = f"a dict with keys {sorted(map(str, raw))[:8]}" if isinstance(raw, Mapping) else type(raw).__name__
+    raise LakdError(f"weights file '{path}' holds no state_dict (a mapping of names to tensors, possibly under "
+                    f"one of {', '.join(_WRAPPER_KEYS)}); found {found}")
+
+
+def resolve_key_map(key_map: str | Sequence[Sequence[str]] | None) -> list[tuple[str, str]]:
+    """A preset name or ``[[regex, replacement], ...]`` -> compiled-checked rules; ``None`` -> no renaming."""
+    if key_map is None:
+        return []
+    if isinstance(key_map, str):
+        if key_map not in KEY_MAP_PRESETS:
+            raise LakdError(f"unknown key map '{key_map}'; presets: {', '.join(sorted(KEY_MAP_PRESETS))}, "
+                            "or give [[regex, replacement], ...] pairs")
+        return list(KEY_MAP_PRESETS[key_map])
+    rules = []
+    for rule in key_map:
+        if not (isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2
+                and all(isinstance(r, str) for r in rule)):
+            raise LakdError(f"key map rule {rule!r} is not a [regex, replacement] pair of strings")
+        try:
+            re.compile(rule[0])
+        except re.error as exc:
+            raise LakdError(f"key map rule {rule!r}: bad regex ({exc})") from None
+        rules.append((rule[0], rule[1]))
+    return rules
+
+
+def remap_keys(state: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Apply every rule to every key, in order; two keys that end up the same name are an error."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = key
+        for pattern, replacement in rules:
+            new = re.sub(pattern, replacement, new)
+        if new in out:
+            raise LakdError(f"key map sends two weights to '{new}' (one of them from '{key}')")
+        out[new] = value
+    return out
+
+
+def load_weights_into(
+    model: nn.Module, path: str | Path, key_map: str | Sequence[Sequence[str]] | None = None, what: str = "model"
+) -> None:
+    """Load a foreign weights file into ``model`` strictly; every mismatch is listed in one error."""
+    state = remap_keys(read_state_dict(path), resolve_key_map(key_map))
+    own = model.state_dict()
+    # BatchNorm's step counter is absent from checkpoints of older PyTorch; it only matters for momentum=None
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        arch = getattr(model, "arch_name", None) or type(model).__name__
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+                parts.append(f"{label}: {shown}")
+        hint = (" — pass a key map (model.init_key_map=akamaster, or [[regex, replacement], ...])"
+                if missing and unexpected else "")
+        raise LakdError(f"weights '{path}' do not fit the {what} '{arch}': {'; '.join(parts)}{hint}")
+    model.load_state_dict({k: (state[k] if k in state else own[k]).to(own[k].dtype) for k in own})
