@@ -153,7 +153,12 @@ def test_distill_round_trip(tmp_path: Path, synthetic_teacher: Path, method: str
                  "--out", str(out), *TINY, "distill.params.temperature=2"]) == 0
     meta = torch.load(out / "best.pt", weights_only=True)["meta"]
     assert meta["arch"] == "resnet8" and meta["distill"]["method"] == method
-    assert meta["distill"]["teacher_arch"] == "resnet14" and meta["distill"]["params"] == {"temperature": 2}
+    assert meta["distill"]["teacher_arch"] == "resnet14"
+    from lakd.distill import make_params, params_as_dict
+
+    # the fully resolved parameters: every default plus the override
+    assert meta["distill"]["params"] == params_as_dict(make_params(method, {"temperature": 2}))
+    assert meta["distill"]["params"]["temperature"] == 2.0 and len(meta["distill"]["params"]) > 3
     capsys.readouterr()
     assert main(["eval", "--ckpt", str(out / "best.pt"), "--json", "--precision", "fp32"]) == 0
     assert json.loads(capsys.readouterr().out)["arch"] == "resnet8"

@@ -176,11 +176,24 @@ def test_dkd_warmup_scales_the_loss() -> None:
     with torch.no_grad():
         full = dkd_loss(d.student_model(x)[0], d.teacher(x)[0], y, 1.0, 8.0, 4.0)
         assert float(full) > 0
-        losses = {e: float(d.forward_train(x, y, e)[1]["dkd"]) for e in (0.0, 10.0, 20.0, 35.0)}
-    assert losses[0.0] == 0.0
-    assert losses[10.0] == pytest.approx(0.5 * float(full), rel=1e-5)
-    assert losses[20.0] == pytest.approx(float(full), rel=1e-5)
+        losses = {e: float(d.forward_train(x, y, e)[1]["dkd"]) for e in (0.0, 0.9, 10.0, 18.5, 19.0, 35.0)}
+    # mdistiller: epochs numbered from 1, factor min(epoch / 20, 1) constant within an epoch. Our 0-based epoch
+    # index i (fractional inside the epoch) is its epoch i + 1.
+    assert losses[0.0] == pytest.approx(float(full) / 20, rel=1e-5)
+    assert losses[0.9] == pytest.approx(float(full) / 20, rel=1e-5)
+    assert losses[10.0] == pytest.approx(11 / 20 * float(full), rel=1e-5)
+    assert losses[18.5] == pytest.approx(19 / 20 * float(full), rel=1e-5)
+    assert losses[19.0] == pytest.approx(float(full), rel=1e-5)
     assert losses[35.0] == pytest.approx(float(full), rel=1e-5)
+
+
+def test_linear_warmup_whole_and_fractional_epochs() -> None:
+    from lakd.distill.base import linear_warmup
+
+    assert [linear_warmup(e, 20) for e in (0.0, 0.99, 1.0, 19.0)] == [0.05, 0.05, 0.1, 1.0]
+    assert linear_warmup(3.0, 0) == 1.0
+    assert linear_warmup(0.25, 0.5) == pytest.approx(0.5)  # shorter than an epoch: continuous ramp
+    assert linear_warmup(0.75, 0.5) == 1.0
 
 
 # -- FitNet ----------------------------------------------------------------------------------------------------
@@ -262,7 +275,7 @@ def test_one_epoch_through_the_trainer(method: str) -> None:
     splits = load_splits("synthetic", val_size=16, synthetic_size=48, test_limit=16)  # 2 steps of 16
     runtime = resolve_runtime("cpu", "fp32", "false")
     d = build_distiller(method, build_model("resnet8", 10), build_model("resnet14", 10), {}, total_epochs=1,
-                        num_train_samples=len(splits.train))
+                        train_labels=torch.as_tensor(splits.train.y))
     trainer = Trainer(d, cfg, splits, runtime, None, meta={"arch": "resnet8", "num_classes": 10},
                       log=lambda s: None)
     summary = trainer.fit()

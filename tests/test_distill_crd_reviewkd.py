@@ -98,7 +98,7 @@ def test_memory_update_one_row_by_hand() -> None:
 
 
 def test_contrast_memory_scores_by_hand() -> None:
-    mem = ContrastMemory(feat_dim=2, num_data=4, nce_k=2, nce_t=0.5, momentum=0.5)
+    mem = ContrastMemory(feat_dim=2, labels=torch.tensor([0, 1, 0, 1]), nce_k=2, nce_t=0.5, momentum=0.5)
     rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8]])
     mem.memory_t.copy_(rows)
     mem.memory_s.copy_(rows.flip(1))
@@ -129,8 +129,9 @@ def test_contrast_memory_scores_by_hand() -> None:
 
 def _crd(num_train_samples: int = 10, **params: object):  # noqa: ANN202
     torch.manual_seed(0)
+    labels = torch.arange(num_train_samples) % 3
     return build_distiller("crd", build_model("resnet8", 10), build_model("resnet14", 10), dict(params),
-                           num_train_samples=num_train_samples)
+                           train_labels=labels)
 
 
 def test_crd_memory_buffers_checkpointed_and_updated_at_batch_indices() -> None:
@@ -159,6 +160,29 @@ def test_crd_memory_buffers_checkpointed_and_updated_at_batch_indices() -> None:
     assert float(fresh.contrast.z_t) == float(d.contrast.z_t)
 
 
+def test_crd_negatives_come_from_other_classes_without_replacement() -> None:
+    """The released CIFAR recipe: K negatives per sample, all of other classes, K distinct ones per row."""
+    from lakd.distill.crd import ContrastMemory
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 2, 2, 2, 1, 0, 0, 1, 2, 0, 1, 2])  # unbalanced classes
+    memory = ContrastMemory(8, labels, nce_k=8, nce_t=0.07, momentum=0.5)
+    index = torch.tensor([0, 4, 9, 13, 2])
+    for _ in range(20):
+        idx = memory.sample(index)
+        assert idx.shape == (5, 9) and torch.equal(idx[:, 0], index)
+        negatives = idx[:, 1:]
+        assert (labels[negatives] != labels[index][:, None]).all()  # never the anchor's class
+        assert all(len(set(row.tolist())) == 8 for row in negatives)  # without replacement
+        assert int(negatives.min()) >= 0 and int(negatives.max()) < len(labels)
+    # Every other-class sample can be drawn: over many draws the anchor 0 (class 0) sees all 13 others.
+    seen = set(torch.cat([memory.sample(torch.tensor([0]))[0, 1:] for _ in range(50)]).tolist())
+    assert seen == set((labels != 0).nonzero().flatten().tolist())
+    # A pool smaller than K: drawn with replacement, still only other classes.
+    tiny = ContrastMemory(8, torch.tensor([0, 0, 1]), nce_k=2, nce_t=0.07, momentum=0.5)
+    assert (tiny.sample(torch.tensor([0, 1]))[:, 1:] == 2).all()
+
+
 def test_crd_params_and_errors() -> None:
     assert _crd().nce_k == 9  # 16384 negatives clamped to num_train_samples - 1
     p = make_params("crd", {})
@@ -168,8 +192,11 @@ def test_crd_params_and_errors() -> None:
         make_params("crd", {"nce_t": 0.0})
     with pytest.raises(LakdError, match="distill.params.nce_momentum"):
         make_params("crd", {"nce_momentum": 1.5})
-    with pytest.raises(LakdError, match="num_train_samples"):
+    with pytest.raises(LakdError, match="train_labels"):
         build_distiller("crd", build_model("resnet8", 10), build_model("resnet8", 10), {})
+    with pytest.raises(LakdError, match="2 classes"):
+        build_distiller("crd", build_model("resnet8", 10), build_model("resnet8", 10), {},
+                        train_labels=torch.zeros(8, dtype=torch.long))
     with pytest.raises(LakdError, match="index"):
         _crd().forward_train(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), 0.0)
     d = _crd(nce_k=4, kd_weight=0.9)
@@ -189,8 +216,8 @@ def test_reviewkd_params_and_warmup() -> None:
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
     with torch.no_grad():
         at = {e: float(d.forward_train(x, y, e)[1]["reviewkd"]) for e in (0.0, 10.0, 40.0)}
-    assert at[0.0] == 0.0
-    assert at[10.0] == pytest.approx(at[40.0] / 2, rel=1e-5)
+    assert at[0.0] == pytest.approx(at[40.0] / 20, rel=1e-5)  # mdistiller: the first epoch gets 1/20
+    assert at[10.0] == pytest.approx(at[40.0] * 11 / 20, rel=1e-5)
     auto = build_distiller("reviewkd", build_model("resnet8", 10), build_model("resnet14", 10), {"mid_channels": 0})
     assert auto.abfs[0].conv1[0].out_channels == 64  # min(512, 64 channels of resnet8's last feature)
 
@@ -208,7 +235,7 @@ def test_heterogeneous_pairs_forward_backward(teacher_name: str, student_name: s
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 4])
     for method, params, extra in (("crd", {"nce_k": 16}, {"index": torch.tensor([1, 6])}),
                                   ("reviewkd", {}, {})):
-        d = build_distiller(method, student, teacher, params, num_train_samples=8)
+        d = build_distiller(method, student, teacher, params, train_labels=torch.arange(8) % 4)
         d.train()
         assert not d.teacher.training  # the teacher stays in eval mode after train()
         student.zero_grad(set_to_none=True)
@@ -240,7 +267,7 @@ def test_one_epoch_through_trainer(method: str, params: dict) -> None:
     splits = load_splits("synthetic", val_size=32, synthetic_size=128)
     runtime = resolve_runtime("cpu", "fp32", "false")
     d = build_distiller(method, build_model("resnet8", 10), build_model("resnet14", 10), params,
-                        total_epochs=1, num_train_samples=len(splits.train))
+                        total_epochs=1, train_labels=torch.as_tensor(splits.train.y))
     trainer = Trainer(d, cfg, splits, runtime, None, meta={"arch": "resnet8", "num_classes": 10},
                       log=lambda s: None)
     summary = trainer.fit()

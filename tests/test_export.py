@@ -73,7 +73,7 @@ def test_distillation_checkpoint_exports_the_student_only(tmp_path: Path) -> Non
     cfg = build_config(RunConfig, overrides=["train.epochs=1", "train.progress=false", "data.batch_size=16"])
     splits = load_splits("synthetic", val_size=16, synthetic_size=32, test_limit=16)
     d = build_distiller("crd", build_model("resnet8", 10), build_model("resnet14", 10), {}, total_epochs=1,
-                        num_train_samples=len(splits.train))
+                        train_labels=torch.as_tensor(splits.train.y))
     meta = {**META, "distill": {"method": "crd", "teacher": "/home/me/t.pt", "teacher_arch": "resnet14"}}
     Trainer(d, cfg, splits, resolve_runtime("cpu", "fp32", "false"), tmp_path, meta, log=lambda s: None).fit()
     src = tmp_path / "last.pt"

@@ -321,7 +321,7 @@ def test_feat_target_preact_matches_the_teacher_before_its_relu() -> None:
 
 
 def test_logit_loss_dkd_replaces_kd_at_the_last_module() -> None:
-    # logit_warmup_epochs 10 at epoch 5: half of kd_weight 1.0
+    # logit_warmup_epochs 10 at (0-based) epoch 5, the sixth epoch: 6/10 of kd_weight 1.0 (mdistiller's rule)
     d = make_lakd("resnet8", "resnet14", logit_loss="dkd", dkd_alpha=2.0, dkd_beta=3.0, kd_weight=1.0,
                   logit_warmup_epochs=10.0)
     d.train()
@@ -329,9 +329,9 @@ def test_logit_loss_dkd_replaces_kd_at_the_last_module() -> None:
     logits, losses = d.forward_train(x, y, 5.0)
     with torch.no_grad():
         t_logits, _ = d.teacher(x)
-    expected = 0.5 * dkd_loss(logits.float(), t_logits.float(), y, alpha=2.0, beta=3.0, temperature=4.0)
+    expected = 0.6 * dkd_loss(logits.float(), t_logits.float(), y, alpha=2.0, beta=3.0, temperature=4.0)
     torch.testing.assert_close(losses["kd"], expected, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(losses["kd"], 0.5 * kd_loss(logits.float(), t_logits.float(), 4.0))
+    assert not torch.allclose(losses["kd"], 0.6 * kd_loss(logits.float(), t_logits.float(), 4.0))
     with pytest.raises(LakdError, match="logit_loss"):
         make_lakd(logit_loss="dist")
 

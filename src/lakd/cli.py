@@ -307,7 +307,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     flags = {"distill.method": args.method, "distill.teacher": args.teacher, "model.name": args.student}
     cfg: DistillRunConfig = _config_from_args(DistillRunConfig, args, flags)
     method_class(cfg.distill.method)
-    make_params(cfg.distill.method, cfg.distill.params)  # validate before any work
+    make_params(cfg.distill.method, cfg.distill.resolved_params())  # validate before any work
     check_model_name(cfg.model.name)
     needs_teacher = cfg.distill.method != "vanilla"
     if needs_teacher and not cfg.distill.teacher:
@@ -342,8 +342,13 @@ def _build_teacher(teacher_ckpt: tuple[dict[str, Any], dict[str, Any], str], spl
     if meta.get("dataset") and meta["dataset"] != splits.name:
         raise LakdError(f"teacher '{path}' was trained on '{meta['dataset']}', not on '{splits.name}'")
     from lakd.engine.checkpoint import model_from_checkpoint
+    from lakd.models.base import feed_with_normalisation
 
-    return model_from_checkpoint(ckpt, meta, f"teacher '{path}'")
+    teacher = model_from_checkpoint(ckpt, meta, f"teacher '{path}'")
+    if meta.get("mean") and meta.get("std"):  # a teacher trained with another normalisation sees its own
+        feed_with_normalisation(teacher, tuple(splits.mean), tuple(splits.std), tuple(meta["mean"]),
+                                tuple(meta["std"]))
+    return teacher
 
 
 def _run_training(
@@ -403,11 +408,11 @@ def _train_in_process(
     if distill is None:
         task = SupervisedTask(model, cfg.train.label_smoothing)
     else:
-        from lakd.distill import build_distiller
+        from lakd.distill import build_distiller, params_as_dict
 
-        task = build_distiller(distill.method, model, teacher, distill.params,
+        task = build_distiller(distill.method, model, teacher, distill.resolved_params(),
                                input_shape=input_shape, total_epochs=cfg.train.epochs,
-                               num_train_samples=len(splits.train))
+                               train_labels=torch.as_tensor(splits.train.y))
     per_process = d.batch_size // dist_env.world_size
     if per_process < task.min_batch_size:
         raise LakdError(f"data.batch_size = {d.batch_size} gives {per_process} samples per process, but method "
@@ -425,7 +430,9 @@ def _train_in_process(
     if distill is not None:
         meta["distill"] = {"method": distill.method, "teacher": distill.teacher,
                            "teacher_arch": teacher_ckpt[1]["arch"] if teacher_ckpt else None,
-                           "params": dict(distill.params)}
+                           # every parameter as resolved (defaults included), so runs made before and after a
+                           # default changed can be told apart; the overrides alone are in config.yaml
+                           "params": params_as_dict(task.params)}
     trainer = Trainer(task, cfg, splits, runtime, out, meta, log=print if main_rank else (lambda _m: None),
                       dist_env=dist_env)
     if dist_env.enabled:

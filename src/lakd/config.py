@@ -97,6 +97,17 @@ class DistillConfig:
     method: str = "lakd"
     teacher: str | None = None  # teacher checkpoint (written by lakd train); its meta names the architecture
     params: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters (validated by the method)
+    # A pair's published per-method settings, e.g. {dkd: {beta: 2.0}, reviewkd: {reviewkd_weight: 0.6}}: the
+    # entry of the chosen method applies under `params` (which wins), so one pair config serves every method.
+    per_method: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_params(self) -> dict[str, Any]:
+        """The chosen method's parameter overrides: its ``per_method`` entry, then ``params`` on top."""
+        entry = self.per_method.get(self.method) or {}
+        if not isinstance(entry, dict):
+            raise LakdError(f"config key 'distill.per_method.{self.method}' must be a mapping of parameters, "
+                            f"got {entry!r}")
+        return {**entry, **self.params}
 
 
 @dataclass

@@ -355,8 +355,12 @@ def load_explain_inputs(
     if before is not None:
         b_method = (b_meta.get("distill") or {}).get("method") or "no distillation"
         title += f" / before: {b_method}"
-    return ExplainInputs(teacher, student, before, picked.x, labels, tuple(s_meta.get("mean", splits.mean)),
-                         tuple(s_meta.get("std", splits.std)), name, title)
+    mean, std = tuple(s_meta.get("mean", splits.mean)), tuple(s_meta.get("std", splits.std))
+    if t_meta.get("mean") and t_meta.get("std"):  # a teacher trained with another normalisation sees its own
+        from lakd.models.base import feed_with_normalisation
+
+        feed_with_normalisation(teacher, mean, std, tuple(t_meta["mean"]), tuple(t_meta["std"]))
+    return ExplainInputs(teacher, student, before, picked.x, labels, mean, std, name, title)
 
 
 def explain_checkpoints(

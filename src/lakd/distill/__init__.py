@@ -53,17 +53,18 @@ def build_distiller(
     params: dict[str, Any] | DistillParams | None = None,
     input_shape: tuple[int, int, int] = (3, 32, 32),
     total_epochs: int = 1,
-    num_train_samples: int | None = None,
+    train_labels: Any = None,
 ) -> Distiller:
-    """Make method ``method`` for a student/teacher pair. ``num_train_samples`` sizes memory banks (CRD)."""
+    """Make method ``method`` for a student/teacher pair. ``train_labels`` (the training set's labels, in the
+    order of the ``index`` the loader passes) size memory banks and pick negatives (CRD)."""
     cls = method_class(method)
     if not isinstance(params, DistillParams):
         params = make_params(method, params)
     kwargs: dict[str, Any] = {}
     if cls.needs_index:
-        if num_train_samples is None:
-            raise LakdError(f"method '{method}' needs the training-set size (num_train_samples)")
-        kwargs["num_train_samples"] = num_train_samples
+        if train_labels is None:
+            raise LakdError(f"method '{method}' needs the training set's labels (train_labels)")
+        kwargs["train_labels"] = train_labels
     return cls(student, teacher, params, input_shape=input_shape, total_epochs=total_epochs, **kwargs)
 
 

@@ -18,6 +18,7 @@ so configs are validated field by field. A method never imports the trainer.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
@@ -164,9 +165,17 @@ def check_non_negative(name: str, value: float) -> None:
 
 
 def linear_warmup(epoch: float, warmup_epochs: float) -> float:
-    """Factor ramping linearly from 0 to 1 over ``warmup_epochs`` (1 when there is no warm-up)."""
+    """Loss warm-up factor at (fractional, 0-based) ``epoch``: mdistiller's rule for whole-epoch warm-ups.
+
+    mdistiller (DKD, ReviewKD) numbers epochs from 1 and uses ``min(epoch / warmup, 1)``, constant within an
+    epoch: with ``warmup_epochs`` 20 the first epoch gets 1/20 and epoch 20 on gets 1. We do exactly that when
+    ``warmup_epochs >= 1``. A warm-up shorter than one epoch (short CPU budgets) has no published analogue; it
+    ramps continuously from 0 to 1 over that fraction of the first epoch. 0 means no warm-up.
+    """
     if warmup_epochs <= 0:
         return 1.0
+    if warmup_epochs >= 1:
+        return min((math.floor(max(epoch, 0.0)) + 1) / warmup_epochs, 1.0)
     return min(max(epoch / warmup_epochs, 0.0), 1.0)
 
 

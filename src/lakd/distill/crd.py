@@ -2,16 +2,20 @@
 
 The student's penultimate representation (global-average-pooled last stage) and the teacher's are embedded by
 linear heads onto the unit sphere (``feat_dim`` 128) and trained with a noise-contrastive objective: for every
-sample its own teacher embedding is the positive and ``nce_k`` random training samples are the negatives, both
-looked up in a memory bank of past embeddings (and symmetrically teacher-anchored against the student bank).
+sample its own teacher embedding is the positive and ``nce_k`` training samples *of other classes*, drawn
+without replacement, are the negatives, both looked up in a memory bank of past embeddings (and symmetrically
+teacher-anchored against the student bank). That is the released CIFAR recipe (RepDistiller
+``CIFAR100InstanceSample``, ``mode='exact'``: the positive is the sample itself, negatives from
+``cls_negative[target]``, with replacement only when a pool is smaller than ``nce_k``).
 
 Defaults are the paper's / RepDistiller's CIFAR-100 settings: feat_dim 128, nce_k 16384, nce_t 0.07,
 nce_momentum 0.5, CE weight 1 and CRD weight (``beta``) 0.8, no KD term (``kd_weight`` > 0 gives CRD+KD).
 
-Deviations from the released code: the negatives are drawn with ``torch.randint`` (uniform with replacement;
-the original's alias-method multinomial is built from uniform weights, so the distribution is the same), the
-positive is always at position 0; ``nce_k`` is clamped to ``num_train_samples - 1`` so tiny data sets work; the
-L2 normalisation has an ``eps`` (``F.normalize``); the loss is computed in fp32 with autocast disabled.
+Deviations from the released code: the negatives are drawn in the training step (a random top-k over the
+other-class pool) rather than by the data loader; the positive is always at position 0; on data sets too small
+for ``nce_k`` distinct negatives, the draw is with replacement (as the released code) and ``nce_k`` is clamped to
+``num_train_samples - 1``; the L2 normalisation has an ``eps`` (``F.normalize``); the loss is computed in fp32
+with autocast disabled.
 """
 
 from __future__ import annotations
@@ -79,8 +83,10 @@ class ContrastMemory(nn.Module):
     z_s: torch.Tensor
     z_t: torch.Tensor
 
-    def __init__(self, feat_dim: int, num_data: int, nce_k: int, nce_t: float, momentum: float) -> None:
+    def __init__(self, feat_dim: int, labels: torch.Tensor, nce_k: int, nce_t: float, momentum: float) -> None:
         super().__init__()
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        num_data = int(labels.numel())
         self.num_data = num_data
         self.nce_k = nce_k
         self.nce_t = nce_t
@@ -90,12 +96,31 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_t", torch.rand(num_data, feat_dim).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
+        # The other-class pool of class c, without a table per class: the samples sorted by class, with class c's
+        # block [start[c], start[c] + count[c]) cut out. Position j of the pool is by_class[j + count[c] * (j >=
+        # start[c])]. Not checkpointed: rebuilt from the labels.
+        self.register_buffer("labels", labels, persistent=False)
+        self.register_buffer("by_class", torch.argsort(labels, stable=True), persistent=False)
+        count = torch.bincount(labels)
+        self.register_buffer("class_count", count, persistent=False)
+        self.register_buffer("class_start", torch.cumsum(count, 0) - count, persistent=False)
 
     def sample(self, index: torch.Tensor) -> torch.Tensor:
-        """``(B, K+1)`` bank indices: the sample itself at column 0, then ``K`` uniform draws."""
-        idx = torch.randint(0, self.num_data, (index.shape[0], self.nce_k + 1), device=index.device)
-        idx[:, 0] = index
-        return idx
+        """``(B, K+1)`` bank indices: the sample itself at column 0, then ``K`` samples of other classes, distinct
+        within a row (drawn with replacement only where a class's pool is smaller than ``K``)."""
+        index = index.to(self.labels.device)
+        cls = self.labels[index]
+        pool = self.num_data - self.class_count[cls]  # (B,) size of each row's other-class pool
+        k = self.nce_k
+        if int(pool.min()) >= k:
+            keys = torch.rand(index.shape[0], int(pool.max()), device=index.device)
+            keys.masked_fill_(torch.arange(keys.shape[1], device=index.device)[None] >= pool[:, None], -1.0)
+            pos = keys.topk(k, dim=1, sorted=False).indices
+        else:  # a tiny data set: some pool is smaller than K, draw with replacement like the released code
+            pos = (torch.rand(index.shape[0], k, device=index.device) * pool[:, None]).long()
+        start, count = self.class_start[cls][:, None], self.class_count[cls][:, None]
+        negatives = self.by_class[pos + count * (pos >= start)]
+        return torch.cat([index[:, None], negatives], dim=1)
 
     def forward(
         self, e_s: torch.Tensor, e_t: torch.Tensor, index: torch.Tensor, contrast_idx: torch.Tensor | None = None
@@ -167,18 +192,20 @@ class CRD(Distiller):
         input_shape: tuple[int, int, int] = (3, 32, 32),
         total_epochs: int = 1,
         *,
-        num_train_samples: int,
+        train_labels: torch.Tensor,
     ) -> None:
         super().__init__(student, teacher, params, input_shape=input_shape, total_epochs=total_epochs)
-        if num_train_samples < 2:
-            raise LakdError(f"method 'crd' needs at least 2 training samples for its memory bank, "
-                            f"got {num_train_samples}")
+        train_labels = torch.as_tensor(train_labels, dtype=torch.long).flatten()
+        num_train_samples = int(train_labels.numel())
+        if num_train_samples < 2 or int(torch.unique(train_labels).numel()) < 2:
+            raise LakdError(f"method 'crd' needs at least 2 training samples of at least 2 classes for its memory "
+                            f"bank (negatives come from other classes), got {num_train_samples}")
         p = self.params
         self.num_train_samples = num_train_samples
         self.nce_k = min(p.nce_k, num_train_samples - 1)
         self.embed_s = Embed(self.student_shapes()[-1][0], p.feat_dim)
         self.embed_t = Embed(self.teacher_shapes()[-1][0], p.feat_dim)
-        self.contrast = ContrastMemory(p.feat_dim, num_train_samples, self.nce_k, p.nce_t, p.nce_momentum)
+        self.contrast = ContrastMemory(p.feat_dim, train_labels, self.nce_k, p.nce_t, p.nce_momentum)
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, epoch: float, index: torch.Tensor | None = None, **batch: Any

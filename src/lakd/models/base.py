@@ -97,3 +97,37 @@ class ClassifierHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(h), 1))
+
+
+class Renormalise(nn.Module):
+    """Per-channel affine map from one input normalisation to another (no parameters, no state saved).
+
+    A teacher trained on ``(x - mean_t) / std_t`` that is fed ``(x - mean_d) / std_d`` sees
+    ``x_n * std_d / std_t + (mean_d - mean_t) / std_t``: exactly its own normalisation of the same pixels.
+    """
+
+    def __init__(self, data_mean: tuple[float, ...], data_std: tuple[float, ...],
+                 model_mean: tuple[float, ...], model_std: tuple[float, ...]) -> None:
+        super().__init__()
+        d_mean, d_std = torch.tensor(data_mean), torch.tensor(data_std)
+        m_mean, m_std = torch.tensor(model_mean), torch.tensor(model_std)
+        self.register_buffer("scale", (d_std / m_std)[None, :, None, None], persistent=False)
+        self.register_buffer("shift", ((d_mean - m_mean) / m_std)[None, :, None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+
+
+def feed_with_normalisation(model: StagedModel, data_mean: tuple[float, ...], data_std: tuple[float, ...],
+                            model_mean: tuple[float, ...], model_std: tuple[float, ...]) -> bool:
+    """Make ``model`` (trained with ``model_mean/std``) take inputs normalised with ``data_mean/std``.
+
+    The adapter goes in front of the stem, so every path into the model (forward, stage-by-stage runs) sees it.
+    Returns whether an adapter was needed. The model's ``state_dict`` keys change (``stem.1....``): use this on
+    frozen teachers, not on models that are checkpointed.
+    """
+    same = all(abs(a - b) < 1e-6 for a, b in zip((*data_mean, *data_std), (*model_mean, *model_std), strict=True))
+    if same:
+        return False
+    model.stem = nn.Sequential(Renormalise(data_mean, data_std, model_mean, model_std), model.stem)
+    return True
