@@ -94,6 +94,16 @@ def test_at_pairs_the_last_stages() -> None:
     assert paired_stages(4, 5) == [(0, 1), (1, 2), (2, 3), (3, 4)]
 
 
+def test_at_stage_lists_are_the_peers() -> None:
+    """mdistiller feats[1:] / RepDistiller feat[1:-1]: ResNets use their 3 stages, VGG its conv groups 1-4."""
+    resnets = build_distiller("at", build_model("resnet20", 100), build_model("resnet56", 100))
+    assert resnets.pairs == [(0, 0), (1, 1), (2, 2)]
+    vggs = build_distiller("at", build_model("vgg8", 100), build_model("vgg13", 100))
+    assert vggs.pairs == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    vgg_mv2 = build_distiller("at", build_model("mobilenetv2", 100), build_model("vgg13", 100))
+    assert vgg_mv2.pairs == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
 # -- RKD -------------------------------------------------------------------------------------------------------
 T_POINTS = [(0.0, 0.0), (3.0, 0.0), (0.0, 4.0)]  # distances 3, 4, 5
 S_POINTS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]  # distances 1, 1, sqrt 2

@@ -207,7 +207,7 @@ def test_crd_params_and_errors() -> None:
 
 def test_reviewkd_params_and_warmup() -> None:
     p = make_params("reviewkd", {})
-    assert (p.ce_weight, p.reviewkd_weight, p.warmup_epochs, p.mid_channels) == (1.0, 1.0, 20.0, 64)
+    assert (p.ce_weight, p.reviewkd_weight, p.warmup_epochs, p.mid_channels) == (1.0, 5.0, 20.0, 0)
     with pytest.raises(LakdError, match="distill.params.mid_channels"):
         make_params("reviewkd", {"mid_channels": -1})
     torch.manual_seed(0)
@@ -220,6 +220,35 @@ def test_reviewkd_params_and_warmup() -> None:
     assert at[10.0] == pytest.approx(at[40.0] * 11 / 20, rel=1e-5)
     auto = build_distiller("reviewkd", build_model("resnet8", 10), build_model("resnet14", 10), {"mid_channels": 0})
     assert auto.abfs[0].conv1[0].out_channels == 64  # min(512, 64 channels of resnet8's last feature)
+    wide = build_distiller("reviewkd", build_model("resnet8x4", 100), build_model("resnet32x4", 100))
+    assert wide.abfs[0].conv1[0].out_channels == 256  # the official width for resnet8x4
+    shuffle = build_distiller("reviewkd", build_model("shufflenet_v2", 100), build_model("resnet32x4", 100))
+    assert shuffle.abfs[0].conv1[0].out_channels == 512  # min(512, 1024)
+
+
+def test_pair_configs_pin_the_published_per_pair_recipes() -> None:
+    """DKD beta and ReviewKD weight per pair, as in mdistiller's configs/cifar100/dkd/* and the official ReviewKD
+    CIFAR-100 script; what a pair does not list falls back to the method's published default."""
+    from pathlib import Path
+
+    from lakd.config import DistillRunConfig, build_config
+
+    pairs = Path(__file__).resolve().parents[1] / "configs" / "cifar100_pairs"
+    expected = {  # pair: (DKD beta, ReviewKD weight)
+        "resnet56_resnet20": (2.0, 0.6), "resnet110_resnet32": (2.0, 1.0), "resnet110_resnet20": (8.0, 5.0),
+        "resnet32x4_resnet8x4": (8.0, 5.0), "wrn_40_2_wrn_16_2": (6.0, 5.0), "wrn_40_2_wrn_40_1": (6.0, 5.0),
+        "vgg13_vgg8": (6.0, 5.0), "vgg13_mobilenetv2": (6.0, 5.0), "resnet32x4_shufflenet_v1": (8.0, 5.0),
+        "resnet32x4_shufflenet_v2": (8.0, 8.0), "wrn_40_2_shufflenet_v1": (8.0, 5.0),
+    }
+    assert {p.stem for p in pairs.glob("*.yaml")} == set(expected)
+    for pair, (beta, weight) in expected.items():
+        files = [str(pairs / f"{pair}.yaml")]
+        dkd = build_config(DistillRunConfig, files, ["distill.method=dkd"]).distill
+        assert make_params("dkd", dkd.resolved_params()).beta == beta, pair
+        rkd = build_config(DistillRunConfig, files, ["distill.method=reviewkd"]).distill
+        assert make_params("reviewkd", rkd.resolved_params()).reviewkd_weight == weight, pair
+        kd = build_config(DistillRunConfig, files, ["distill.method=kd"]).distill
+        make_params("kd", kd.resolved_params())  # another method's entry never leaks into KD
 
 
 # -- any zoo pair, frozen teacher ------------------------------------------------------------------------

@@ -434,3 +434,47 @@ def test_channel_norm_at_batch_one() -> None:
     pooled.train()
     with pytest.raises(LakdError, match="at least 2 samples"):
         pooled.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([2]), epoch=5.0)
+
+
+def test_logit_stand_switch_on_the_last_module_logit_term() -> None:
+    """LAKD's logit term with logit standardisation: KD on z-scored logits, invariant to shift and scale."""
+    from lakd.distill.kd import standardise_logits
+
+    d = make_lakd("resnet8", "resnet14", kd_weight=1.0, logit_stand=True, temperature=2.0)
+    logits = torch.tensor([[1.0, 2.0, 4.0], [0.0, -1.0, 3.0]])
+    t_logits = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.5, 2.0]])
+    y = torch.tensor([0, 2])
+    value = d.logit_loss(logits, t_logits, y)
+    torch.testing.assert_close(value, kd_loss(standardise_logits(logits), standardise_logits(t_logits), 2.0))
+    torch.testing.assert_close(d.logit_loss(3 * logits + 5, t_logits - 1, y), value, rtol=1e-5, atol=1e-6)
+    plain = make_lakd("resnet8", "resnet14", kd_weight=1.0, temperature=2.0)
+    assert not torch.allclose(plain.logit_loss(3 * logits + 5, t_logits, y), plain.logit_loss(logits, t_logits, y))
+
+
+def test_teacher_tail_auxiliary_reaches_only_its_module() -> None:
+    """aux_head teacher_tail: module k's projected feature runs through the frozen teacher's later stages; its
+    loss reaches module k (and its projector) only, never the teacher or another student module."""
+    d = make_lakd("resnet8", "resnet14", aux_weight=1.0, aux_head="teacher_tail", progressive=False,
+                  feat_weight=0.0, ndam_weight=0.0)
+    d.train()
+    assert len(d.aux_heads) == 0 and d.teacher_index == [0, 1, 2]
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    _, losses = d.forward_train(x, y, epoch=5.0)
+    assert {"aux0", "aux1"} <= set(losses)
+    owned = _module_params(d)
+    for k in range(d.num_modules - 1):
+        d.zero_grad(set_to_none=True)
+        losses[f"aux{k}"].backward(retain_graph=True)
+        reached = {id(p) for p in d.learnable_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert reached and reached <= owned[k], k
+        assert all(p.grad is None for p in d.teacher.parameters())
+    # the value: CE of the teacher's stages 1-2 + head applied to module 0's output (identity projector here)
+    with torch.no_grad():
+        d.eval()
+        feat0 = d.run_module(0, x)
+        h = feat0
+        for j in (1, 2):
+            h, _ = d.teacher._stage_forward(j, h)
+        torch.testing.assert_close(d.teacher_tail(0, feat0), d.teacher.head(h))
+    with pytest.raises(LakdError, match="aux_head"):
+        make_lakd(aux_head="mlp")

@@ -1,7 +1,13 @@
 """AT: Zagoruyko & Komodakis, "Paying More Attention to Attention" (ICLR 2017).
 
 The student matches the teacher's spatial attention maps ``normalize(mean_c F^p)`` at every stage. Defaults are
-the paper's / mdistiller's CIFAR settings: p 2, beta 1000, ce_weight 1.
+the paper's / mdistiller's CIFAR settings (mdistiller configs/cifar100/at.yaml, RepDistiller ``-a 0 -b 1000``):
+p 2, beta 1000, ce_weight 1.
+
+Which maps: the peers use ``feats[1:]`` (mdistiller) / ``feat[1:-1]`` (RepDistiller), i.e. every feature after the
+first one their models return. For the CIFAR ResNets / WRNs that first one is the stem output, which is not one
+of our stages, so all our stages are used. A VGG's first feature is its first conv group, which *is* our stage 0,
+so on VGG that stage is skipped (stages 1-4, as the peers).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lakd.distill.base import Distiller, DistillParams, check_non_negative, check_positive, register, weighted
+from lakd.models.base import StagedModel
 
 
 def at_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -36,6 +43,12 @@ def at_loss(fs: torch.Tensor, ft: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Mean squared difference of the two normalised attention maps (one stage pair)."""
     fs, ft = match_spatial(fs.float(), ft.float())
     return (at_map(fs, p) - at_map(ft, p)).pow(2).mean()
+
+
+def at_stages(model: StagedModel) -> list[int]:
+    """Stage indices AT matches on ``model``: all but VGG's first conv group (see the module docstring)."""
+    n = len(model.stages)
+    return list(range(1, n)) if (getattr(model, "arch_name", None) or "").startswith("vgg") else list(range(n))
 
 
 def paired_stages(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
@@ -63,7 +76,8 @@ class AT(Distiller):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pairs = paired_stages(len(self.student_model.stages), len(self.teacher.stages))
+        s_stages, t_stages = at_stages(self.student_model), at_stages(self.teacher)
+        self.pairs = [(s_stages[i], t_stages[j]) for i, j in paired_stages(len(s_stages), len(t_stages))]
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any

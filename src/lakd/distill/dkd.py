@@ -3,6 +3,10 @@
 KD's loss split into target-class KD (TCKD: the binary gt-vs-rest distribution) and non-target-class KD (NCKD:
 the distribution over the other classes), weighted separately. Defaults are the paper's CIFAR-100 settings
 (mdistiller configs/cifar100/dkd): alpha 1, beta 8, T 4, CE 1, loss ramped in linearly over 20 epochs.
+
+``logit_stand`` standardises both logits first (Sun et al., "Logit Standardization in Knowledge Distillation",
+CVPR 2024; ``standardise_logits`` in kd.py), as in mdistiller/distillers/DKD.py of
+sunshangquan/logit-standardization-KD. Off by default; the authors' settings are configs/methods/dkd_ls.yaml.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from lakd.distill.base import (
     register,
     weighted,
 )
+from lakd.distill.kd import standardise_logits
 
 #: Subtracted from the ground-truth logit (after dividing by T) so NCKD's softmax ignores that class.
 GT_SUPPRESSION = 1000.0
@@ -65,6 +70,8 @@ class DKD(Distiller):
         beta: float = 8.0
         temperature: float = 4.0
         warmup_epochs: float = 20.0
+        # Sun et al. 2024: standardise both logits before the loss (off: plain DKD). See configs/methods/dkd_ls.yaml.
+        logit_stand: bool = False
 
         def validate(self) -> None:
             check_non_negative("ce_weight", self.ce_weight)
@@ -82,7 +89,8 @@ class DKD(Distiller):
         t_logits, _ = self.teacher_forward(x)
         p = self.params
         ramp = linear_warmup(epoch, p.warmup_epochs)
+        s_kd, t_kd = (standardise_logits(logits), standardise_logits(t_logits)) if p.logit_stand else (logits, t_logits)
         return logits, {
             "ce": weighted(p.ce_weight, F.cross_entropy(logits.float(), y)),
-            "dkd": weighted(ramp, dkd_loss(logits, t_logits, y, p.alpha, p.beta, p.temperature)),
+            "dkd": weighted(ramp, dkd_loss(s_kd, t_kd, y, p.alpha, p.beta, p.temperature)),
         }

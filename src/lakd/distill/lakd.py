@@ -34,7 +34,7 @@ from torch import nn
 
 from lakd.distill.base import Distiller, DistillParams, linear_warmup, register, weighted
 from lakd.distill.dkd import dkd_loss
-from lakd.distill.kd import kd_loss
+from lakd.distill.kd import kd_loss, standardise_logits
 from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
 from lakd.errors import LakdError
 from lakd.models.base import StagedModel
@@ -112,6 +112,7 @@ class Params(DistillParams):
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
     logit_warmup_epochs: float = 0.0  # the logit term ramps in linearly over these epochs (DKD needs it; 0 = off)
+    logit_stand: bool = False  # z-score both logits before the logit term (Sun et al. 2024; kd.standardise_logits)
     temperature: float = 4.0
     feat_weight: float = 3.0  # per-module feature MSE (0 = off); 3: issue 6 study
     feat_form: str = "mse"  # mse (raw) | channel_norm (MSE after per-channel standardisation) | cosine
@@ -126,6 +127,9 @@ class Params(DistillParams):
     ndam_mode: str = "l2"  # l2 | kl
     ndam_tau: float = 1.0  # spatial-softmax temperature (kl mode)
     aux_weight: float = 0.0  # CE of auxiliary classifiers on intermediate modules (0 = off)
+    # linear: a pool + linear head per module; teacher_tail: the module's projected feature goes through the frozen
+    # teacher's remaining stages and classifier (a task signal for every module, no gradient across a boundary)
+    aux_head: str = "linear"
     split: str = "stage"  # stage (split table / one module per stage) | block (stages of >= 2 blocks cut in two)
     detach: bool = True  # SDM: no gradient across module boundaries (false = end-to-end, same losses)
     detach_until: float = 0.0  # SDM for this fraction of training, then end-to-end (1 = always, 0 = never): issue 6
@@ -161,6 +165,8 @@ class Params(DistillParams):
             raise bad("feat_projector", "'auto' or 'always'")
         if self.logit_loss not in ("kd", "dkd"):
             raise bad("logit_loss", "'kd' or 'dkd'")
+        if self.aux_head not in ("linear", "teacher_tail"):
+            raise bad("aux_head", "'linear' or 'teacher_tail'")
         if self.ndam_mode not in ("l2", "kl"):
             raise bad("ndam_mode", "'l2' or 'kl'")
         if self.split not in ("stage", "block"):
@@ -280,11 +286,15 @@ class LAKD(Distiller):
         # Module k learns from the teacher stage at the same relative depth.
         self.teacher_index = [min(len(t_shapes) - 1, math.ceil((k + 1) * len(t_shapes) / num_modules) - 1)
                               for k in range(num_modules)]
-        self.projectors = nn.ModuleList(  # a module without feature loss needs no projector
+        tail = p.aux_weight > 0 and p.aux_head == "teacher_tail"
+        self.projectors = nn.ModuleList(  # a module without feature loss (or teacher tail) needs no projector
             make_projector(out_shapes[k][0], t_shapes[self.teacher_index[k]][0], p.feat_projector == "always")
-            if k in self.feat_module_set
+            if k in self.feat_module_set or (tail and k < num_modules - 1)
             else nn.Identity() for k in range(num_modules)
         )
+        if tail and any(self.teacher_index[k] >= len(t_shapes) - 1 for k in range(num_modules - 1)):
+            raise LakdError("distill.params.aux_head = 'teacher_tail' needs a teacher stage after the one each "
+                            f"intermediate module is matched to (modules -> teacher stages {self.teacher_index})")
         # Teacher-fed inputs (block-wise distillation): module k > 0 gets the teacher's feature at the stage
         # matching module k-1, adapted to module k-1's output shape (1x1 conv + BN only where widths differ).
         self.input_adapters = nn.ModuleList(
@@ -296,7 +306,8 @@ class LAKD(Distiller):
         self.aux_heads = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(out_shapes[k][0], num_classes))
             for k in range(num_modules - 1)
-        ) if p.aux_weight > 0 else nn.ModuleList()
+        ) if p.aux_weight > 0 and p.aux_head == "linear" else nn.ModuleList()
+        self.teacher_grids = [tuple(shape[1:]) for shape in t_shapes]
         if p.feat_weight > 0 and p.feat_form == "channel_norm":
             grids = [min(out_shapes[k][1], t_shapes[self.teacher_index[k]][1]) * min(
                 out_shapes[k][2], t_shapes[self.teacher_index[k]][2]) for k in self.feat_module_set]
@@ -375,6 +386,8 @@ class LAKD(Distiller):
     def logit_loss(self, logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The last module's logit term, before ``kd_weight``: Hinton KD or decoupled KD (DKD)."""
         p: Params = self.params  # type: ignore[assignment]
+        if p.logit_stand:
+            logits, t_logits = standardise_logits(logits), standardise_logits(t_logits)
         if p.logit_loss == "dkd":
             return dkd_loss(logits, t_logits, y, p.dkd_alpha, p.dkd_beta, p.temperature)
         return kd_loss(logits, t_logits, p.temperature)
@@ -408,8 +421,25 @@ class LAKD(Distiller):
             nd = ndam_loss(feat, t_feat, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
             losses[f"ndam{k}"] = weighted(p.ndam_weight * ramp, nd)
         if p.aux_weight > 0 and k < self.num_modules - 1:
-            losses[f"aux{k}"] = weighted(p.aux_weight, F.cross_entropy(self.aux_heads[k](feat).float(), y))
+            aux_logits = self.teacher_tail(k, feat) if p.aux_head == "teacher_tail" else self.aux_heads[k](feat)
+            losses[f"aux{k}"] = weighted(p.aux_weight, F.cross_entropy(aux_logits.float(), y))
         return losses
+
+    def teacher_tail(self, k: int, feat: torch.Tensor) -> torch.Tensor:
+        """Logits of module k's projected feature run through the frozen teacher's later stages and classifier.
+
+        The teacher's weights get no gradient (they are frozen); the gradient reaches only module k and its
+        projector, so no gradient crosses a student module boundary.
+        """
+        assert self.teacher is not None
+        h = self.projectors[k](feat)
+        index = self.teacher_index[k]
+        grid = self.teacher_grids[index]
+        if tuple(h.shape[-2:]) != tuple(grid):
+            h = F.adaptive_avg_pool2d(h, grid) if h.shape[-1] > grid[-1] else F.interpolate(h, size=grid)
+        for j in range(index + 1, len(self.teacher.stages)):
+            h, _ = self.teacher._stage_forward(j, h)
+        return self.teacher.head(h)
 
     def _forward_modules(
         self,
