@@ -155,3 +155,51 @@ def test_disk_full_while_saving_is_one_clear_error_and_keeps_the_last_checkpoint
     assert "could not write a checkpoint" in err and "No space left on device" in err and "--resume" in err
     assert (out / "last.pt").read_bytes() == before  # the epoch-1 checkpoint survived
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_run_folder_has_one_owner(tmp_path: Path) -> None:
+    """A second run on a folder a live run owns (plain, --force or --resume) is refused and changes nothing."""
+    out = tmp_path / "run"
+    first = start_run(out, "--epochs", "20")
+    try:
+        wait_for_checkpoint(out, first, 1)
+        before = (out / "metrics.jsonl").read_text()
+        for extra in ([], ["--force"], ["--resume"]):
+            second = subprocess.run([sys.executable, "-m", "lakd", *ARGS, "--out", str(out), *extra],
+                                    capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2, (extra, second.stderr)
+            if extra:
+                assert "in use by another lakd process" in second.stderr and "Traceback" not in second.stderr
+            assert (out / "metrics.jsonl").read_text().startswith(before)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 143
+    # the owner is gone: the lock went with it, and the run resumes
+    from lakd.cli import lock_run_folder
+
+    os.close(lock_run_folder(out))
+
+
+def test_sigterm_to_bench_stops_and_checkpoints_its_child(tmp_path: Path) -> None:
+    """bench passes SIGTERM on to its `lakd distill` child: no orphan keeps training, the child checkpoints."""
+    import lakd.bench as bench
+
+    marker = tmp_path / "child.pid"
+    child_code = ("import os, signal, sys, time\n"
+                  f"open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
+                  "signal.signal(signal.SIGTERM, lambda s, f: sys.exit(143))\n"
+                  "time.sleep(60)\n")
+    driver = ("import sys; sys.path.insert(0, %r)\n"
+              "from lakd.bench import run_child\n"
+              "sys.exit(run_child([sys.executable, '-c', %r]))\n") % (str(Path(bench.__file__).parents[1]), child_code)
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    deadline = time.monotonic() + 30
+    while not marker.is_file() or not marker.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    child_pid = int(marker.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)

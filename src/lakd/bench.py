@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -215,7 +216,30 @@ def execute(run: BenchRun, data_root: str | None, progress: bool) -> int:
     elif state == "restart":
         args.append("--force")
     print(f"\n[bench] {run.label}: {state} -> {_display(args)}", flush=True)
-    return subprocess.call([sys.executable, "-m", "lakd", *args])
+    return run_child([sys.executable, "-m", "lakd", *args])
+
+
+def run_child(cmd: list[str]) -> int:
+    """Run ``cmd`` and wait; SIGTERM / SIGINT / SIGHUP to the bench are passed on to the child, which then
+    checkpoints and exits (143 / 130), so a stopped bench never leaves a run training on its own."""
+    child = subprocess.Popen(cmd)
+    previous = {}
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        previous[signum] = signal.signal(signum, forward)
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep waiting for the checkpoint
+                continue
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def collect(run: BenchRun, data_root: str | None, bench_command: str) -> dict[str, Any]:

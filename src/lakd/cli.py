@@ -262,6 +262,32 @@ def _prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
                         "--force to start over in it, or another --out")
 
 
+def lock_run_folder(out: Path) -> Any:
+    """Own ``out`` for this process: an exclusive ``flock`` on ``out/.lock`` (released by the OS on any exit).
+
+    A second run (train, distill, bench's child, --resume or --force) on the same folder gets a ``LakdError``
+    naming the owner's pid instead of interleaving its metrics and checkpoints with the first one's.
+    """
+    import fcntl
+
+    path = out / ".lock"
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise LakdError(f"cannot lock run folder '{out}': {exc.strerror} ({path})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LakdError(f"run folder '{out}' is in use by another lakd process (pid {owner}); wait for it to "
+                        "finish or stop it (it checkpoints on SIGTERM), or use another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 def _clear_run_files(out: Path) -> None:
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
@@ -447,37 +473,44 @@ def _train_in_process(
         return 0
     # Everything that can fail on bad input has run; only now touch the run folder.
     out.mkdir(parents=True, exist_ok=True)
-    if force:
-        _clear_run_files(out)
-    if not resume:
-        (out / "config.yaml").write_text(dump_yaml(cfg))
-    run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
-                "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
-                "environment": {**environment_info(runtime), "world_size": dist_env.world_size},
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
-                         "test": len(splits.test)}}
-    (out / "run.json").write_text(json.dumps(run_info, indent=2))
-    what = "training "
-    if distill is not None:
-        what = f"distilling ({distill.method}) {teacher_ckpt[1]['arch'] if teacher_ckpt else 'no teacher'} -> "
-    procs = f" x {dist_env.world_size} processes" if dist_env.enabled else ""
-    print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "
-          f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()}{procs} -> {out}")
+    lock = lock_run_folder(out)  # this process owns the folder until it returns; a second writer gets an error
     try:
-        summary = trainer.fit()
-    except TrainingStopped as stop:
-        print(f"\n{stop}: checkpoint saved to {stop.checkpoint}; continue with the same command plus --resume",
-              file=sys.stderr)
-        return 128 + stop.signum
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {out / 'last.pt'} holds the last saved state; continue with --resume",
-              file=sys.stderr)
-        return 130
-    summary["out"] = str(out)
-    (out / "summary.json").write_text(json.dumps({**summary, **run_info}, indent=2))
-    print(json.dumps(summary, indent=2))
-    return 0
+        if force:
+            _clear_run_files(out)
+        if not resume:
+            (out / "config.yaml").write_text(dump_yaml(cfg))
+        run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
+                    "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
+                    "environment": {**environment_info(runtime), "world_size": dist_env.world_size},
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
+                             "test": len(splits.test)}}
+        (out / "run.json").write_text(json.dumps(run_info, indent=2))
+        what = "training "
+        if distill is not None:
+            what = f"distilling ({distill.method}) {teacher_ckpt[1]['arch'] if teacher_ckpt else 'no teacher'} -> "
+        procs = f" x {dist_env.world_size} processes" if dist_env.enabled else ""
+        print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "
+              f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()}{procs} -> {out}")
+        try:
+            summary = trainer.fit()
+        except TrainingStopped as stop:
+            print(f"\n{stop}: checkpoint saved to {stop.checkpoint}; continue with the same command plus --resume",
+                  file=sys.stderr)
+            return 128 + stop.signum
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {out / 'last.pt'} holds the last saved state; continue with --resume",
+                  file=sys.stderr)
+            return 130
+        summary["out"] = str(out)
+        text = json.dumps({**summary, **run_info}, indent=2).encode()
+        from lakd.atomic import atomic_write
+
+        atomic_write(out / "summary.json", lambda f: f.write(text))  # a torn summary would block report/bench
+        print(json.dumps(summary, indent=2))
+        return 0
+    finally:
+        os.close(lock)
 
 
 def evaluate_checkpoint(
