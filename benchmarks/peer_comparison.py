@@ -1,24 +1,35 @@
-"""Peer comparison in one run: one KD epoch (resnet56 -> resnet20, CIFAR-10, batch 128), timed three ways.
+"""Peer comparison in one run: one KD epoch (resnet56 -> resnet20, CIFAR-10, batch 128), timed several ways.
 
-(a) lakd itself: ``lakd distill`` (KD, and LAKD for the LAKD/KD ratio) in a subprocess, read from metrics.jsonl.
-(b) plain PyTorch the way mdistiller / RepDistiller train: a Dataset returning one PIL-augmented sample at a
+(a) lakd itself: ``lakd distill`` in a subprocess, read from metrics.jsonl: KD at its defaults
+    (``train.precision=auto``: bf16 autocast + channels_last where the CPU has AMX / AVX512-BF16), KD at
+    ``--precision fp32`` (channels_last still auto), KD at fp32 with ``train.channels_last=false`` (NCHW), and
+    LAKD at its defaults (for the LAKD/KD ratio).
+(b) torchdistill, in its own venv (``bash benchmarks/make_torchdistill_venv.sh`` makes benchmarks/.venv-torchdistill;
+    without it these ways are recorded as ``not run`` with the reason): benchmarks/torchdistill/run_kd.py drives
+    torchdistill's DistillationBox from a YAML the way its examples/torchvision/image_classification.py does,
+    with its CIFAR ResNet-56 / ResNet-20 and KDLoss, fp32 NCHW (torchdistill has no AMP or channels_last
+    option for image classification). ``torchdistill`` is the example's behaviour (the teacher is never put in
+    eval mode); ``torchdistill_teacher_eval`` adds ``teacher.eval()``.
+(c) plain PyTorch the way mdistiller / RepDistiller train: a Dataset returning one PIL-augmented sample at a
     time, ``DataLoader(batch_size=128, shuffle=True, num_workers=2)`` (mdistiller's default), fp32, NCHW.
-(c) torchdistill from PyPI, only if it imports on this torch; otherwise the reason is recorded instead.
 
-Same models (lakd.models), same teacher weights, same 45,000 training images, same torch thread count; the
-ways run one after another. Every step is timed (no warm-up excluded, as lakd's own ``img_per_s``): from the
-start of the epoch's iteration to the last optimizer step, so worker start-up counts for (b) as it does in the
-peers' epochs. Only the training loop and the data path differ.
+Same 45,000 training images (lakd's split after its 5,000-image validation carve), same augmentation (pad-4 crop,
+flip, CIFAR-10 mean/std), batch 128, SGD lr 0.1 momentum 0.9 nesterov wd 5e-4, KD T 4 with CE 0.1 / KD 0.9, same
+teacher weights (lakd's checkpoint, renamed for torchdistill's identical ResNet-56), torch's default thread
+count (the plain loop keeps the peers' SGD without nesterov and a constant lr). The ways run one after another.
+Every step is timed (no warm-up excluded, as lakd's own ``img_per_s``): from the start of the epoch's iteration
+to the last optimizer step, so DataLoader worker start-up counts for the peers as it does in their epochs.
+What differs on the torchdistill side is listed in ``TORCHDISTILL_NOTES`` (also written into the JSON).
 
 Run:  python benchmarks/peer_comparison.py [--steps N] [--data-root ../shared/data] [--workers 2]
-          [--out benchmarks/results/peer_comparison.json] [--ways lakd_kd,lakd_lakd,plain]
-``--steps N`` cuts every way to N steps (smoke runs; such numbers say nothing about speed).
+          [--out benchmarks/results/peer_comparison.json] [--ways lakd_kd,torchdistill,...]
+``--steps N`` cuts every way to N steps (smoke runs; such numbers say nothing about speed, and they go to
+runs/peer_comparison_smoke.json unless ``--out`` is given).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -43,35 +54,82 @@ from lakd.models import build_model
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TEACHER = REPO / "benchmarks" / "teachers" / "cifar10_resnet56_e8.pt"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "peer_comparison.json"
+SMOKE_OUT = REPO / "runs" / "peer_comparison_smoke.json"  # --steps runs never overwrite the committed result
+PEER_PYTHON = REPO / "benchmarks" / ".venv-torchdistill" / "bin" / "python"
+TD_DRIVER = REPO / "benchmarks" / "torchdistill" / "run_kd.py"
+MAKE_PEER_VENV = "bash benchmarks/make_torchdistill_venv.sh"
 BATCH = 128
 VAL_SIZE = 5000
 SPLIT_SEED = 0
-WAYS = ("lakd_kd", "lakd_lakd", "plain")
-TARGETS = {"lakd_kd_over_plain": 2.0, "lakd_lakd_over_lakd_kd": 0.9}
+# way -> (lakd method, extra `lakd distill` arguments)
+LAKD_WAYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "lakd_kd": ("kd", ()),  # defaults: precision auto, channels_last auto
+    "lakd_kd_fp32": ("kd", ("--precision", "fp32")),
+    "lakd_kd_fp32_nchw": ("kd", ("--precision", "fp32", "train.channels_last=false")),
+    "lakd_lakd": ("lakd", ()),
+}
+TD_WAYS = {"torchdistill": "train", "torchdistill_teacher_eval": "eval"}  # way -> run_kd.py --teacher-mode
+WAYS = (*LAKD_WAYS, *TD_WAYS, "plain")
+LAKD_KD_WAYS = ("lakd_kd", "lakd_kd_fp32", "lakd_kd_fp32_nchw")
+# ratio -> (numerator, denominator, target or None, what it compares); a tuple of ways means the fastest of those
+# that ran ("each side's best setting on this CPU").
+RATIOS: dict[str, tuple[str | tuple[str, ...], str | tuple[str, ...], float | None, str]] = {
+    "lakd_kd_over_torchdistill": ("lakd_kd", "torchdistill", 3.0,
+                                  "defaults: lakd precision=auto vs torchdistill's example as it runs"),
+    "lakd_best_over_torchdistill_best": (LAKD_KD_WAYS, tuple(TD_WAYS), 3.0,
+                                         "each side's fastest KD way on this CPU"),
+    "lakd_kd_fp32_over_torchdistill": ("lakd_kd_fp32", "torchdistill", 1.5,
+                                       "fp32 vs fp32 (lakd channels_last auto), torchdistill as its example runs"),
+    "lakd_kd_fp32_over_torchdistill_best": ("lakd_kd_fp32", tuple(TD_WAYS), 1.5,
+                                            "fp32 vs fp32, against torchdistill's faster teacher mode"),
+    "lakd_kd_fp32_nchw_over_torchdistill": ("lakd_kd_fp32_nchw", "torchdistill", None,
+                                            "fp32 NCHW on both sides: only the data path and the loop differ"),
+    "lakd_lakd_over_lakd_kd": ("lakd_lakd", "lakd_kd", 0.95, "LAKD vs KD, both lakd defaults"),
+    "lakd_kd_over_plain": ("lakd_kd", "plain", 2.0, "lakd defaults vs a plain per-sample fp32 loop"),
+}
+TARGETS = {name: spec[2] for name, spec in RATIOS.items()}
 
-# Why (c) is not run here, as found on this machine (pip 23.2.1 against PyPI, torch 2.13.0+cpu, no torchvision).
-TORCHDISTILL_FINDING = (
-    "torchdistill 1.1.5 (PyPI wheel METADATA) has Requires-Dist torch>=2.12.0 and torchvision>=0.27.0. "
-    "Unpinned, `pip install --dry-run torchdistill` resolves torchvision 0.29.1 -> torch 2.14.1 plus ~20 nvidia-* "
-    "CUDA 13 wheels: a second, multi-GB torch. Pinning torchvision==0.28.0 (Requires-Dist torch==2.13.0, which "
-    "the installed 2.13.0+cpu satisfies) avoids that, but PyPI's torchvision wheel is a CUDA build: its _C.so "
-    "links libc10_cuda.so / libtorch_cuda.so, absent from a +cpu torch, so `import torchvision` fails with "
-    "'RuntimeError: operator torchvision::nms does not exist', and torchdistill.core imports torchvision "
-    "(core/interfaces/post_epoch_proc.py -> torchdistill.models). The matching +cpu torchvision wheel is only on "
-    "download.pytorch.org, which is not reachable here. So torchdistill cannot run without a second torch."
-)
+# How the torchdistill ways differ from lakd's, recorded next to the numbers.
+TORCHDISTILL_NOTES = {
+    "example": "torchdistill examples/torchvision/image_classification.py + a YAML in its 1.x sample format; the "
+               "DistillationBox builds the DataLoader (RandomSampler, requires_supp wrapper), SGD, scheduler and "
+               "WeightedSumLoss(KDLoss); each step: forward_process (teacher under no_grad, then student), "
+               "post_forward_process (backward, optimizer.step, zero_grad, scheduler.step), loss.item()",
+    "teacher_mode": "nothing in torchdistill 1.1.5 calls teacher.eval(): its default pre-epoch process only calls "
+                    "student_model.train(), so the frozen teacher runs in train mode (batch-statistics BatchNorm, "
+                    "running stats updated) as its example does; torchdistill_teacher_eval adds teacher.eval() "
+                    "through a registered pre-epoch process",
+    "precision": "fp32, NCHW: torchdistill's image-classification path has no autocast / bf16 / channels_last "
+                 "option (mixed precision exists only through Hugging Face accelerate in its transformers examples)",
+    "deviations": [
+        "own venv: torch 2.14.1 (PyPI CUDA build, run on the CPU) + torchvision 0.29.1, against lakd's 2.13.0+cpu",
+        "data: lakd's 45,000-image train split (JPEG CIFAR copy) served one PIL image at a time like "
+        "torchvision.datasets.CIFAR10, with torchvision transforms (RandomCrop 32 pad 4, flip, ToTensor, "
+        "Normalize) and lakd's CIFAR-10 mean/std; lakd uses its own batched in-memory augmentation",
+        "DataLoader num_workers = --workers (default 2 = this machine's cores) instead of the samples' 16; "
+        "pin_memory off (no GPU); drop_last on, as lakd (351 steps)",
+        "KDLoss alpha 0.1 (its alpha weights CE) = lakd's CE 0.1 / KD 0.9; the samples use alpha 0.9",
+        "SGD nesterov + wd 5e-4 and a per-step cosine (CosineAnnealingLR, T_max = steps of the epoch) as "
+        "lakd's cifar10-cpu config, instead of the samples' wd 1e-4 and MultiStepLR",
+        "teacher: lakd's checkpoint with keys renamed into torchdistill's resnet56 (same architecture; max "
+        "logit difference recorded); student: torchdistill's resnet20, random init (seed 0)",
+        "end-of-epoch validation and checkpointing left out (lakd's img/s does not time them either)",
+    ],
+}
 
 
 # -- (a) lakd ----------------------------------------------------------------------------------------------
-def run_lakd(method: str, data_root: Path, teacher: Path, steps: int | None) -> dict[str, Any]:
-    """One epoch of ``lakd distill`` in its own process (the real trainer, its auto precision/memory format)."""
+def run_lakd(method: str, data_root: Path, teacher: Path, steps: int | None,
+             extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One epoch of ``lakd distill`` in its own process (the real trainer; ``extra`` arguments such as
+    ``--precision fp32`` or ``train.channels_last=false``, else its auto precision / memory format)."""
     with tempfile.TemporaryDirectory(prefix=f"peer-{method}-") as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "lakd", "distill", "-c", "configs/cifar10_cpu.yaml",
                "-c", f"configs/methods/{method}.yaml", "--teacher", str(teacher), "--data-root", str(data_root),
                "--batch-size", str(BATCH), "--epochs", "1", "--out", str(out), "--no-progress",
                f"data.val_size={VAL_SIZE}", f"data.split_seed={SPLIT_SEED}",
-               "train.eval_test=false", "data.test_limit=500"]  # the end-of-epoch eval is untimed: keep it small
+               "train.eval_test=false", "data.test_limit=500", *extra]  # the end-of-epoch eval is untimed
         if steps:
             cmd.append(f"data.train_limit={steps * BATCH}")  # drop_last batches: exactly `steps` steps
         load = os.getloadavg()[0]
@@ -85,7 +143,8 @@ def run_lakd(method: str, data_root: Path, teacher: Path, steps: int | None) -> 
     images = round(row["img_per_s"] * row["train_time_s"])
     device = env.get("device", "")  # e.g. "cpu, fp32, channels_last"
     parts = [p.strip() for p in device.split(",")]
-    return {"what": f"`lakd distill` {method} (real trainer, subprocess)", "img_per_s": row["img_per_s"],
+    return {"status": "ok", "what": f"`lakd distill` {method} (real trainer, subprocess)",
+            "img_per_s": row["img_per_s"],
             "steps": images // BATCH, "images": images, "train_s": row["train_time_s"], "wall_s": wall,
             "precision": parts[1] if len(parts) > 1 else None, "memory_format": parts[2] if len(parts) > 2 else None,
             "torch_threads": env.get("torch_threads"), "loadavg_1m_before": load, "train_loss": row["train_loss"],
@@ -153,7 +212,7 @@ def run_plain(dataset: Dataset, teacher: torch.nn.Module, student: torch.nn.Modu
         if done >= total:
             break
     elapsed = time.perf_counter() - start
-    return {"what": f"plain PyTorch, per-sample PIL Dataset + DataLoader(num_workers={workers})",
+    return {"status": "ok", "what": f"plain PyTorch, per-sample PIL Dataset + DataLoader(num_workers={workers})",
             "img_per_s": images / max(elapsed, 1e-9), "steps": done, "images": images, "train_s": elapsed,
             "precision": "fp32", "memory_format": "contiguous (NCHW)", "torch_threads": torch.get_num_threads(),
             "num_workers": workers, "loadavg_1m_before": load, "train_loss": loss_sum / max(done, 1),
@@ -176,44 +235,88 @@ def plain_way(data_root: Path, teacher_path: Path, workers: int, steps: int | No
     return result
 
 
-# -- (c) torchdistill --------------------------------------------------------------------------------------
-def torchdistill_status() -> dict[str, Any]:
-    """Probe whether torchdistill imports on this torch (in a subprocess: a broken torchvision can abort)."""
-    probe: dict[str, Any] = {"torch": torch.__version__, "torch_cuda_build": torch.version.cuda,
-                             "torchdistill_installed": importlib.util.find_spec("torchdistill") is not None,
-                             "torchvision_installed": importlib.util.find_spec("torchvision") is not None}
-    if probe["torchdistill_installed"]:
-        proc = subprocess.run([sys.executable, "-c", "import torchdistill.core.distillation"],
-                              capture_output=True, text=True)
-        probe["import_error"] = (proc.stderr.strip().splitlines() or [""])[-1] if proc.returncode else None
-        if proc.returncode == 0:
-            return {"status": "not run", "probe": probe,
-                    "reason": "torchdistill imports here, but this script has no torchdistill runner yet"}
-    return {"status": "not run", "probe": probe, "reason": TORCHDISTILL_FINDING}
+# -- (b) torchdistill, in its own venv -------------------------------------------------------------------------
+def run_torchdistill(teacher_mode: str, data_root: Path, teacher: Path, workers: int, steps: int | None,
+                     python: Path = PEER_PYTHON) -> dict[str, Any]:
+    """One epoch of torchdistill's DistillationBox (benchmarks/torchdistill/run_kd.py) with the peer venv's python.
+
+    No venv -> ``status: not run`` with how to make it; a failing run -> ``status: failed`` with its stderr tail
+    (the other ways are still recorded)."""
+    if not python.is_file():
+        return {"status": "not run", "teacher_mode_requested": teacher_mode,
+                "reason": f"the torchdistill venv is missing ({python} not found); torchdistill runs in its own "
+                          "venv (its torch 2.14.1 / torchvision 0.29.1), never in lakd's",
+                "how_to_run": f"{MAKE_PEER_VENV}, then run this script again"}
+    with tempfile.TemporaryDirectory(prefix=f"peer-td-{teacher_mode}-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [str(python), str(TD_DRIVER), "--teacher-mode", teacher_mode, "--data-root", str(data_root),
+               "--teacher", str(teacher), "--workers", str(workers), "--out", str(out)]
+        if steps:
+            cmd += ["--steps", str(steps)]
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        command = " ".join([str(python.relative_to(REPO)) if python.is_relative_to(REPO) else str(python),
+                            str(TD_DRIVER.relative_to(REPO)), *cmd[2:-2]])
+        if proc.returncode != 0 or not out.is_file():
+            return {"status": "failed", "exit_code": proc.returncode, "teacher_mode_requested": teacher_mode,
+                    "reason": (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1],
+                    "stderr_tail": proc.stderr[-2000:], "command": command}
+        result = json.loads(out.read_text())
+    return {"status": "ok", **result, "wall_s": wall, "loadavg_1m_before": load, "command": command}
+
+
+def torchdistill_way(name: str, data_root: Path, teacher: Path, workers: int, steps: int | None,
+                     python: Path = PEER_PYTHON) -> dict[str, Any]:
+    return run_torchdistill(TD_WAYS[name], data_root, teacher, workers, steps, python)
 
 
 # -- report ------------------------------------------------------------------------------------------------
-def ratios(ways: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    def rate(name: str) -> float | None:
-        return ways.get(name, {}).get("img_per_s")
+def _rate(ways: dict[str, dict[str, Any]], name: str) -> float | None:
+    w = ways.get(name, {})
+    return w.get("img_per_s") if w.get("status", "ok") == "ok" else None
 
-    kd, lk, plain = rate("lakd_kd"), rate("lakd_lakd"), rate("plain")
-    return {"lakd_kd_over_plain": kd / plain if kd and plain else None,
-            "lakd_lakd_over_lakd_kd": lk / kd if lk and kd else None}
+
+def _pick(ways: dict[str, dict[str, Any]], spec: str | tuple[str, ...]) -> tuple[str | None, float | None]:
+    """A way's name and img/s; for a tuple, the fastest of those that ran."""
+    names = (spec,) if isinstance(spec, str) else spec
+    ran = [(n, r) for n in names if (r := _rate(ways, n))]
+    return max(ran, key=lambda nr: nr[1]) if ran else (None, None)
+
+
+def ratio_terms(ways: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every ratio with the ways it used, its target and whether it is met (None where a way did not run)."""
+    table: dict[str, dict[str, Any]] = {}
+    for key, (num_spec, den_spec, target, what) in RATIOS.items():
+        (num, a), (den, b) = _pick(ways, num_spec), _pick(ways, den_spec)
+        value = a / b if a and b else None
+        table[key] = {"value": value, "numerator": num, "denominator": den, "target": target,
+                      "met": None if value is None or target is None else value >= target, "compares": what}
+    return table
+
+
+def ratios(ways: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    return {key: t["value"] for key, t in ratio_terms(ways).items()}
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| way | precision / format | steps | images | train s | img/s |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| way | precision / format | teacher | steps | images | train s | img/s |",
+             "|---|---|---|---:|---:|---:|---:|"]
     for name, w in result["ways"].items():
-        if "img_per_s" not in w:
-            lines.append(f"| {name} | - | - | - | - | {w.get('status', 'not run')} |")
+        if w.get("status", "ok") != "ok":
+            lines.append(f"| {name} | - | - | - | - | - | {w.get('status')}: {w.get('reason', '')[:60]} |")
             continue
-        lines.append(f"| {name} | {w['precision']} / {w['memory_format']} | {w['steps']} | {w['images']} | "
-                     f"{w['train_s']:.1f} | {w['img_per_s']:.0f} |")
+        teacher = w.get("teacher_mode", "eval")  # lakd and the plain loop always run the teacher in eval mode
+        lines.append(f"| {name} | {w['precision']} / {w['memory_format']} | {teacher} | {w['steps']} | "
+                     f"{w['images']} | {w['train_s']:.1f} | {w['img_per_s']:.0f} |")
     lines.append("")
-    for key, value in result["ratios"].items():
-        shown = "n/a" if value is None else f"{value:.2f}x"
-        lines.append(f"{key}: {shown} (target >= {TARGETS[key]}x)")
+    for key, t in result["targets"].items():
+        shown = "n/a" if t["value"] is None else f"{t['value']:.2f}x"
+        used = f" ({t['numerator']} / {t['denominator']})" if t["value"] is not None else ""
+        goal = "no target" if t["target"] is None else f"target >= {t['target']}x" + (
+            "" if t["met"] is None else (", met" if t["met"] else ", NOT met"))
+        lines.append(f"{key}: {shown}{used} [{goal}]")
     return "\n".join(lines)
 
 
@@ -227,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="limit each way to N steps (default: full epoch)")
     parser.add_argument("--data-root", type=Path, default=None, help="default: $LAKD_DATA, else ../shared/data")
     parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for (b); mdistiller default 2")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader workers for torchdistill and the plain loop (default 2: mdistiller's, and "
+                             "this machine's cores)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"default: {DEFAULT_OUT.relative_to(REPO)}; with --steps {SMOKE_OUT.relative_to(REPO)}")
     parser.add_argument("--ways", default=",".join(WAYS), help=f"subset of {','.join(WAYS)}")
     args = parser.parse_args(argv)
     ways_wanted = [w.strip() for w in args.ways.split(",") if w.strip()]
@@ -241,12 +347,18 @@ def main(argv: list[str] | None = None) -> int:
     ways: dict[str, dict[str, Any]] = {}
     for name in ways_wanted:  # sequential: never two ways on the CPU at once
         print(f"running {name} ...", flush=True)
-        ways[name] = (run_lakd(name.removeprefix("lakd_"), data_root, teacher, args.steps) if name != "plain"
-                      else plain_way(data_root, teacher, args.workers, args.steps))
-        print(f"  {ways[name]['img_per_s']:.0f} img/s over {ways[name]['steps']} steps", flush=True)
-    ways["torchdistill"] = torchdistill_status()
+        if name in LAKD_WAYS:
+            method, extra = LAKD_WAYS[name]
+            ways[name] = run_lakd(method, data_root, teacher, args.steps, extra)
+        elif name in TD_WAYS:
+            ways[name] = torchdistill_way(name, data_root, teacher, args.workers, args.steps)
+        else:
+            ways[name] = plain_way(data_root, teacher, args.workers, args.steps)
+        w = ways[name]
+        print(f"  {w['img_per_s']:.0f} img/s over {w['steps']} steps" if w["status"] == "ok"
+              else f"  {w['status']}: {w['reason']}", flush=True)
     threads = {w.get("torch_threads") for w in ways.values() if "torch_threads" in w}
-    r = ratios(ways)
+    terms = ratio_terms(ways)
     result = {
         "benchmark": "peer_comparison",
         "task": "KD resnet56 -> resnet20, CIFAR-10 (45,000 train after a 5,000 val carve), batch 128, one epoch",
@@ -258,14 +370,18 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {**environment_info(), "loadavg_end": os.getloadavg(),
                         "same_torch_threads": len(threads) <= 1},
         "ways": ways,
-        "ratios": r,
-        "targets": {k: {"target": t, "met": None if r[k] is None else r[k] >= t} for k, t in TARGETS.items()},
+        "ratios": {key: t["value"] for key, t in terms.items()},
+        "targets": terms,
+        "torchdistill_notes": TORCHDISTILL_NOTES,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out = args.out or (SMOKE_OUT if args.steps is not None else DEFAULT_OUT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
-    print(f"\ntorchdistill: {ways['torchdistill']['status']} ({ways['torchdistill']['reason'][:100]}...)")
-    print(f"wrote {args.out}")
+    for name, w in ways.items():
+        if w["status"] != "ok":
+            print(f"\n{name}: {w['status']}: {w['reason']}" + (f" -- {w['how_to_run']}" if "how_to_run" in w else ""))
+    print(f"wrote {out}")
     return 0
 
 

@@ -190,9 +190,10 @@ def test_sigterm_to_bench_stops_and_checkpoints_its_child(tmp_path: Path) -> Non
                   f"open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
                   "signal.signal(signal.SIGTERM, lambda s, f: sys.exit(143))\n"
                   "time.sleep(60)\n")
-    driver = ("import sys; sys.path.insert(0, %r)\n"
+    src = str(Path(bench.__file__).parents[1])
+    driver = (f"import sys; sys.path.insert(0, {src!r})\n"
               "from lakd.bench import run_child\n"
-              "sys.exit(run_child([sys.executable, '-c', %r]))\n") % (str(Path(bench.__file__).parents[1]), child_code)
+              f"sys.exit(run_child([sys.executable, '-c', {child_code!r}]))\n")
     proc = subprocess.Popen([sys.executable, "-c", driver])
     deadline = time.monotonic() + 30
     while not marker.is_file() or not marker.read_text():
