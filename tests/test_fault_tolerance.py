@@ -204,3 +204,44 @@ def test_sigterm_to_bench_stops_and_checkpoints_its_child(tmp_path: Path) -> Non
     assert proc.wait(timeout=30) == 143
     with pytest.raises(ProcessLookupError):
         os.kill(child_pid, 0)
+
+
+def test_non_finite_weights_are_never_saved_nor_evaluated(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The optimizer step that makes a weight inf (here the last step of epoch 2, forced) stops the run before
+    the save: last.pt / best.pt keep epoch 1's finite weights, and the run exits 2 with one clear line."""
+    out = tmp_path / "blowup"
+    args = ["train", "--model", "resnet8", "--dataset", "synthetic", "--epochs", "3", "--no-progress",
+            "--precision", "fp32", "data.synthetic_size=80", "data.val_size=16", "data.batch_size=32", "--out"]
+    original = torch.optim.SGD.step
+    steps = {"n": 0}
+
+    def step_then_blow_up(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        result = original(self, *a, **k)
+        steps["n"] += 1
+        if steps["n"] == 4:  # 2 steps per epoch: the last step of epoch 2
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step_then_blow_up)
+    assert main([*args, str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "weights became non-finite at epoch 2" in err and "Traceback" not in err
+    monkeypatch.undo()
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(out / name)
+        assert ckpt["epoch"] == 1
+        assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    # a crafted checkpoint with NaN weights: eval refuses it
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    ckpt["model"]["head.fc.weight"][0, 0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pt")
+    assert main(["eval", "--ckpt", str(tmp_path / "nan.pt"), "--precision", "fp32"]) == 2
+    assert "non-finite weights (head.fc.weight)" in capsys.readouterr().err
+    for bad in ("optim.lr=.inf", "optim.weight_decay=.inf", "distill.params.kd_weight=.inf"):
+        command = "distill" if bad.startswith("distill") else "train"
+        extra = (["--method", "kd", "--teacher", str(out / "last.pt"), "--student", "resnet8"] if command == "distill"
+                 else ["--model", "resnet8"])
+        assert main([command, *extra, "--dataset", "synthetic", "--out", str(tmp_path / "never"), bad]) == 2, bad
+        assert "finite" in capsys.readouterr().err, bad

@@ -7,6 +7,7 @@ with a message that names the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -274,9 +275,9 @@ def validate(cfg: Any) -> None:
         if not ok:
             raise LakdError(f"config key '{key}' = {_get(cfg, key)!r} is out of range: must be {what}")
 
-    check("optim.lr", cfg.optim.lr > 0, "> 0")
+    check("optim.lr", 0 < cfg.optim.lr < math.inf, "> 0 and finite")
     check("optim.momentum", 0 <= cfg.optim.momentum < 1, "in [0, 1)")
-    check("optim.weight_decay", cfg.optim.weight_decay >= 0, ">= 0")
+    check("optim.weight_decay", 0 <= cfg.optim.weight_decay < math.inf, ">= 0 and finite")
     check("schedule.warmup_epochs", 0 <= cfg.schedule.warmup_epochs <= cfg.train.epochs,
           "in [0, train.epochs]")
     check("schedule.gamma", 0 < cfg.schedule.gamma <= 1, "in (0, 1]")

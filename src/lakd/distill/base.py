@@ -153,15 +153,15 @@ def weighted(weight: float, loss: torch.Tensor) -> torch.Tensor:
 
 
 def check_positive(name: str, value: float) -> None:
-    """Range check for ``Params.validate``: ``distill.params.<name>`` must be > 0 (NaN fails too)."""
-    if not value > 0:
-        raise LakdError(f"distill.params.{name} must be > 0, got {value}")
+    """Range check for ``Params.validate``: ``distill.params.<name>`` must be > 0 and finite (NaN fails too)."""
+    if not 0 < value < math.inf:
+        raise LakdError(f"distill.params.{name} must be > 0 and finite, got {value}")
 
 
 def check_non_negative(name: str, value: float) -> None:
-    """Range check for ``Params.validate``: ``distill.params.<name>`` must be >= 0 (NaN fails too)."""
-    if not value >= 0:
-        raise LakdError(f"distill.params.{name} must be >= 0, got {value}")
+    """Range check for ``Params.validate``: ``distill.params.<name>`` must be >= 0 and finite (NaN fails too)."""
+    if not 0 <= value < math.inf:
+        raise LakdError(f"distill.params.{name} must be >= 0 and finite, got {value}")
 
 
 def linear_warmup(epoch: float, warmup_epochs: float) -> float:

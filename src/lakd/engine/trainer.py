@@ -43,7 +43,13 @@ def seed_everything(seed: int) -> None:
 
 
 class NonFiniteLoss(LakdError):
-    """A loss became NaN/inf; the message names the term."""
+    """A loss (or a weight) became NaN/inf; the message names the term."""
+
+
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state_dict holding a NaN or inf."""
+    return [name for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 class TrainingStopped(Exception):
@@ -225,7 +231,17 @@ class Trainer:
         where = f", step {self.partial['step']}" if self.partial else ""
         self.log(f"resumed from {path} at epoch {self.start_epoch}/{self.cfg.train.epochs}{where}")
 
+    def _check_finite_weights(self, where: str) -> None:
+        """Nothing non-finite is ever saved as a checkpoint: the optimizer step that makes a weight NaN/inf stops
+        the run here, before the save, so ``last.pt`` / ``best.pt`` keep the last finite weights."""
+        bad = non_finite_tensors(self.task.state_dict())
+        if bad:
+            raise NonFiniteLoss(f"weights became non-finite {where} ({', '.join(bad[:3])}"
+                                f"{', ...' if len(bad) > 3 else ''}); stopping without saving them (the last good "
+                                "checkpoint is kept). Lower optim.lr or the loss weights")
+
     def _save(self, epoch: int, is_best: bool, partial: dict[str, Any] | None = None) -> None:
+        self._check_finite_weights(f"at epoch {epoch + (0 if partial is None else 1)}")
         if self.out_dir is None:
             return
         state = self._state(epoch, partial)
