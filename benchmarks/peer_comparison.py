@@ -237,11 +237,12 @@ def plain_way(data_root: Path, teacher_path: Path, workers: int, steps: int | No
 
 # -- (b) torchdistill, in its own venv -------------------------------------------------------------------------
 def run_torchdistill(teacher_mode: str, data_root: Path, teacher: Path, workers: int, steps: int | None,
-                     python: Path = PEER_PYTHON) -> dict[str, Any]:
+                     python: Path | None = None) -> dict[str, Any]:
     """One epoch of torchdistill's DistillationBox (benchmarks/torchdistill/run_kd.py) with the peer venv's python.
 
     No venv -> ``status: not run`` with how to make it; a failing run -> ``status: failed`` with its stderr tail
-    (the other ways are still recorded)."""
+    (the other ways are still recorded). ``python`` defaults to the peer venv's."""
+    python = python or PEER_PYTHON
     if not python.is_file():
         return {"status": "not run", "teacher_mode_requested": teacher_mode,
                 "reason": f"the torchdistill venv is missing ({python} not found); torchdistill runs in its own "
@@ -249,16 +250,15 @@ def run_torchdistill(teacher_mode: str, data_root: Path, teacher: Path, workers:
                 "how_to_run": f"{MAKE_PEER_VENV}, then run this script again"}
     with tempfile.TemporaryDirectory(prefix=f"peer-td-{teacher_mode}-") as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [str(python), str(TD_DRIVER), "--teacher-mode", teacher_mode, "--data-root", str(data_root),
-               "--teacher", str(teacher), "--workers", str(workers), "--out", str(out)]
-        if steps:
-            cmd += ["--steps", str(steps)]
+        flags = ["--teacher-mode", teacher_mode, "--data-root", str(data_root), "--teacher", str(teacher),
+                 "--workers", str(workers), *(["--steps", str(steps)] if steps else [])]
+        cmd = [str(python), str(TD_DRIVER), *flags, "--out", str(out)]
         load = os.getloadavg()[0]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - start
         command = " ".join([str(python.relative_to(REPO)) if python.is_relative_to(REPO) else str(python),
-                            str(TD_DRIVER.relative_to(REPO)), *cmd[2:-2]])
+                            str(TD_DRIVER.relative_to(REPO)), *flags])
         if proc.returncode != 0 or not out.is_file():
             return {"status": "failed", "exit_code": proc.returncode, "teacher_mode_requested": teacher_mode,
                     "reason": (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1],
@@ -268,7 +268,7 @@ def run_torchdistill(teacher_mode: str, data_root: Path, teacher: Path, workers:
 
 
 def torchdistill_way(name: str, data_root: Path, teacher: Path, workers: int, steps: int | None,
-                     python: Path = PEER_PYTHON) -> dict[str, Any]:
+                     python: Path | None = None) -> dict[str, Any]:
     return run_torchdistill(TD_WAYS[name], data_root, teacher, workers, steps, python)
 
 

@@ -1,12 +1,16 @@
-"""benchmarks/peer_comparison.py: the peer-style per-sample data path and loop, on tiny synthetic data."""
+"""benchmarks/peer_comparison.py: the peer-style per-sample data path and loop, on tiny synthetic data; the ratios
+and targets over every way; the torchdistill ways' 'not run' / 'failed' records (no peer venv needed); the
+lakd-side torchdistill glue (teacher key renaming, the per-sample dataset)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytest
 import torch
 
 from lakd.models import build_model
@@ -48,8 +52,125 @@ def test_plain_loop_runs_limited_steps_and_reports() -> None:
     out = pc.run_plain(ds, build_model("resnet8", 10), build_model("resnet8", 10), workers=0, steps=2, batch_size=4)
     assert out["steps"] == 2 and out["images"] == 8 and out["img_per_s"] > 0
     assert out["precision"] == "fp32" and np.isfinite(out["train_loss"])
-    ways = {"lakd_kd": {"img_per_s": 300.0}, "lakd_lakd": {"img_per_s": 285.0}, "plain": out | {"img_per_s": 100.0},
-            "torchdistill": pc.torchdistill_status()}
+    assert out["status"] == "ok"
+    ways = {"lakd_kd": {"img_per_s": 300.0}, "lakd_lakd": {"img_per_s": 285.0}, "plain": out | {"img_per_s": 100.0}}
     ratios = pc.ratios(ways)
-    assert ratios == {"lakd_kd_over_plain": 3.0, "lakd_lakd_over_lakd_kd": 0.95}
-    assert ways["torchdistill"]["status"] == "not run" and ways["torchdistill"]["reason"]
+    assert ratios["lakd_kd_over_plain"] == 3.0 and ratios["lakd_lakd_over_lakd_kd"] == 0.95
+    assert ratios["lakd_kd_over_torchdistill"] is None  # torchdistill not among the ways
+
+
+def _ok(rate: float, **extra: object) -> dict[str, object]:
+    return {"status": "ok", "img_per_s": rate, "precision": "fp32", "memory_format": "contiguous", "steps": 3,
+            "images": 384, "train_s": 1.0, **extra}
+
+
+def test_ratios_with_every_way_pick_each_sides_best_and_check_targets() -> None:
+    pc = _load()
+    ways = {"lakd_kd": _ok(900.0), "lakd_kd_fp32": _ok(600.0), "lakd_kd_fp32_nchw": _ok(400.0),
+            "lakd_lakd": _ok(855.0), "torchdistill": _ok(250.0, teacher_mode="train"),
+            "torchdistill_teacher_eval": _ok(300.0, teacher_mode="eval"), "plain": _ok(450.0)}
+    terms = pc.ratio_terms(ways)
+    assert set(terms) == set(pc.RATIOS) == set(pc.TARGETS)
+    r = pc.ratios(ways)
+    assert r["lakd_kd_over_torchdistill"] == 3.6 and terms["lakd_kd_over_torchdistill"]["met"] is True
+    best = terms["lakd_best_over_torchdistill_best"]  # the fastest way of each side
+    assert (best["numerator"], best["denominator"], best["value"]) == ("lakd_kd", "torchdistill_teacher_eval", 3.0)
+    assert best["met"] is True  # >= target, not >
+    assert r["lakd_kd_fp32_over_torchdistill"] == 2.4 and r["lakd_kd_fp32_over_torchdistill_best"] == 2.0
+    assert r["lakd_kd_fp32_nchw_over_torchdistill"] == 1.6
+    assert terms["lakd_kd_fp32_nchw_over_torchdistill"]["target"] is None
+    assert terms["lakd_kd_fp32_nchw_over_torchdistill"]["met"] is None
+    assert r["lakd_lakd_over_lakd_kd"] == 0.95 and terms["lakd_lakd_over_lakd_kd"]["met"] is True
+    assert r["lakd_kd_over_plain"] == 2.0
+    ways["lakd_lakd"] = _ok(850.0)
+    assert pc.ratio_terms(ways)["lakd_lakd_over_lakd_kd"]["met"] is False
+    text = pc.markdown({"ways": ways, "targets": pc.ratio_terms(ways)})
+    assert "| torchdistill | fp32 / contiguous | train | 3 | 384 | 1.0 | 250 |" in text
+    assert "lakd_lakd_over_lakd_kd: 0.94x (lakd_lakd / lakd_kd) [target >= 0.95x, NOT met]" in text
+    assert "lakd_kd_fp32_nchw_over_torchdistill: 1.60x (lakd_kd_fp32_nchw / torchdistill) [no target]" in text
+
+
+def test_ratios_skip_ways_that_did_not_run() -> None:
+    pc = _load()
+    ways = {"lakd_kd": _ok(900.0), "torchdistill": {"status": "not run", "reason": "no venv"},
+            "torchdistill_teacher_eval": {"status": "failed", "reason": "boom", "img_per_s": 1.0}}
+    terms = pc.ratio_terms(ways)
+    for key in ("lakd_kd_over_torchdistill", "lakd_best_over_torchdistill_best", "lakd_kd_fp32_over_torchdistill",
+                "lakd_lakd_over_lakd_kd", "lakd_kd_over_plain"):
+        assert terms[key]["value"] is None and terms[key]["met"] is None, key
+    ways["torchdistill_teacher_eval"] = _ok(450.0)
+    best = pc.ratio_terms(ways)["lakd_best_over_torchdistill_best"]
+    assert (best["denominator"], best["value"], best["met"]) == ("torchdistill_teacher_eval", 2.0, False)
+    text = pc.markdown({"ways": ways, "targets": pc.ratio_terms(ways)})
+    assert "| torchdistill | - | - | - | - | - | not run: no venv |" in text
+    assert "lakd_kd_over_torchdistill: n/a [target >= 3.0x]" in text
+
+
+def test_torchdistill_not_run_without_the_peer_venv(tmp_path: Path) -> None:
+    pc = _load()
+    missing = tmp_path / "no-venv" / "bin" / "python"
+    out = pc.torchdistill_way("torchdistill", tmp_path, tmp_path / "t.pt", workers=0, steps=2, python=missing)
+    assert out["status"] == "not run" and str(missing) in out["reason"]
+    assert out["how_to_run"].startswith("bash benchmarks/make_torchdistill_venv.sh")
+    assert out["teacher_mode_requested"] == "train" and "img_per_s" not in out
+    assert pc.torchdistill_way("torchdistill_teacher_eval", tmp_path, tmp_path, 0, None,
+                               python=missing)["teacher_mode_requested"] == "eval"
+
+
+def test_torchdistill_failure_is_recorded_not_raised(tmp_path: Path) -> None:
+    pc = _load()
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'Traceback: something' >&2\necho 'ImportError: no torchdistill' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    out = pc.run_torchdistill("eval", tmp_path, tmp_path / "t.pt", workers=0, steps=2, python=fake)
+    assert out["status"] == "failed" and out["exit_code"] == 3
+    assert out["reason"] == "ImportError: no torchdistill" and "--teacher-mode eval" in out["command"]
+    assert "--steps 2" in out["command"] and "--out" not in out["command"]
+
+
+def test_main_records_not_run_torchdistill_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pc = _load()
+    monkeypatch.setattr(pc, "PEER_PYTHON", tmp_path / "missing" / "python")
+    out = tmp_path / "result.json"
+    assert pc.main(["--ways", "torchdistill,torchdistill_teacher_eval", "--steps", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["smoke_only"] is True and result["steps_limit"] == 1
+    assert {w["status"] for w in result["ways"].values()} == {"not run"}
+    assert result["ratios"]["lakd_kd_over_torchdistill"] is None
+    assert result["targets"]["lakd_kd_over_torchdistill"]["target"] == 3.0
+    assert "teacher_mode" in result["torchdistill_notes"]
+    with pytest.raises(SystemExit):
+        pc.main(["--ways", "torchdistil", "--out", str(out)])
+
+
+def _glue() -> ModuleType:
+    path = SCRIPT.parent / "torchdistill" / "glue_lakd.py"
+    spec = importlib.util.spec_from_file_location("glue_lakd", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_teacher_keys_map_onto_torchdistill_resnet_names() -> None:
+    glue = _glue()
+    state = build_model("resnet56", 10).state_dict()
+    mapped = glue.lakd_to_torchdistill_resnet(state)
+    assert len(mapped) == len(state) == 344  # one to one, tensors untouched
+    assert mapped["conv1.weight"] is state["stem.0.weight"] and mapped["bn1.running_var"] is state["stem.1.running_var"]
+    assert mapped["layer2.0.downsample.0.weight"] is state["stages.1.0.shortcut.0.weight"]
+    assert mapped["layer3.8.bn2.bias"] is state["stages.2.8.bn2.bias"]
+    assert mapped["fc.weight"] is state["head.fc.weight"]
+    assert all(k.split(".")[0] in {"conv1", "bn1", "layer1", "layer2", "layer3", "fc"} for k in mapped)
+    with pytest.raises(KeyError):
+        glue.lakd_to_torchdistill_resnet({"stem.0.weight": state["stem.0.weight"], "extra.w": torch.zeros(1)})
+
+
+def test_lakd_cifar_dataset_serves_pil_images_like_torchvision() -> None:
+    glue = _glue()
+    ds = glue.LakdCIFAR("synthetic", split="train", val_size=64, split_seed=0)
+    img, target = ds[0]
+    assert len(ds) == 512 - 64 and img.size == (32, 32) and img.mode == "RGB" and isinstance(target, int)
+    ds_t = glue.LakdCIFAR("synthetic", split="val", val_size=64, transform=lambda im: np.asarray(im).shape,
+                          target_transform=lambda t: t + 100)
+    assert len(ds_t) == 64 and ds_t[1][0] == (32, 32, 3) and ds_t[1][1] >= 100
