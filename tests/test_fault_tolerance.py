@@ -245,3 +245,21 @@ def test_non_finite_weights_are_never_saved_nor_evaluated(tmp_path: Path, capsys
                  else ["--model", "resnet8"])
         assert main([command, *extra, "--dataset", "synthetic", "--out", str(tmp_path / "never"), bad]) == 2, bad
         assert "finite" in capsys.readouterr().err, bad
+
+
+def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--resume continues the run as configured: another lr, method parameter or edited config is refused; more
+    epochs are allowed with a note, and config.yaml then records them."""
+    out = tmp_path / "run"
+    args = [*ARGS[:ARGS.index("--epochs")], "--epochs", "1", *ARGS[ARGS.index("--epochs") + 2:], "--out", str(out)]
+    assert main(args) == 0
+    before = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    for extra, key in ((["optim.lr=0.5"], "optim.lr (0.1 -> 0.5)"), (["data.batch_size=16"], "data.batch_size")):
+        assert main([*args, "--resume", *extra]) == 2
+        err = capsys.readouterr().err
+        assert key in err and "Traceback" not in err, err
+        assert (out / "last.pt").read_bytes() == before
+    assert main([*args, "--resume", "train.epochs=2"]) == 0
+    assert "train.epochs 1 -> 2" in capsys.readouterr().err
+    assert "epochs: 2" in (out / "config.yaml").read_text()

@@ -302,9 +302,53 @@ def _config_from_args(cls: type, args: argparse.Namespace, command_flags: dict[s
              "train.device": args.device, "train.precision": args.precision, "out": args.out,
              "train.progress": False if args.no_progress else None, **command_flags}
     files = list(args.config)
-    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file() and not files:
-        files = [str(Path(args.out) / "config.yaml")]  # resume with the run's own config
-    return build_config(cls, files, args.overrides, flags)
+    saved = Path(args.out) / "config.yaml" if args.resume and args.out else None
+    if saved is not None and saved.is_file() and not files:
+        files = [str(saved)]  # resume with the run's own config
+    cfg = build_config(cls, files, args.overrides, flags)
+    if saved is not None and saved.is_file():
+        check_resume_config(cfg, saved)
+    return cfg
+
+
+# Keys a resumed run may change: they do not change what is computed, only how it is shown or run.
+RESUME_MAY_CHANGE = ("train.progress", "train.threads", "train.tensorboard", "data.workers", "data.root", "out")
+
+
+def check_resume_config(cfg: Any, saved: Path) -> None:
+    """``--resume`` continues a run exactly as configured: a key that differs from its ``config.yaml`` (another
+    epoch count, lr, method parameter, or an edited config file) is refused, naming the keys."""
+    import yaml
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v and k not in ("params", "per_method"):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    try:
+        before = flat(yaml.safe_load(saved.read_text()) or {})
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise LakdError(f"--resume: the run's '{saved}' is unreadable ({type(exc).__name__}); it cannot be "
+                        "checked against this command") from None
+    now = flat(cfg.to_dict())
+    changed = [k for k in sorted(set(before) | set(now))
+               if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
+    if "train.epochs" in changed:  # extending (or shortening) a run is allowed, and said
+        changed.remove("train.epochs")
+        print(f"lakd: note: --resume with train.epochs {before.get('train.epochs')} -> {now.get('train.epochs')}: "
+              "the remaining epochs follow the new schedule, so the run is not the same as an uninterrupted one "
+              "of the new length", file=sys.stderr)
+    if changed:
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed[:5])
+        raise LakdError(f"--resume continues the run as it was configured, but {len(changed)} setting(s) differ "
+                        f"from '{saved}': {shown}{', ...' if len(changed) > 5 else ''}. Resume with the same "
+                        "settings, or start a new run (--out elsewhere, or --force) to change them")
 
 
 # -- commands -----------------------------------------------------------------------------------------------
@@ -477,8 +521,8 @@ def _train_in_process(
     try:
         if force:
             _clear_run_files(out)
-        if not resume:
-            (out / "config.yaml").write_text(dump_yaml(cfg))
+        # on --resume too: only keys check_resume_config allows can differ, and a later resume compares with these
+        (out / "config.yaml").write_text(dump_yaml(cfg))
         run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
                     "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
                     "environment": {**environment_info(runtime), "world_size": dist_env.world_size},
