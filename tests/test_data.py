@@ -198,3 +198,26 @@ def test_real_cifar10_smoke(shared_data: Path) -> None:
     assert splits.train.classes[0] == "airplane"
     mean = splits.train.x.reshape(-1, 3).mean(0)
     np.testing.assert_allclose(mean, [125.3, 122.9, 113.9], atol=3.0)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("y", np.array([0, 1, 5, 1], dtype=np.int64), "label 5 is out of range for 2 classes"),
+    ("y", np.array([0, -1, 1, 1], dtype=np.int64), "label -1 is out of range"),
+    ("offsets", "reversed", "offsets are not increasing"),
+])
+def test_npz_labels_and_offsets_are_checked_at_load(tmp_path: Path, field: str, value: object, message: str) -> None:
+    """Out-of-range labels are refused when the file is read, not as an IndexError traceback mid-training."""
+    root = tmp_path / "data"
+    train = make_synthetic(4, 2, seed=0)
+    write_jpeg_npz(root / "cifar10" / "train.npz", train.x, train.y, ["a", "b"])
+    write_jpeg_npz(root / "cifar10" / "test.npz", train.x, train.y, ["a", "b"])
+    with np.load(root / "cifar10" / "train.npz") as d:
+        parts = {k: d[k] for k in d.files}
+    if isinstance(value, str):
+        parts["offsets"] = parts["offsets"].copy()
+        parts["offsets"][1], parts["offsets"][2] = parts["offsets"][2], parts["offsets"][1]
+    else:
+        parts[field] = value
+    np.savez(root / "cifar10" / "train.npz", **parts)
+    with pytest.raises(LakdError, match=message):
+        load_cifar("cifar10", root, "train")

@@ -61,9 +61,16 @@ def decode_jpeg_npz(path: Path) -> ImageArrays:
         raise LakdError(f"{path}: cannot read npz ({type(exc).__name__}: {exc}); the file is corrupt or "
                         "truncated — delete it and fetch it again") from exc
     n = len(offsets) - 1
-    if n != len(y) or n < 0 or offsets[-1] > len(buf):
+    if offsets.ndim != 1 or y.ndim != 1 or n != len(y) or n < 0 or offsets[-1] > len(buf):
         raise LakdError(f"{path}: offsets ({len(offsets)}) do not match labels ({len(y)}) or data size; "
                         "the file is corrupt")
+    if n > 0 and (int(offsets[0]) < 0 or not bool(np.all(np.diff(offsets) > 0))):
+        raise LakdError(f"{path}: offsets are not increasing from >= 0 (every image needs its own bytes); "
+                        "the file is corrupt")
+    if n > 0 and (int(y.min()) < 0 or (classes and int(y.max()) >= len(classes))):
+        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+        raise LakdError(f"{path}: label {bad} is out of range for {len(classes) or 'the'} classes "
+                        f"(labels must be 0..{len(classes) - 1 if classes else 'C-1'}); the file is corrupt")
     x = None
     for i in range(n):
         try:
