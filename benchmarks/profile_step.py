@@ -24,10 +24,17 @@ from lakd.engine import resolve_runtime
 from lakd.models import build_model
 
 
-def run(method: str, steps: int, warmup: int, top: int, params: dict[str, Any], teacher_arch: str) -> dict[str, Any]:
+def run(method: str, steps: int, warmup: int, top: int, params: dict[str, Any], teacher_arch: str,
+        teacher_ckpt: Path | None = None, data_root: Path | None = None) -> dict[str, Any]:
     torch.manual_seed(0)
     runtime = resolve_runtime("cpu", "auto", "auto")
     student, teacher = build_model("resnet20", 10), build_model(teacher_arch, 10)
+    if teacher_ckpt is not None:  # a trained teacher: its activations, not a random network's
+        from lakd.engine import load_checkpoint
+        from lakd.engine.checkpoint import checkpoint_meta, model_from_checkpoint
+
+        ckpt = load_checkpoint(teacher_ckpt)
+        teacher = model_from_checkpoint(ckpt, checkpoint_meta(ckpt, teacher_ckpt), "teacher")
     task = build_distiller(method, student, teacher, params, total_epochs=10,
                            train_labels=torch.arange(45000) % 10).to(runtime.device)
     if runtime.channels_last:
@@ -36,8 +43,17 @@ def run(method: str, steps: int, warmup: int, top: int, params: dict[str, Any], 
     task.train()
     params_list = [p for p in task.learnable_parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params_list, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = runtime.to_input(torch.randn(128, 3, 32, 32))
-    y = torch.randint(0, 10, (128,))
+    if data_root is not None:  # one real, normalised CIFAR-10 batch
+        from lakd.data import load_splits
+        from lakd.data.augment import normalise
+
+        splits = load_splits("cifar10", data_root, 5000, 0)
+        images = torch.from_numpy(splits.train.x[:128]).permute(0, 3, 1, 2)
+        x = runtime.to_input(normalise(images, torch.tensor(splits.mean), torch.tensor(splits.std)))
+        y = torch.from_numpy(splits.train.y[:128]).long()
+    else:
+        x = runtime.to_input(torch.randn(128, 3, 32, 32))
+        y = torch.randint(0, 10, (128,))
     index = torch.randint(0, 45000, (128,))
     extra = {"index": index} if task.needs_index else {}
     custom = getattr(task, "train_step", None)
@@ -79,6 +95,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--teacher", default="resnet56")
+    parser.add_argument("--teacher-ckpt", type=Path, default=None, help="trained teacher checkpoint")
+    parser.add_argument("--data-root", type=Path, default=None, help="use one real CIFAR-10 batch from here")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     import yaml
@@ -89,7 +107,8 @@ def main() -> None:
         method, _, kv = item.partition(":")
         key, _, value = kv.partition("=")
         params.setdefault(method, {})[key] = yaml.safe_load(value)
-    results = [run(m, args.steps, args.warmup, args.top, params[m], args.teacher) for m in methods]
+    results = [run(m, args.steps, args.warmup, args.top, params[m], args.teacher, args.teacher_ckpt, args.data_root)
+               for m in methods]
     for r in results:
         print(f"\n== {r['method']} {r['params'] or ''}: {r['ms_per_step']:.1f} ms/step ({r['img_per_s']:.0f} img/s, "
               f"{r['precision']})")
