@@ -405,3 +405,27 @@ def test_download_rejects_incomplete_or_non_tar_archives(tmp_path: Path, server)
     with pytest.raises(DownloadError, match="cannot be extracted"):
         download_cifar("cifar10", root, url=f"{server.url}/junk.tar.gz", md5=md5_file(junk), progress=False)
     assert os.listdir(root) == []
+
+
+def test_image_folder_links_loops_and_other_classes(tmp_path: Path) -> None:
+    """Links are followed (as torchvision's ImageFolder), but a loop is one error instead of 40 levels of copies,
+    and a link into another folder of the same data set (another class, the test split) is refused."""
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    data = tmp_path / "data"
+    for split, cls, name in (("train", "a", "1.png"), ("train", "a", "2.png"), ("train", "b", "3.png"),
+                             ("test", "a", "4.png"), ("test", "b", "5.png")):
+        _save(data / split / cls / name, pixels)
+    outside = tmp_path / "elsewhere"
+    _save(outside / "6.png", pixels)
+    (data / "train" / "a" / "extra").symlink_to(outside, target_is_directory=True)
+    (data / "train" / "a" / "extra2").symlink_to(outside, target_is_directory=True)  # the same folder twice
+    x, y, classes = read_image_folder(data / "train")
+    assert classes == ["a", "b"] and list(y) == [0, 0, 0, 1]  # 1, 2, extra/6 once; b/3
+    loop = data / "train" / "a" / "loop"
+    loop.symlink_to(data, target_is_directory=True)
+    with pytest.raises(ImageFolderError, match="link loop"):
+        read_image_folder(data / "train")
+    loop.unlink()
+    (data / "train" / "a" / "peek").symlink_to(data / "test" / "b", target_is_directory=True)
+    with pytest.raises(ImageFolderError, match="another folder of the same data set"):
+        read_image_folder(data / "train")

@@ -32,14 +32,33 @@ def _visible(entry: Path) -> bool:
     return not entry.name.startswith(".")
 
 
-def _class_image_paths(class_dir: Path) -> list[str]:
+def _class_image_paths(class_dir: Path, root: Path | None = None) -> list[str]:
     """Image files anywhere under ``class_dir`` (links followed, as ImageFolder does), sorted by relative path.
 
-    Plain strings, not ``Path`` objects: ImageNet has 1.28 M files and the objects alone would cost seconds.
+    Every directory is visited once (by device and inode), so a link loop is not followed round and round; a
+    directory link that leads into another folder of the same data set (``root``) is an error, since its images
+    would be labelled as this class. Plain strings, not ``Path`` objects: ImageNet has 1.28 M files and the
+    objects alone would cost seconds.
     """
     found: list[tuple[str, str]] = []  # (path relative to class_dir with '/', full path)
     top = str(class_dir)
+    own = os.path.realpath(top)
+    data_root = os.path.realpath(root) if root is not None else None
+    visited: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in visited:  # reached again through a link (a loop, or two links)
+            dirnames[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        real = os.path.realpath(dirpath)
+        inside_own = real == own or real.startswith(own + os.sep)
+        if own.startswith(real.rstrip(os.sep) + os.sep):
+            raise ImageFolderError(f"'{dirpath}' links to '{real}', a folder that contains it: a link loop. Remove "
+                                   "the link")
+        if data_root is not None and not inside_own and (real == data_root or real.startswith(data_root + os.sep)):
+            raise ImageFolderError(f"'{dirpath}' links to '{real}', another folder of the same data set; its "
+                                   f"images would be labelled '{class_dir.name}'. Remove the link")
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, top).replace(os.sep, "/")
         prefix = "" if rel == "." else rel + "/"
@@ -69,7 +88,7 @@ def list_image_folder(path: str | Path) -> tuple[list[str], list[int], list[str]
     files: list[str] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
-        images = _class_image_paths(class_dir)
+        images = _class_image_paths(class_dir, path.parent)  # the data set: train/, test/ (or val/) side by side
         if not images:
             raise ImageFolderError(f"class folder '{class_dir}' holds no images (looked for "
                                    f"{', '.join(IMAGE_EXTENSIONS)}, any case); remove it or add images")
