@@ -249,3 +249,18 @@ def test_images_too_small_for_a_model_is_one_clear_error(
         err = capsys.readouterr().err
         assert message in err and "at least 8x8 pixels" in err and "Traceback" not in err, err
         assert not out.exists()
+
+
+def test_yaml_alias_bomb_gives_a_short_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A few hundred bytes of YAML aliases expand to ~10^8 items: the error echoes a bounded piece of it."""
+    parts = ["&l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        parts.append(f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    text = "train:\n  epochs: 1\nschedule:\n  milestones: [" + ", ".join(parts) + "]\n"
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(text)
+    assert len(text) < 600
+    assert main(["train", "-c", str(bomb), "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert "schedule.milestones" in err and len(err) < 400 and "Traceback" not in err
+    assert not (tmp_path / "never").exists()

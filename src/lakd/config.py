@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from lakd.errors import LakdError, did_you_mean
+from lakd.errors import LakdError, did_you_mean, short_repr
 
 
 @dataclass
@@ -107,7 +107,7 @@ class DistillConfig:
         entry = self.per_method.get(self.method) or {}
         if not isinstance(entry, dict):
             raise LakdError(f"config key 'distill.per_method.{self.method}' must be a mapping of parameters, "
-                            f"got {entry!r}")
+                            f"got {short_repr(entry)}")
         return {**entry, **self.params}
 
 
@@ -140,21 +140,21 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return _coerce(value, args[0], key)
     if origin is dict:
         if not isinstance(value, dict):
-            raise LakdError(f"config key '{key}': expected a mapping, got {value!r}")
+            raise LakdError(f"config key '{key}': expected a mapping, got {short_repr(value)}")
         return value
     if origin is list:
         (inner,) = typing.get_args(annotation)
         if not isinstance(value, list | tuple):
-            raise LakdError(f"config key '{key}': expected a list, got {value!r}")
+            raise LakdError(f"config key '{key}': expected a list, got {short_repr(value)}")
         return [_coerce(v, inner, key) for v in value]
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise LakdError(f"config key '{key}': expected true/false, got {value!r}")
+        raise LakdError(f"config key '{key}': expected true/false, got {short_repr(value)}")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise LakdError(f"config key '{key}': expected an integer, got {value!r}")
+        raise LakdError(f"config key '{key}': expected an integer, got {short_repr(value)}")
     if annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -163,16 +163,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise LakdError(f"config key '{key}': expected a number, got {value!r}")
+        raise LakdError(f"config key '{key}': expected a number, got {short_repr(value)}")
     if annotation is str:
         if isinstance(value, bool):  # YAML turns true/false into bools; keep them as the words
             return str(value).lower()
         if isinstance(value, str | int | float):
             return str(value)
-        raise LakdError(f"config key '{key}': expected a string, got {value!r}")
+        raise LakdError(f"config key '{key}': expected a string, got {short_repr(value)}")
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
-            raise LakdError(f"config key '{key}': expected a mapping of sub-keys, got {value!r}")
+            raise LakdError(f"config key '{key}': expected a mapping of sub-keys, got {short_repr(value)}")
         return value
     return value
 
@@ -273,7 +273,7 @@ def validate(cfg: Any) -> None:
 
     def check(key: str, ok: bool, what: str) -> None:
         if not ok:
-            raise LakdError(f"config key '{key}' = {_get(cfg, key)!r} is out of range: must be {what}")
+            raise LakdError(f"config key '{key}' = {short_repr(_get(cfg, key))} is out of range: must be {what}")
 
     check("optim.lr", 0 < cfg.optim.lr < math.inf, "> 0 and finite")
     check("optim.momentum", 0 <= cfg.optim.momentum < 1, "in [0, 1)")

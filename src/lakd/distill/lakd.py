@@ -36,7 +36,7 @@ from lakd.distill.base import Distiller, DistillParams, linear_warmup, register,
 from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss, standardise_logits
 from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
-from lakd.errors import LakdError
+from lakd.errors import LakdError, short_repr
 from lakd.models.base import StagedModel
 
 # Split tables: which stages form each local module, for families whose natural stages are finer than we want.
@@ -141,7 +141,8 @@ class Params(DistillParams):
 
     def validate(self) -> None:
         def bad(name: str, what: str) -> LakdError:
-            return LakdError(f"distill.params.{name} = {getattr(self, name)!r} is out of range: must be {what}")
+            value = short_repr(getattr(self, name))
+            return LakdError(f"distill.params.{name} = {value} is out of range: must be {what}")
 
         for name in ("ce_weight", "kd_weight", "feat_weight", "ndam_weight", "aux_weight", "dkd_alpha", "dkd_beta",
                      "logit_warmup_epochs"):
