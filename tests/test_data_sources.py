@@ -429,3 +429,34 @@ def test_image_folder_links_loops_and_other_classes(tmp_path: Path) -> None:
     (data / "train" / "a" / "peek").symlink_to(data / "test" / "b", target_is_directory=True)
     with pytest.raises(ImageFolderError, match="another folder of the same data set"):
         read_image_folder(data / "train")
+
+
+class _BigReconstruct:
+    """Pickles as numpy's own reconstructor asked for a 1,000,000-image array, with no data behind it."""
+
+    def __reduce__(self):  # noqa: ANN204
+        from numpy._core import multiarray
+
+        return (multiarray._reconstruct, (np.ndarray, (1_000_000, 3072), b"B"))
+
+
+class _BigNdarrayCall:
+    """Pickles as a direct call of numpy.ndarray with a huge shape."""
+
+    def __reduce__(self):  # noqa: ANN204
+        return (np.ndarray, ((1_000_000, 3072), np.dtype("u1")))
+
+
+@pytest.mark.parametrize("payload", [_BigReconstruct(), _BigNdarrayCall()], ids=["reconstruct", "ndarray-call"])
+def test_restricted_unpickler_bounds_allocations_by_the_file(tmp_path: Path, payload: object) -> None:
+    """A tiny file cannot make the reader allocate gigabytes: arrays only come from their own bytes."""
+    import pickle
+    import resource
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": payload, b"labels": [0]}, protocol=2))
+    assert path.stat().st_size < 300
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises((UnsafePickleError, CifarFormatError)):
+        safe_load_pickle(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing near 3 GB

@@ -64,11 +64,32 @@ def _checked_dtype(*args: Any) -> np.dtype:
     return dtype
 
 
+class _NdarrayToken:
+    """What a pickle gets for the global ``numpy.ndarray``: a name to pass to ``_reconstruct``, not a callable.
+
+    Calling ``numpy.ndarray(shape)`` from a pickle would allocate any shape it names (a 100-byte file asking for
+    gigabytes); only ``_reconstruct`` below may build an array, and only an empty one.
+    """
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayToken()
+
+
 def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    """``_reconstruct`` only for plain ndarrays (never a subclass with its own hooks)."""
-    if subtype is not np.ndarray:
+    """``_reconstruct`` only for plain ndarrays (never a subclass with its own hooks), and only of shape (0,).
+
+    numpy pickles every array as ``_reconstruct(ndarray, (0,), ...)`` followed by ``__setstate__`` with the real
+    shape and the raw bytes, which numpy checks against each other; so the memory an array takes is bounded by the
+    bytes in the file. Any other shape would be allocated here without data: refused.
+    """
+    if subtype is not _NDARRAY:
         raise UnsafePickleError(f"array subtype {subtype!r} refused")
-    return _multiarray._reconstruct(subtype, shape, dtype)
+    if not isinstance(shape, tuple | list) or tuple(shape) != (0,):
+        raise UnsafePickleError(f"array reconstruction with shape {shape!r} refused (numpy pickles use (0,))")
+    return _multiarray._reconstruct(np.ndarray, (0,), dtype)
 
 
 def _checked_scalar(dtype: Any, *args: Any) -> Any:
@@ -108,7 +129,7 @@ for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _ALLOWED[(_module, "scalar")] = _checked_scalar
 for _module in ("numpy.core.numeric", "numpy._core.numeric"):
     _ALLOWED[(_module, "_frombuffer")] = _checked_frombuffer
-_ALLOWED[("numpy", "ndarray")] = np.ndarray
+_ALLOWED[("numpy", "ndarray")] = _NDARRAY  # type: ignore[assignment]
 _ALLOWED[("numpy", "dtype")] = _checked_dtype
 _ALLOWED[("_codecs", "encode")] = _latin1_encode
 _ALLOWED[("__builtin__", "bytes")] = _empty_bytes
