@@ -263,3 +263,24 @@ def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureF
     assert main([*args, "--resume", "train.epochs=2"]) == 0
     assert "train.epochs 1 -> 2" in capsys.readouterr().err
     assert "epochs: 2" in (out / "config.yaml").read_text()
+
+
+def test_writes_into_a_run_folder_never_follow_planted_links(tmp_path: Path) -> None:
+    """Links planted in a run folder (metrics, run.json, summary, curves) are replaced by the run's own files on
+    --resume and by `lakd report`; the files they pointed at are untouched."""
+    out = tmp_path / "run"
+    args = [*ARGS[:ARGS.index("--epochs")], "--epochs", "1", *ARGS[ARGS.index("--epochs") + 2:], "--out", str(out)]
+    assert main(args) == 0
+    victims = {}
+    for name in ("metrics.jsonl", "metrics.csv", "run.json", "summary.json", "curves.png"):
+        victim = tmp_path / f"victim-{name}"
+        victim.write_text("precious")
+        victims[name] = victim
+        (out / name).unlink(missing_ok=True)
+        (out / name).symlink_to(victim)
+    assert main([*args, "--resume", "train.epochs=2"]) == 0
+    assert main(["report", str(out)]) == 0
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious", name
+        assert not (out / name).is_symlink(), name
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -1,4 +1,9 @@
-"""Atomic file writes: temp file in the same folder, fsync, rename — never a torn file, whatever happens."""
+"""Atomic file writes: temp file in the same folder, fsync, rename — never a torn file, whatever happens.
+
+Every file lakd writes into a run or results folder goes through here. The rename replaces whatever sits at the
+path — a planted symbolic link included — instead of writing through it, so no write follows a link out of its
+folder.
+"""
 
 from __future__ import annotations
 
@@ -41,3 +46,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``atomic_write`` of a UTF-8 text."""
+    data = text.encode()
+    atomic_write(Path(path), lambda f: f.write(data))

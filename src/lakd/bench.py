@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from lakd.atomic import atomic_write
+from lakd.atomic import atomic_write, atomic_write_text
 from lakd.errors import LakdError, did_you_mean
 from lakd.report import load_run, plot_accuracy_vs_speed, plot_curves
 
@@ -318,9 +318,9 @@ def summarise(results_root: Path, title: str | None = None) -> dict[str, Any]:
                      f"{cell('best_test_top1')} | {cell('last_test_top1')} | {cell('best_val_top1')} | "
                      f"{cell('img_per_s', 0)} | {cell('peak_mem_mb', 0)} | {cell('wall_s', 1, 60.0)} |")
     table = "\n".join(lines) + "\n"
-    (results_root / "summary.md").write_text(table)
-    (results_root / "summary.json").write_text(json.dumps({"title": title or results_root.name,
-                                                           "methods": methods}, indent=2))
+    atomic_write_text(results_root / "summary.md", table)
+    atomic_write_text(results_root / "summary.json",
+                      json.dumps({"title": title or results_root.name, "methods": methods}, indent=2))
     plot_curves({e["method"]: e["mean_curve"] for e in methods}, results_root / "accuracy_curves.png",
                 title=f"{title or results_root.name}: seed-averaged curves")
     points = [{"label": e["method"], "img_per_s": e["img_per_s"]["mean"], "top1_mean": e["best_test_top1"]["mean"],

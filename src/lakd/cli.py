@@ -517,19 +517,21 @@ def _train_in_process(
         return 0
     # Everything that can fail on bad input has run; only now touch the run folder.
     out.mkdir(parents=True, exist_ok=True)
+    from lakd.atomic import atomic_write_text
+
     lock = lock_run_folder(out)  # this process owns the folder until it returns; a second writer gets an error
     try:
         if force:
             _clear_run_files(out)
         # on --resume too: only keys check_resume_config allows can differ, and a later resume compares with these
-        (out / "config.yaml").write_text(dump_yaml(cfg))
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
         run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
                     "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
                     "environment": {**environment_info(runtime), "world_size": dist_env.world_size},
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
                              "test": len(splits.test)}}
-        (out / "run.json").write_text(json.dumps(run_info, indent=2))
+        atomic_write_text(out / "run.json", json.dumps(run_info, indent=2))
         what = "training "
         if distill is not None:
             what = f"distilling ({distill.method}) {teacher_ckpt[1]['arch'] if teacher_ckpt else 'no teacher'} -> "

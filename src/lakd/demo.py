@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lakd.atomic import atomic_write_text
 from lakd.errors import LakdError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -122,12 +123,10 @@ def run_demo(args: argparse.Namespace) -> int:
     similarity = "\n".join(
         f"NDAM similarity to the teacher, per module, {m}: "
         + ", ".join(f"{x['similarity']:.3f}" for x in pictures[m]["modules"]) for m in DEMO_METHODS)
-    (out / "comparison.md").write_text(table + "\n\n" + similarity + "\n")
-    (out / "comparison.json").write_text(json.dumps({"rows": rows, "teacher": teacher, "teacher_top1": teacher_top1,
-                                                     "student": student,
-                                                     "epochs": epochs, "train_limit": limit,
-                                                     "ndam": {m: pictures[m]["modules"] for m in DEMO_METHODS}},
-                                                    indent=2))
+    atomic_write_text(out / "comparison.md", table + "\n\n" + similarity + "\n")
+    record = {"rows": rows, "teacher": teacher, "teacher_top1": teacher_top1, "student": student, "epochs": epochs,
+              "train_limit": limit, "ndam": {m: pictures[m]["modules"] for m in DEMO_METHODS}}
+    atomic_write_text(out / "comparison.json", json.dumps(record, indent=2))
     print("\n" + table + "\n\n" + similarity)
     print(f"\ndemo finished in {(time.perf_counter() - start) / 60:.1f} min. Outputs in {out}/:")
     print(f"  comparison.md / comparison.json   the table above\n  {curves.name:<33} training curves")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lakd.atomic import atomic_write
 from lakd.errors import LakdError
 
 
@@ -132,7 +133,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png"))
     return path
 
 
@@ -151,5 +152,5 @@ def plot_accuracy_vs_speed(points: list[dict[str, Any]], path: str | Path, title
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png"))
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import resource
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lakd.atomic import atomic_write_text
 from lakd.errors import LakdError
 
 
@@ -57,9 +59,7 @@ class MetricsLog:
         self.rows.append(row)
         if self.out_dir is None:
             return
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        self._write_csv()
+        self._write_all()  # rewritten whole and atomically: never torn, never written through a planted link
         if self.tensorboard:
             if self.tb is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -81,9 +81,7 @@ class MetricsLog:
     def _write_all(self) -> None:
         if self.out_dir is None:
             return
-        with open(self.out_dir / "metrics.jsonl", "w") as f:
-            for row in self.rows:
-                f.write(json.dumps(row) + "\n")
+        atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.rows))
         self._write_csv()
 
     def _write_csv(self) -> None:
@@ -91,7 +89,8 @@ class MetricsLog:
         columns: list[str] = []
         for row in self.rows:
             columns += [k for k in row if k not in columns]
-        with open(self.out_dir / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.out_dir / "metrics.csv", text.getvalue())
