@@ -264,3 +264,12 @@ def test_yaml_alias_bomb_gives_a_short_error(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert "schedule.milestones" in err and len(err) < 400 and "Traceback" not in err
     assert not (tmp_path / "never").exists()
+
+
+def test_sizes_that_allocate_are_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for bad, message in (("data.image_size=1000000", "data.image_size"), ("data.synthetic_size=10000000000",
+                                                                          "data.synthetic_size")):
+        assert main(["train", "--dataset", "imagefolder" if "image" in bad else "synthetic",
+                     "--out", str(tmp_path / "never"), bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "out of range" in err and "Traceback" not in err

@@ -118,6 +118,10 @@ class DistillRunConfig(RunConfig):
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
+# Upper bounds on sizes that allocate memory: a typo must be an error, not a 26 GiB allocation.
+MAX_IMAGE_SIZE = 2048
+MAX_SYNTHETIC = 1_000_000
+
 CHOICES = {
     "optim.name": ("sgd",),
     "schedule.name": ("cosine", "step", "constant"),
@@ -288,10 +292,10 @@ def validate(cfg: Any) -> None:
     check("data.eval_batch_size", cfg.data.eval_batch_size >= 1, ">= 1")
     check("data.val_size", cfg.data.val_size >= 0, ">= 0")
     check("data.crop_padding", cfg.data.crop_padding >= 0, ">= 0")
-    check("data.synthetic_size", cfg.data.synthetic_size >= 2, ">= 2")
-    check("data.synthetic_classes", cfg.data.synthetic_classes >= 2, ">= 2")
+    check("data.synthetic_size", 2 <= cfg.data.synthetic_size <= MAX_SYNTHETIC, f"in [2, {MAX_SYNTHETIC}]")
+    check("data.synthetic_classes", 2 <= cfg.data.synthetic_classes <= 10_000, "in [2, 10000]")
     if cfg.data.image_size is not None:
-        check("data.image_size", cfg.data.image_size >= 1, ">= 1 or null")
+        check("data.image_size", 1 <= cfg.data.image_size <= MAX_IMAGE_SIZE, f"in [1, {MAX_IMAGE_SIZE}] or null")
     if cfg.data.workers is not None:
         check("data.workers", cfg.data.workers >= 1, ">= 1 or null")
     if cfg.data.train_limit is not None:
