@@ -360,7 +360,7 @@ def run_bench(
         if state != "collect":
             rc = execute(run, data_root, progress)
             if rc != 0:
-                failed.append(f"{run.label} (exit {rc}, log in {run.run_dir})")
+                failed.append(f"{run.label} (exit {rc}; its output is above, its files in {run.run_dir})")
                 if rc in (130, 143, -2, -15):  # Ctrl-C / SIGTERM: stop the whole bench; the run resumes next time
                     break
                 continue
