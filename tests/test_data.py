@@ -79,13 +79,18 @@ def test_corrupt_npz_is_a_clear_error(tmp_path: Path) -> None:
         load_cifar("cifar10", root, "train")
 
 
-def test_corrupt_jpeg_inside_npz_names_the_image(tmp_path: Path) -> None:
+def _tiny_npz_root(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A 4-image, 2-class npz-of-JPEG data root, and the arrays of its train.npz (to tamper with)."""
     root = tmp_path / "data"
     train = make_synthetic(4, 2, seed=0)
     write_jpeg_npz(root / "cifar10" / "train.npz", train.x, train.y, ["a", "b"])
     write_jpeg_npz(root / "cifar10" / "test.npz", train.x, train.y, ["a", "b"])
     with np.load(root / "cifar10" / "train.npz") as d:
-        parts = {k: d[k] for k in d.files}
+        return root, {k: d[k] for k in d.files}
+
+
+def test_corrupt_jpeg_inside_npz_names_the_image(tmp_path: Path) -> None:
+    root, parts = _tiny_npz_root(tmp_path)
     parts["jpeg"] = parts["jpeg"].copy()
     parts["jpeg"][parts["offsets"][2] + 2: parts["offsets"][3]] = 7  # wreck image 2
     np.savez(root / "cifar10" / "train.npz", **parts)
@@ -207,12 +212,7 @@ def test_real_cifar10_smoke(shared_data: Path) -> None:
 ])
 def test_npz_labels_and_offsets_are_checked_at_load(tmp_path: Path, field: str, value: object, message: str) -> None:
     """Out-of-range labels are refused when the file is read, not as an IndexError traceback mid-training."""
-    root = tmp_path / "data"
-    train = make_synthetic(4, 2, seed=0)
-    write_jpeg_npz(root / "cifar10" / "train.npz", train.x, train.y, ["a", "b"])
-    write_jpeg_npz(root / "cifar10" / "test.npz", train.x, train.y, ["a", "b"])
-    with np.load(root / "cifar10" / "train.npz") as d:
-        parts = {k: d[k] for k in d.files}
+    root, parts = _tiny_npz_root(tmp_path)
     if isinstance(value, str):
         parts["offsets"] = parts["offsets"].copy()
         parts["offsets"][1], parts["offsets"][2] = parts["offsets"][2], parts["offsets"][1]

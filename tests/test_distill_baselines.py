@@ -19,6 +19,7 @@ from lakd.errors import LakdError
 from lakd.models import build_model
 
 METHODS = ["kd", "fitnet", "at", "rkd", "dkd"]
+TRAINER_METHODS = [*METHODS, "dist", "nd"]  # one epoch through the trainer
 
 
 @pytest.fixture(autouse=True)
@@ -273,7 +274,7 @@ def test_heterogeneous_pairs_build_and_backprop(teacher: str, student: str) -> N
         assert any(p.grad is not None for p in d.student_model.parameters())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", TRAINER_METHODS)
 def test_one_epoch_through_the_trainer(method: str) -> None:
     from lakd.config import RunConfig, build_config
     from lakd.data import load_splits
@@ -292,6 +293,8 @@ def test_one_epoch_through_the_trainer(method: str) -> None:
     assert summary["epochs"] == 1
     row = trainer.metrics.rows[-1]
     assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
+    if method == "nd":
+        assert int(d.class_count.sum()) == 32  # both training steps went into the class centers
 
 
 # -- params ----------------------------------------------------------------------------------------------------

@@ -34,17 +34,8 @@ def zoo(name: str) -> torch.nn.Module:
     return build_model(name, 10)
 
 
-# -- plain-Python references ---------------------------------------------------------------------------------
-def py_softmax(z: list[float], temperature: float = 1.0) -> list[float]:
-    exps = [math.exp(v / temperature) for v in z]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
-def py_kl(p: list[float], q: list[float]) -> float:
-    """KL(p || q) = sum p log(p / q)."""
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True) if pi > 0)
-
+# plain-Python references, shared with the classic baselines' tests
+from tests.test_distill_baselines import py_kl, py_softmax  # noqa: E402
 
 # -- DIST ------------------------------------------------------------------------------------------------------
 # Probabilities chosen so the Pearson correlations come out in closed form; the logits are tau * log(p), so that
@@ -338,22 +329,3 @@ def test_make_params_checks_logit_stand_is_a_bool() -> None:
         make_params("dkd", {"logit_standard": True})
 
 
-@pytest.mark.parametrize("method", ["dist", "nd"])
-def test_one_epoch_through_the_trainer(method: str) -> None:
-    from lakd.config import RunConfig, build_config
-    from lakd.data import load_splits
-    from lakd.engine import Trainer, resolve_runtime
-
-    torch.manual_seed(0)
-    cfg = build_config(RunConfig, overrides=["train.epochs=1", "train.progress=false", "data.batch_size=16",
-                                             "optim.lr=0.05"])
-    splits = load_splits("synthetic", val_size=16, synthetic_size=48, test_limit=16)  # 2 steps of 16
-    runtime = resolve_runtime("cpu", "fp32", "false")
-    d = build_distiller(method, build_model("resnet8", 10), build_model("resnet14", 10), {}, total_epochs=1)
-    trainer = Trainer(d, cfg, splits, runtime, None, meta={"arch": "resnet8", "num_classes": 10},
-                      log=lambda s: None)
-    assert trainer.fit()["epochs"] == 1
-    row = trainer.metrics.rows[-1]
-    assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
-    if method == "nd":
-        assert int(d.class_count.sum()) == 32  # both training steps went into the class centers

@@ -303,7 +303,7 @@ class LAKD(Distiller):
                                for k in range(1, num_modules)]
         ) if p.teacher_inputs_until > 0 else nn.ModuleList()
         self.module_output_shapes = out_shapes
-        num_classes = self._num_classes()
+        num_classes = self.student_model.num_classes(self.input_shape)
         self.aux_heads = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(out_shapes[k][0], num_classes))
             for k in range(num_modules - 1)
@@ -321,12 +321,6 @@ class LAKD(Distiller):
     @property
     def num_modules(self) -> int:
         return len(self.pieces)
-
-    def _num_classes(self) -> int:
-        with torch.no_grad():
-            logits, _ = self.student_model.eval()(torch.zeros(1, *self.input_shape))
-        self.student_model.train()
-        return int(logits.shape[1])
 
     @torch.no_grad()
     def _module_output_shapes(self) -> list[tuple[int, ...]]:

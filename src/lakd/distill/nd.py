@@ -46,7 +46,6 @@ from lakd.distill.base import (
 )
 from lakd.distill.kd import kd_loss
 from lakd.errors import LakdError
-from lakd.models.base import StagedModel
 
 #: Floor of ``max(||s||, ||t||)`` (both embeddings zero: the loss is 1 instead of NaN).
 NORM_EPS = 1e-8
@@ -86,18 +85,6 @@ def kd_warmup(epoch: float, warmup_epochs: float) -> float:
     return min(max(epoch / warmup_epochs, 0.0), 1.0)
 
 
-@torch.no_grad()
-def _num_classes(model: StagedModel, input_shape: tuple[int, int, int]) -> int:
-    was_training = model.training
-    model.eval()
-    try:
-        param = next(model.parameters())
-        logits, _ = model(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
-    finally:
-        model.train(was_training)
-    return int(logits.shape[1])
-
-
 @register("nd")
 class ND(Distiller):
     """KD++: cross-entropy, Hinton KD (warmed up) and the norm-and-direction loss to the teacher's class centers."""
@@ -130,7 +117,7 @@ class ND(Distiller):
         super().__init__(*args, **kwargs)
         assert self.teacher is not None
         s_dim, t_dim = self.student_shapes()[-1][0], self.teacher_shapes()[-1][0]
-        num_classes = _num_classes(self.teacher, self.input_shape)
+        num_classes = self.teacher.num_classes(self.input_shape)
         self.projector: nn.Module | None = None
         if s_dim != t_dim:
             self.projector = embedding_projector(s_dim, t_dim)

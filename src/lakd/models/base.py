@@ -47,16 +47,23 @@ class StagedModel(nn.Module):
         return self.head(h), feats
 
     @torch.no_grad()
-    def stage_shapes(self, input_shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-        """(C, H, W) of every stage output for one input of ``input_shape`` (C, H, W)."""
+    def _probe(self, input_shape: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One eval-mode forward of a zero image of ``input_shape`` (C, H, W); the train/eval mode is restored."""
         was_training = self.training
         self.eval()
         try:
             param = next(self.parameters())
-            _, feats = self(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
+            return self(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
         finally:
             self.train(was_training)
-        return [tuple(f.shape[1:]) for f in feats]  # type: ignore[misc]
+
+    def stage_shapes(self, input_shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+        """(C, H, W) of every stage output for one input of ``input_shape`` (C, H, W)."""
+        return [tuple(f.shape[1:]) for f in self._probe(input_shape)[1]]  # type: ignore[misc]
+
+    def num_classes(self, input_shape: tuple[int, int, int]) -> int:
+        """Width of the logits for one input of ``input_shape``."""
+        return int(self._probe(input_shape)[0].shape[1])
 
 
 def _accepts(model: StagedModel, side: int, channels: int) -> bool:
