@@ -17,6 +17,7 @@ from lakd.distill.kd import kd_loss, standardise_logits
 from lakd.distill.nd import ND, kd_warmup, nd_loss
 from lakd.errors import LakdError
 from lakd.models import build_model
+from tests.test_distill_baselines import py_kl, py_softmax  # plain-Python references, shared
 
 MODERN = [("dist", {}), ("nd", {}), ("kd", {"logit_stand": True}), ("dkd", {"logit_stand": True})]
 LOSS_NAMES = {"dist": {"ce", "dist"}, "nd": {"ce", "kd", "nd"}, "kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}}
@@ -34,8 +35,6 @@ def zoo(name: str) -> torch.nn.Module:
     return build_model(name, 10)
 
 
-# plain-Python references, shared with the classic baselines' tests
-from tests.test_distill_baselines import py_kl, py_softmax  # noqa: E402
 
 # -- DIST ------------------------------------------------------------------------------------------------------
 # Probabilities chosen so the Pearson correlations come out in closed form; the logits are tau * log(p), so that
