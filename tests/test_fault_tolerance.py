@@ -284,3 +284,34 @@ def test_writes_into_a_run_folder_never_follow_planted_links(tmp_path: Path) -> 
         assert victim.read_text() == "precious", name
         assert not (out / name).is_symlink(), name
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_resume_repairs_a_best_checkpoint_left_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A crash between writing last.pt and best.pt leaves best.pt one best epoch behind: resume rewrites it."""
+    out = tmp_path / "run"
+    args = [*ARGS[:ARGS.index("--epochs")], "--epochs", "2", *ARGS[ARGS.index("--epochs") + 2:], "--out", str(out)]
+    assert main([*args[:-2], "--epochs", "1", "--out", str(out)]) == 0
+    epoch1 = (out / "best.pt").read_bytes()
+    assert main([*args, "--resume"]) == 0
+    last = load_checkpoint(out / "last.pt")
+    if last["best"]["epoch"] != 2:
+        pytest.skip("epoch 2 was not the best on this data; nothing to repair")
+    (out / "best.pt").write_bytes(epoch1)  # as if the process died right after writing last.pt
+    (out / "summary.json").unlink()
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert "rewritten from" in capsys.readouterr().out
+    assert load_checkpoint(out / "best.pt")["epoch"] == 2
+
+
+def test_unusable_locations_and_files_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("train:\n  epochs: 1 # caf\xe9\n".encode("latin-1"))
+    assert main(["train", "-c", str(config), "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and "Traceback" not in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main([*ARGS[:ARGS.index("--epochs")], "--epochs", "1", "--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lakd: error:") and "Traceback" not in err

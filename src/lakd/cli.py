@@ -738,6 +738,11 @@ def main(argv: list[str] | None = None) -> int:
     except LakdError as exc:
         print(f"lakd: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a read-only or full location, a path that is a folder: one line, no traceback
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"lakd: error: cannot use{where}: {exc.strerror or exc}; check the path, its permissions and the free "
+              "space", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -228,9 +228,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise LakdError(f"config file '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise LakdError(f"config file '{path}' is not valid YAML: {exc}") from None
+        raise LakdError(f"config file '{path}' is not valid YAML: {str(exc)[:300]}") from None
+    except UnicodeDecodeError as exc:
+        raise LakdError(f"config file '{path}' is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as "
+                        "UTF-8") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

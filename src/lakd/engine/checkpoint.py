@@ -23,7 +23,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
     A crash (or a full disk) at any point leaves either the old file or the new one, never a torn file.
     """
-    atomic_write(Path(path), lambda f: torch.save(obj, f))
+    def save(f: Any) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:  # torch's writer reports a full disk as "unexpected pos ..."
+            raise OSError(28, f"write failed inside torch.save ({str(exc).splitlines()[0][:120]}); is the disk "
+                              "full?") from None
+
+    atomic_write(Path(path), save)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

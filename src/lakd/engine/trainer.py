@@ -195,6 +195,26 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
 
+    def _repair_best(self, last_path: Path, ckpt: dict[str, Any]) -> None:
+        """``best.pt`` is written right after ``last.pt``; a crash in between leaves it one best epoch behind.
+
+        When ``last.pt`` records itself as the best epoch and ``best.pt`` holds an older one, ``best.pt`` is
+        rewritten from ``last.pt`` (the same state), with a note; nothing is lost.
+        """
+        if self.out_dir is None or not self.dist.is_main or ckpt.get("partial") is not None:
+            return
+        best_epoch = int(self.best.get("epoch", -1))
+        if best_epoch != int(ckpt["epoch"]):
+            return
+        best_path = self.out_dir / "best.pt"
+        try:
+            stale = int(load_checkpoint(best_path).get("epoch", -1)) != best_epoch if best_path.is_file() else True
+        except LakdError:
+            stale = True  # torn or foreign: replace it
+        if stale:
+            self.log(f"note: '{best_path}' did not hold the best epoch ({best_epoch}); rewritten from '{last_path}'")
+            atomic_torch_save(ckpt, best_path)
+
     def resume_from(self, path: Path) -> None:
         """Restore model, task extras, optimizer, epoch (and step), best, history and RNG from a ``last.pt``.
 
@@ -224,6 +244,7 @@ class Trainer:
         self.start_epoch = int(ckpt["epoch"])
         self.partial = ckpt.get("partial")
         self.best = dict(ckpt.get("best", self.best))
+        self._repair_best(path, ckpt)
         self.metrics.restore(ckpt.get("history", []))
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
