@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from lakd.distill.base import Distiller, DistillParams, linear_warmup, register, weighted
@@ -424,7 +425,8 @@ class LAKD(Distiller):
         """Logits of module k's projected feature run through the frozen teacher's later stages and classifier.
 
         The teacher's weights get no gradient (they are frozen); the gradient reaches only module k and its
-        projector, so no gradient crosses a student module boundary.
+        projector, so no gradient crosses a student module boundary. The tail is recomputed in backward rather
+        than held (its activations would outweigh the student's).
         """
         assert self.teacher is not None
         h = self.projectors[k](feat)
@@ -432,9 +434,16 @@ class LAKD(Distiller):
         grid = self.teacher_grids[index]
         if tuple(h.shape[-2:]) != tuple(grid):
             h = F.adaptive_avg_pool2d(h, grid) if h.shape[-1] > grid[-1] else F.interpolate(h, size=grid)
-        for j in range(index + 1, len(self.teacher.stages)):
-            h, _ = self.teacher._stage_forward(j, h)
-        return self.teacher.head(h)
+        teacher, first = self.teacher, index + 1
+
+        def tail(z: torch.Tensor) -> torch.Tensor:
+            for j in range(first, len(teacher.stages)):
+                z, _ = teacher._stage_forward(j, z)
+            return teacher.head(z)
+
+        # Recomputed in backward (activation checkpointing): only the tail's input is held, so the local modules
+        # keep their memory advantage (held whole, module 0's tail alone is two thirds of the teacher).
+        return torch.utils.checkpoint.checkpoint(tail, h, use_reentrant=False)
 
     def _forward_modules(
         self,
