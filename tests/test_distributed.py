@@ -17,7 +17,10 @@ from lakd.cli import main
 from lakd.engine import load_checkpoint
 
 COMMON = ["--epochs", "2", "--no-progress", "--precision", "fp32", "data.val_size=20", "data.batch_size=32",
-          "train.channels_last=false", "train.eval_test=false"]
+          "train.channels_last=false", "train.eval_test=false", "train.threads=1"]
+# One intra-op thread in the single process too, as in each torchrun rank: torch splits some float32 reductions
+# (NDAM's channel sum) across threads, which reorders the sum (~1e-7 per op) and, over a few steps, moved weights
+# by more than the 1e-5 this test allows; with equal thread counts the runs agree.
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ def test_registry_lists_every_family() -> None:
         "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
         "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
         "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "mobilenetv2", "shufflenet_v1", "shufflenet_v2",
-        "resnet18", "resnet34", "resnet50",
+        "resnet18", "resnet34", "resnet50", "resnet20_a", "resnet32_a", "resnet44_a", "resnet56_a", "resnet110_a",
     }  # fmt: skip
     assert set(ALL_MODELS) == expected
 
