@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lakd.models import MODEL_REGISTRY, StagedModel, build_model, list_models, model_input_size
+from lakd.models import MODELS, StagedModel, build_model, list_models, model_input_size
 
 ALL_MODELS = list_models()
 IMAGENET_MODELS = ["resnet18", "resnet34", "resnet50"]
@@ -40,7 +40,7 @@ def _batch(name: str, batch_size: int = 2) -> torch.Tensor:
 
 
 def test_registry_lists_every_family() -> None:
-    assert ALL_MODELS == sorted(MODEL_REGISTRY)
+    assert ALL_MODELS == sorted(MODELS)
     expected = {
         "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
         "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",

@@ -237,13 +237,13 @@ def environment_info(runtime: Any = None) -> dict[str, Any]:
 
 def check_model_name(name: str) -> None:
     """Unknown architecture -> LakdError with the registry's did-you-mean message."""
-    from lakd.models import list_models
+    from lakd.models import is_known_model, list_models
 
-    if name not in list_models():
+    if not is_known_model(name):
         from lakd.errors import did_you_mean
 
-        raise LakdError(f"unknown model '{name}'{did_you_mean(name, list_models())}; "
-                        "see `lakd train --list-models`")
+        raise LakdError(f"unknown model '{name}'{did_you_mean(name, list_models())}; see `lakd train --list-models`,"
+                        " or name a torchvision:<name> / timm:<name> model")
 
 
 def _prepare_out_dir(out: Path, resume: bool, force: bool) -> None:

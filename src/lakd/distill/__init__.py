@@ -52,7 +52,7 @@ def build_distiller(
     teacher: StagedModel | None,
     params: dict[str, Any] | DistillParams | None = None,
     input_shape: tuple[int, int, int] = (3, 32, 32),
-    total_epochs: int = 1,
+    total_epochs: float = 1,
     train_labels: Any = None,
 ) -> Distiller:
     """Make method ``method`` for a student/teacher pair. ``train_labels`` (the training set's labels, in the

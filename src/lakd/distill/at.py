@@ -47,7 +47,7 @@ def at_loss(fs: torch.Tensor, ft: torch.Tensor, p: float = 2.0) -> torch.Tensor:
 
 def at_stages(model: StagedModel) -> list[int]:
     """Stage indices AT matches on ``model``: all but VGG's first conv group (see the module docstring)."""
-    n = len(model.stages)
+    n = model.num_stages
     return list(range(1, n)) if (getattr(model, "arch_name", None) or "").startswith("vgg") else list(range(n))
 
 

@@ -17,6 +17,7 @@ so configs are validated field by field. A method never imports the trainer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -26,9 +27,24 @@ import torch
 from torch import nn
 
 from lakd.errors import LakdError
+from lakd.models.adapter import user_model
 from lakd.models.base import StagedModel
 
 TEACHER_PREFIX = "teacher."
+
+Backward = Callable[[torch.Tensor], None]
+Autocast = Callable[[], contextlib.AbstractContextManager]
+
+
+def joint_step(
+    forward_train: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]], x: torch.Tensor, y: torch.Tensor,
+    epoch: float, backward: Backward, autocast: Autocast | None, **batch: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``forward_train`` under ``autocast``, one ``backward`` of the summed losses; logits and losses detached."""
+    with (autocast or contextlib.nullcontext)():
+        logits, losses = forward_train(x, y, epoch, **batch)
+    backward(sum(losses.values()))
+    return logits.detach(), {name: v.detach() for name, v in losses.items()}
 
 
 @dataclasses.dataclass
@@ -56,7 +72,7 @@ class Distiller(nn.Module):
         teacher: StagedModel | None,
         params: DistillParams | None = None,
         input_shape: tuple[int, int, int] = (3, 32, 32),
-        total_epochs: int = 1,
+        total_epochs: float = 1,
     ) -> None:
         super().__init__()
         self.student_model = student
@@ -76,6 +92,35 @@ class Distiller(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: float, backward: Backward, autocast: Autocast | None = None,
+        **batch: Any,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The trainer's step contract (lakd.engine.task): forward under autocast, one backward of the sum.
+        Methods that backpropagate in pieces (LAKD's local modules) override it."""
+        return joint_step(self.forward_train, x, y, epoch, backward, autocast, **batch)
+
+    # -- the Python API (your own training loop) ----------------------------------------------------------
+    def _epoch_at(self, progress: float) -> float:
+        if not 0.0 <= float(progress) <= 1.0:
+            raise LakdError(f"progress must be the fraction of training done, in [0, 1]; got {progress}")
+        return float(progress) * self.total_epochs
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, progress: float,
+             autocast: Autocast | None = None, **batch: Any) -> torch.Tensor:
+        """One training step's forward and backward (module by module where the method needs it); returns the
+        total loss, detached. Zero the gradients before and step your optimizer after, as for ``loss.backward()``.
+        ``progress``: fraction of training done, in [0, 1] (schedules and warm-ups follow it)."""
+        _, losses = self.train_step(x, y, self._epoch_at(progress), backward=lambda loss: loss.backward(),
+                                    autocast=autocast, **batch)
+        return sum(losses.values(), torch.zeros((), device=x.device))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, progress: float,
+                **batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(student logits, {name: weighted loss})`` with graphs: sum and backpropagate them yourself. For LAKD
+        this is the joint form (same gradients as ``step``, without its per-module memory saving)."""
+        return self.forward_train(x, y, self._epoch_at(progress), **batch)
+
     def check_batch(self, x: torch.Tensor) -> None:
         """A clear error for a batch smaller than the method can train on (instead of a BatchNorm traceback)."""
         if x.shape[0] < self.min_batch_size:
@@ -90,7 +135,9 @@ class Distiller(nn.Module):
                 yield param
 
     def student(self) -> nn.Module:
-        return self.student_model
+        """The student to evaluate, checkpoint and export: the user's own module for a hooked student (its own
+        state_dict keys and forward), the zoo model otherwise."""
+        return user_model(self.student_model)
 
     # -- helpers for subclasses --------------------------------------------------------------------------
     @torch.no_grad()

@@ -190,7 +190,7 @@ class CRD(Distiller):
         teacher: StagedModel | None,
         params: DistillParams | None = None,
         input_shape: tuple[int, int, int] = (3, 32, 32),
-        total_epochs: int = 1,
+        total_epochs: float = 1,
         *,
         train_labels: torch.Tensor,
     ) -> None:

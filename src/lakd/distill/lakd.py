@@ -38,17 +38,9 @@ from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss, standardise_logits
 from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
 from lakd.errors import LakdError, short_repr
+from lakd.models.adapter import check_gradient_isolation
 from lakd.models.base import StagedModel
-
-# Split tables: which stages form each local module, for families whose natural stages are finer than we want.
-# Everything else defaults to one module per stage.
-SPLIT_TABLES: dict[str, list[list[int]]] = {
-    "vgg8": [[0, 1], [2], [3, 4]],
-    "vgg11": [[0, 1], [2], [3, 4]],
-    "vgg13": [[0, 1], [2], [3, 4]],
-    "vgg16": [[0, 1], [2], [3, 4]],
-    "vgg19": [[0, 1], [2], [3, 4]],
-}
+from lakd.models.registry import MODELS
 
 FEAT_FORMS = ("mse", "channel_norm", "cosine")
 
@@ -192,13 +184,21 @@ class Params(DistillParams):
 
 
 def module_pieces(student: StagedModel, arch: str | None, split: str) -> list[list[Piece]]:
-    """The local modules of ``student``: a list of modules, each a list of (stage, first block, end block)."""
-    n = len(student.stages)
-    groups = SPLIT_TABLES.get(arch or "", [[i] for i in range(n)])
+    """The local modules of ``student``: a list of modules, each a list of (stage, first block, end block).
+
+    One module per stage, unless the zoo model's registry entry groups its stages (VGG: its five pooling groups
+    make three modules).
+    """
+    n = student.num_stages
+    info = MODELS.get(arch or "")
+    groups = [list(g) for g in info.local_modules] if info and info.local_modules else [[i] for i in range(n)]
     if sorted(i for g in groups for i in g) != list(range(n)):
         groups = [[i] for i in range(n)]
     if split == "stage":
         return [[(i, None, None) for i in g] for g in groups]
+    if not student.runs_stage_by_stage:
+        raise LakdError(f"distill.params.split = 'block' cuts stages into blocks, which needs a zoo student; "
+                        f"'{student.arch_name}' is a hooked model: use split = 'stage' (or more stage paths)")
     modules: list[list[Piece]] = []
     for i in range(n):
         stage = student.stages[i]
@@ -261,6 +261,43 @@ class _TeacherInLockstep:
         return self.teacher.head(self.h).float()
 
 
+class _TeacherAllAtOnce:
+    """The same interface for a hooked teacher (one that cannot run stage by stage): one forward, every stage
+    output kept until the step ends. Pre-activation features are the stage outputs themselves."""
+
+    def __init__(self, teacher: StagedModel, x: torch.Tensor) -> None:
+        self.teacher, self.x = teacher, x
+        self.out: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+
+    @torch.no_grad()
+    def _run(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.out is None:
+            self.out = self.teacher(self.x)
+        return self.out
+
+    def feature(self, index: int) -> torch.Tensor:
+        return self._run()[1][index]
+
+    preact = feature
+
+    def logits(self) -> torch.Tensor:
+        return self._run()[0].float()
+
+
+def teacher_source(teacher: StagedModel, x: torch.Tensor, keep_preact: bool) -> _TeacherInLockstep | _TeacherAllAtOnce:
+    """Stage-by-stage for zoo teachers (one stage alive at a time), all at once for hooked ones."""
+    if teacher.runs_stage_by_stage:
+        return _TeacherInLockstep(teacher, x, keep_preact)
+    return _TeacherAllAtOnce(teacher, x)
+
+
+@contextlib.contextmanager
+def _autocast_off(device_type: str) -> Any:
+    """Backward outside autocast, also when it runs inside a forward (a hooked model's stage callback)."""
+    with torch.autocast(device_type=device_type, enabled=False):
+        yield
+
+
 @register("lakd")
 class LAKD(Distiller):
     Params = Params
@@ -271,12 +308,24 @@ class LAKD(Distiller):
         teacher: StagedModel | None,
         params: Params | None = None,
         input_shape: tuple[int, int, int] = (3, 32, 32),
-        total_epochs: int = 1,
+        total_epochs: float = 1,
         arch: str | None = None,
     ) -> None:
         super().__init__(student, teacher, params, input_shape, total_epochs)
         p: Params = self.params  # type: ignore[assignment]
-        self.pieces = module_pieces(student, arch or getattr(student, "arch_name", None), p.split)
+        self.pieces = module_pieces(student, arch or student.arch_name, p.split)
+        assert teacher is not None
+        if not student.runs_stage_by_stage:
+            if p.teacher_inputs_until > 0:
+                raise LakdError(f"distill.params.teacher_inputs_until feeds the teacher's features into the middle "
+                                f"of the student, which needs a zoo student; '{student.arch_name}' is a hooked "
+                                "model: leave teacher_inputs_until at 0")
+            if p.detach and p.detach_until > 0:  # local modules at some point: they must be independent
+                check_gradient_isolation(student, input_shape)
+        if not teacher.runs_stage_by_stage and p.aux_weight > 0 and p.aux_head == "teacher_tail":
+            raise LakdError(f"distill.params.aux_head = 'teacher_tail' runs the teacher from a middle stage on, "
+                            f"which needs a zoo teacher; '{teacher.arch_name}' is a hooked model: use "
+                            "aux_head = 'linear'")
         out_shapes = self._module_output_shapes()
         t_shapes = self.teacher_shapes()
         num_modules = len(self.pieces)
@@ -325,9 +374,13 @@ class LAKD(Distiller):
 
     @torch.no_grad()
     def _module_output_shapes(self) -> list[tuple[int, ...]]:
+        if not self.student_model.runs_stage_by_stage:
+            stage_shapes = self.student_model.stage_shapes(self.input_shape)
+            return [tuple(stage_shapes[pieces[-1][0]]) for pieces in self.pieces]
         was = self.student_model.training
         self.student_model.eval()
-        h = torch.zeros(1, *self.input_shape)
+        param = next(self.student_model.parameters())
+        h = torch.zeros(1, *self.input_shape, device=param.device, dtype=param.dtype)
         shapes = []
         for k in range(self.num_modules):
             h = self.run_module(k, h)
@@ -458,7 +511,9 @@ class LAKD(Distiller):
         ctx = autocast or contextlib.nullcontext
         detach = self.detached(epoch)
         teacher_fed = self.teacher_fed(epoch)
-        teacher = _TeacherInLockstep(self.teacher, x, keep_preact=p.feat_target == "preact")  # type: ignore[arg-type]
+        teacher = teacher_source(self.teacher, x, keep_preact=p.feat_target == "preact")  # type: ignore[arg-type]
+        if not self.student_model.runs_stage_by_stage:
+            return self._forward_hooked(x, y, epoch, backward, ctx, teacher, detach)
         losses: dict[str, torch.Tensor] = {}
         h = x
         logits = None
@@ -479,7 +534,7 @@ class LAKD(Distiller):
                         factor = p.kd_weight * linear_warmup(epoch, p.logit_warmup_epochs)
                         module_losses["kd"] = weighted(factor, self.logit_loss(logits, t_logits, y))
             del t_feat, t_target
-            if backward is not None:
+            if backward is not None and module_losses:
                 # Local mode: backprop this module's loss now; its graph is freed before the next module runs.
                 backward(sum(module_losses.values()))
                 module_losses = {name: v.detach() for name, v in module_losses.items()}
@@ -487,6 +542,50 @@ class LAKD(Distiller):
             losses.update(module_losses)
             h = feat
         assert logits is not None
+        return logits, losses
+
+    def _forward_hooked(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: float, backward: Callable[[torch.Tensor], None] | None,
+        ctx: Callable[[], contextlib.AbstractContextManager], teacher: Any, detach: bool,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The same modules and losses on a hooked student: its own forward runs once, and at the last stage of
+        each module a callback computes that module's losses (and, in local mode, backpropagates them at once,
+        before the next module runs); the module's output then continues detached."""
+        p: Params = self.params  # type: ignore[assignment]
+        last = self.num_modules - 1
+        module_of_stage = {pieces[-1][0]: k for k, pieces in enumerate(self.pieces)}
+        losses: dict[str, torch.Tensor] = {}
+        last_losses: dict[str, torch.Tensor] = {}  # the last module's: backpropagated with CE and KD
+
+        def on_stage(index: int, feat: torch.Tensor, _pre: torch.Tensor) -> None:
+            k = module_of_stage.get(index)
+            if k is None:
+                return
+            t_index = self.teacher_index[k]
+            t_target = teacher.preact(t_index) if p.feat_target == "preact" else None
+            module_losses = self.module_losses(k, feat, teacher.feature(t_index), y, epoch, t_target)
+            if k == last:
+                last_losses.update(module_losses)
+                return
+            if backward is not None and module_losses:
+                with _autocast_off(x.device.type):
+                    backward(sum(module_losses.values()))
+                module_losses = {name: v.detach() for name, v in module_losses.items()}
+            losses.update(module_losses)
+
+        def cut(index: int) -> bool:
+            return detach and module_of_stage.get(index, last) < last
+
+        with ctx():
+            logits = self.student_model.forward_cut(x, on_stage, cut)
+            last_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
+            if p.kd_weight > 0:
+                factor = p.kd_weight * linear_warmup(epoch, p.logit_warmup_epochs)
+                last_losses["kd"] = weighted(factor, self.logit_loss(logits, teacher.logits(), y))
+        if backward is not None:
+            backward(sum(last_losses.values()))
+            last_losses = {name: v.detach() for name, v in last_losses.items()}
+        losses.update(last_losses)
         return logits, losses
 
     def forward_train(

@@ -112,16 +112,19 @@ def review_features(
     model: StagedModel, x: torch.Tensor, preact: bool, pooled: bool
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``(logits, levels)``: the stage features (pre-activation if ``preact``) plus, if ``pooled``, the globally
-    pooled post-activation last feature as a ``(N, C, 1, 1)`` map — one pass through the staged-model contract
-    (``stem``, ``_stage_forward``, ``head``), since the pooled level needs the post-activation output."""
-    h = model.stem(x)
+    pooled post-activation last feature as a ``(N, C, 1, 1)`` map — one forward (``forward_cut``), since the pooled
+    level needs the post-activation output next to the pre-activation ones."""
     levels: list[torch.Tensor] = []
-    for i in range(len(model.stages)):
-        h, pre = model._stage_forward(i, h)
-        levels.append(pre if preact else h)
+    last: list[torch.Tensor] = []
+
+    def keep(_index: int, post: torch.Tensor, pre: torch.Tensor) -> None:
+        levels.append(pre if preact else post)
+        last[:] = [post]
+
+    logits = model.forward_cut(x, keep)
     if pooled:
-        levels.append(F.adaptive_avg_pool2d(h, 1))
-    return model.head(h), levels
+        levels.append(F.adaptive_avg_pool2d(last[0], 1))
+    return logits, levels
 
 
 @register("reviewkd")

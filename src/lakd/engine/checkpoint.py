@@ -62,15 +62,20 @@ def checkpoint_meta(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: dict[str, Any], meta: dict[str, Any], what: str) -> torch.nn.Module:
     """Build ``meta['arch']`` and load the checkpoint's weights; an unknown arch or a mismatch is one clear error."""
     from lakd.errors import did_you_mean
-    from lakd.models import build_model, list_models
+    from lakd.models import build_model, is_known_model, list_models
 
     arch = meta["arch"]
-    if arch not in list_models():
+    if not isinstance(arch, str) or not is_known_model(arch):
         raise LakdError(f"{what}: unknown architecture '{arch}'{did_you_mean(str(arch), list_models())}; it was "
                         "written by another lakd version or is not a lakd checkpoint (see `lakd train --list-models`)")
-    model = build_model(arch, int(meta["num_classes"]))
     try:
-        model.load_state_dict(ckpt["model"])
+        model = build_model(arch, int(meta["num_classes"]))
+    except ValueError as exc:
+        raise LakdError(f"{what}: {exc}") from None
+    from lakd.models.adapter import user_model
+
+    try:
+        user_model(model).load_state_dict(ckpt["model"])  # a hooked model's checkpoint has its module's own keys
     except RuntimeError as exc:
         raise LakdError(f"{what}: weights do not fit architecture '{arch}': {str(exc).splitlines()[0]}") from None
     return model

@@ -1,32 +1,36 @@
-"""What the trainer drives: anything with ``forward_train(x, y, epoch) -> (logits, {name: loss})``.
+"""What the trainer drives: one step contract, shared by supervised training and every distiller.
 
-The trainer sums the named losses, steps the optimizer and evaluates ``student()``; it never knows which
-method produced the losses. Plain supervised training (teachers, the vanilla baseline) is one such task.
-
-Two optional capabilities, discovered by attribute:
-
-* ``needs_index = True``: the trainer passes ``index=`` (each sample's position in the training set).
-* ``train_step(x, y, epoch, backward, autocast, **batch) -> (logits, {name: detached loss})``: the task
-  calls ``backward(loss)`` itself, possibly several times per step (LAKD's module-local backward frees each
-  module's graph before the next module runs). The trainer zeroes gradients before and steps after.
+``train_step(x, y, epoch, backward, autocast, **batch) -> (logits, {name: detached loss})`` runs one step's
+forward and calls ``backward(loss)`` itself, once or several times (LAKD's module-local backward frees each
+module's graph before the next module runs); the trainer zeroes gradients before and steps the optimizer after,
+and never knows which method produced the losses. ``needs_index`` says whether the step wants ``index=`` (each
+sample's position in the training set, e.g. CRD's memory bank). :func:`joint_step` is the step of every task
+whose losses are one graph: ``forward_train`` under autocast, then one backward of the sum.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lakd.distill.base import Autocast, Backward, joint_step
+from lakd.models.adapter import user_model
 
 
 @runtime_checkable
 class TrainTask(Protocol):
     """The training contract shared by supervised training and every distiller."""
 
-    def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float
+    needs_index: bool
+    min_batch_size: int
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: float, backward: Backward, autocast: Autocast | None = None,
+        **batch: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
     def learnable_parameters(self) -> Iterable[nn.Parameter]: ...
@@ -44,6 +48,7 @@ class SupervisedTask(nn.Module):
     """Cross-entropy on labels (optionally label-smoothed): how teachers are trained."""
 
     min_batch_size = 1
+    needs_index = False
 
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -56,8 +61,14 @@ class SupervisedTask(nn.Module):
         logits, _ = self.model(x)
         return logits, {"ce": F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)}
 
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: float, backward: Backward, autocast: Autocast | None = None,
+        **batch: Any,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return joint_step(self.forward_train, x, y, epoch, backward, autocast)
+
     def learnable_parameters(self) -> Iterable[nn.Parameter]:
         return self.model.parameters()
 
     def student(self) -> nn.Module:
-        return self.model
+        return user_model(self.model)

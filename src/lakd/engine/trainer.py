@@ -110,8 +110,8 @@ def evaluate(
     for x, y in loader:
         x, y = runtime.to_input(x), y.to(runtime.device)
         with runtime.autocast():
-            logits, _ = model(x)
-        logits = logits.float()
+            out = model(x)
+        logits = (out[0] if isinstance(out, tuple) else out).float()  # zoo models also return their features
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         c1, c5 = topk_correct(logits, y)
         correct1 += c1
@@ -165,7 +165,7 @@ class Trainer:
         self.train_loader = make_loader(
             splits.train, cfg.data.batch_size // dist_env.world_size, splits.mean, splits.std, shuffle=True,
             augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=True, seed=cfg.train.seed,
-            return_index=bool(getattr(task, "needs_index", False)), pin_memory=runtime.device.type == "cuda",
+            return_index=task.needs_index, pin_memory=runtime.device.type == "cuda",
             rank=dist_env.rank, world_size=dist_env.world_size, workers=cfg.data.workers,
         )
         if len(self.train_loader) == 0:
@@ -310,7 +310,6 @@ class Trainer:
                    desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", disable=not self.cfg.train.progress,
                    leave=False, dynamic_ncols=True, mininterval=1.0)
         start = time.perf_counter()
-        custom_step = getattr(self.task, "train_step", None)
         for step, batch in enumerate(bar, start=first_step):
             lr = self._lr(epoch + step / steps)
             for group in self.optimizer.param_groups:
@@ -319,13 +318,9 @@ class Trainer:
             extra = {"index": batch[2].to(self.runtime.device)} if len(batch) > 2 else {}
             progress = epoch + step / steps
             self.optimizer.zero_grad(set_to_none=True)
-            if custom_step is not None:
-                # The task runs its own backward calls (e.g. LAKD's module-by-module backward), through ours.
-                logits, losses = custom_step(x, y, progress, backward=self._backward, autocast=self.runtime.autocast,
-                                             **extra)
-            else:
-                with self.runtime.autocast():
-                    logits, losses = self.task.forward_train(x, y, progress, **extra)
+            # The task runs its own backward calls (once, or module by module for LAKD), through ours.
+            logits, losses = self.task.train_step(x, y, progress, backward=self._backward,
+                                                  autocast=self.runtime.autocast, **extra)
             values = {name: float(v.detach()) for name, v in losses.items()}
             bad = [(name, v) for name, v in values.items() if not math.isfinite(v)]
             if self.dist.enabled:  # every rank must agree to stop (signal or NaN), or the others would hang
@@ -340,8 +335,6 @@ class Trainer:
                 raise NonFiniteLoss(f"loss term '{name}' became {v} at epoch {epoch + 1}, step {step}; "
                                     "stopping (the last good checkpoint is kept). Lower optim.lr or "
                                     "this term's weight")
-            if custom_step is None:
-                self._backward(sum(losses.values()))
             if self.dist.enabled:
                 average_gradients(self.params, self.dist.world_size)
             self.scaler.step(self.optimizer)

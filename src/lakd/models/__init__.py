@@ -1,97 +1,100 @@
-"""Model zoo: every name maps to a builder returning a :class:`StagedModel`.
+"""Models: the zoo (builders registered with ``@register_model``) and any other model through a stage spec.
 
-Configs and the CLI refer to models by name only, so adding a family means adding its builders here.
+Configs and the CLI refer to models by name: a zoo name (``resnet20``), or ``torchvision:<name>`` /
+``timm:<name>`` for those libraries' models with their preset stages (:mod:`lakd.models.presets`). Python
+users wrap their own ``nn.Module`` with :class:`HookedModel` and a :class:`StageSpec`.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from typing import Any
 
-from lakd.models import mobilenetv2, resnet_cifar, resnet_imagenet, shufflenet, vgg, wrn
+from lakd.models import mobilenetv2, resnet_cifar, resnet_imagenet, shufflenet, vgg, wrn  # noqa: F401 (register)
+from lakd.models.adapter import HookedModel, StageSpec, check_gradient_isolation
 from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.presets import LIBRARIES, build_library_model
+from lakd.models.registry import MODELS, ModelInfo, register_model
 
 __all__ = [
-    "MODEL_REGISTRY",
+    "MODELS",
     "ClassifierHead",
+    "HookedModel",
+    "ModelInfo",
+    "StageSpec",
     "StagedModel",
     "build_model",
+    "check_gradient_isolation",
+    "is_known_model",
     "list_models",
+    "model_info",
     "model_input_size",
+    "register_model",
 ]
 
-MODEL_REGISTRY: dict[str, Callable[..., StagedModel]] = {
-    # CIFAR ResNets (CRD / RepDistiller benchmark)
-    "resnet8": resnet_cifar.resnet8,
-    "resnet14": resnet_cifar.resnet14,
-    "resnet20": resnet_cifar.resnet20,
-    "resnet32": resnet_cifar.resnet32,
-    "resnet44": resnet_cifar.resnet44,
-    "resnet56": resnet_cifar.resnet56,
-    "resnet110": resnet_cifar.resnet110,
-    "resnet8x4": resnet_cifar.resnet8x4,
-    "resnet32x4": resnet_cifar.resnet32x4,
-    # original CIFAR ResNets, option-A shortcuts (akamaster's released weights fit them)
-    "resnet20_a": resnet_cifar.resnet20_a,
-    "resnet32_a": resnet_cifar.resnet32_a,
-    "resnet44_a": resnet_cifar.resnet44_a,
-    "resnet56_a": resnet_cifar.resnet56_a,
-    "resnet110_a": resnet_cifar.resnet110_a,
-    # Wide ResNets
-    "wrn_16_1": wrn.wrn_16_1,
-    "wrn_16_2": wrn.wrn_16_2,
-    "wrn_40_1": wrn.wrn_40_1,
-    "wrn_40_2": wrn.wrn_40_2,
-    # VGG with BatchNorm
-    "vgg8": vgg.vgg8,
-    "vgg11": vgg.vgg11,
-    "vgg13": vgg.vgg13,
-    "vgg16": vgg.vgg16,
-    "vgg19": vgg.vgg19,
-    # Light-weight students
-    "mobilenetv2": mobilenetv2.mobilenetv2,
-    "shufflenet_v1": shufflenet.shufflenet_v1,
-    "shufflenet_v2": shufflenet.shufflenet_v2,
-    # ImageNet ResNets (torchvision-equivalent)
-    "resnet18": resnet_imagenet.resnet18,
-    "resnet34": resnet_imagenet.resnet34,
-    "resnet50": resnet_imagenet.resnet50,
-}
-
-_IMAGENET_MODELS = frozenset({"resnet18", "resnet34", "resnet50"})
-_CIFAR_INPUT_SIZE = 32
-_IMAGENET_INPUT_SIZE = 224
+_LIBRARY_INPUT_SIZE = 224
 
 
 def list_models() -> list[str]:
-    """All registered model names, sorted."""
-    return sorted(MODEL_REGISTRY)
+    """All zoo model names, sorted (``torchvision:`` / ``timm:`` names come from those libraries)."""
+    return sorted(MODELS)
+
+
+def _library(name: str) -> str | None:
+    """``'torchvision'`` / ``'timm'`` for a prefixed name, None for a zoo name; an unknown prefix is an error."""
+    if ":" not in name:
+        return None
+    library = name.split(":", 1)[0].strip().lower()
+    if library not in LIBRARIES:
+        raise ValueError(f"unknown model library '{library}' in {name!r}; use torchvision:<name>, timm:<name> or a "
+                         "zoo name")
+    return library
 
 
 def _canonical_name(name: str) -> str:
     """Registry key for ``name`` (case-insensitive); a ``ValueError`` with suggestions if there is none."""
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    if _library(name):
+        library, rest = name.split(":", 1)
+        return f"{library.strip().lower()}:{rest.strip()}"
     key = name.strip().lower()
-    if key in MODEL_REGISTRY:
+    if key in MODELS:
         return key
-    close = difflib.get_close_matches(key, MODEL_REGISTRY, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(key, MODELS, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}")
+    raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}, or "
+                     "torchvision:<name> / timm:<name>")
 
 
-def build_model(name: str, num_classes: int, **kwargs: Any) -> StagedModel:
-    """Build the registered model ``name`` with a ``num_classes``-way head; ``kwargs`` go to its builder."""
-    builder = MODEL_REGISTRY[_canonical_name(name)]
+def is_known_model(name: str) -> bool:
+    """Whether ``name`` is a zoo name or a well-formed ``torchvision:`` / ``timm:`` name (not built here)."""
+    try:
+        key = _canonical_name(name)
+    except (ValueError, TypeError):
+        return False
+    return key in MODELS or (":" in key and bool(key.split(":", 1)[1]))
+
+
+def model_info(name: str) -> ModelInfo | None:
+    """The zoo metadata of ``name`` (None for library models)."""
+    return MODELS.get(_canonical_name(name))
+
+
+def build_model(name: str, num_classes: int, **options: Any) -> StagedModel:
+    """Build model ``name`` with a ``num_classes``-way head; ``options`` go to its builder."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    model = builder(num_classes=num_classes, **kwargs)
-    model.arch_name = _canonical_name(name)  # lets split tables (LAKD) and checkpoints name the architecture
+    key = _canonical_name(name)
+    library = _library(key)
+    if library:
+        return build_library_model(library, key.split(":", 1)[1], num_classes, **options)
+    model = MODELS[key].builder(num_classes=num_classes, **options)
+    model.arch_name = key  # lets split tables (LAKD) and checkpoints name the architecture
     return model
 
 
 def model_input_size(name: str) -> int:
-    """Side of the square input the model was designed for: 32 (CIFAR families) or 224 (ImageNet ResNets)."""
+    """Side of the square input the model was designed for (32 for the CIFAR families, 224 for ImageNet ones)."""
     key = _canonical_name(name)
-    return _IMAGENET_INPUT_SIZE if key in _IMAGENET_MODELS else _CIFAR_INPUT_SIZE
+    return _LIBRARY_INPUT_SIZE if _library(key) else MODELS[key].input_size

@@ -7,6 +7,8 @@ internals of a family.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -28,6 +30,29 @@ class StagedModel(nn.Module):
     stages: nn.ModuleList
     head: nn.Module
     arch_name: str | None = None  # registry name, set by build_model
+    #: True: ``stem`` / ``stages`` / ``head`` can be run one by one (the zoo); False: a hooked model (adapter.py)
+    runs_stage_by_stage = True
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def prepend_input_transform(self, transform: nn.Module) -> None:
+        """Run ``transform`` on every input before the model (every path in, stage-by-stage runs included)."""
+        self.stem = nn.Sequential(transform, self.stem)
+
+    def forward_cut(self, x: torch.Tensor, on_stage: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                    cut: Callable[[int], bool] | None = None) -> torch.Tensor:
+        """Logits; after stage i, ``on_stage(i, output, pre-activation output)`` and, if ``cut(i)``, the output
+        continues detached. The contract hooked models share (LAKD on any model, ReviewKD's levels)."""
+        h = self.stem(x)
+        for i in range(len(self.stages)):
+            h, pre = self._stage_forward(i, h)
+            if on_stage is not None:
+                on_stage(i, h, pre)
+            if cut is not None and cut(i):
+                h = h.detach()
+        return self.head(h)
 
     def _stage_forward(self, index: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run stage ``index``; return ``(post-activation output, pre-activation output)``.
@@ -136,5 +161,5 @@ def feed_with_normalisation(model: StagedModel, data_mean: tuple[float, ...], da
     same = all(abs(a - b) < 1e-6 for a, b in zip((*data_mean, *data_std), (*model_mean, *model_std), strict=True))
     if same:
         return False
-    model.stem = nn.Sequential(Renormalise(data_mean, data_std, model_mean, model_std), model.stem)
+    model.prepend_input_transform(Renormalise(data_mean, data_std, model_mean, model_std))
     return True

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.registry import register_model
 from lakd.models.resnet_cifar import init_conv_bn
 
 # (expansion, channels at width 1, blocks, stride of the first block); expansion None = the model's T.
@@ -112,6 +113,7 @@ class MobileNetV2(StagedModel):
         return out, (h if isinstance(last, nn.ReLU) else out)
 
 
+@register_model()
 def mobilenetv2(num_classes: int = 100, width_mult: float = 0.5, expansion: int = 6) -> MobileNetV2:
     """The benchmark's ``MobileNetV2`` student (``mobile_half``): width 0.5, T=6."""
     return MobileNetV2(num_classes, width_mult, expansion)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.registry import register_model
 
 
 class BasicBlock(nn.Module):
@@ -131,57 +132,71 @@ _NARROW = (16, 16, 32, 64)
 _WIDE_X4 = (32, 64, 128, 256)
 
 
+@register_model()
 def resnet8(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(8, _NARROW, num_classes)
 
 
+@register_model()
 def resnet14(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(14, _NARROW, num_classes)
 
 
+@register_model()
 def resnet20(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(20, _NARROW, num_classes)
 
 
+@register_model()
 def resnet32(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(32, _NARROW, num_classes)
 
 
+@register_model()
 def resnet44(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(44, _NARROW, num_classes)
 
 
+@register_model()
 def resnet56(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(56, _NARROW, num_classes)
 
 
+@register_model()
 def resnet110(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(110, _NARROW, num_classes)
 
 
+@register_model()
 def resnet8x4(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(8, _WIDE_X4, num_classes)
 
 
+@register_model()
 def resnet32x4(num_classes: int = 100) -> CifarResNet:
     return CifarResNet(32, _WIDE_X4, num_classes)
 
 
+@register_model()
 def resnet20_a(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(20, _NARROW, num_classes, shortcut="A")
 
 
+@register_model()
 def resnet32_a(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(32, _NARROW, num_classes, shortcut="A")
 
 
+@register_model()
 def resnet44_a(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(44, _NARROW, num_classes, shortcut="A")
 
 
+@register_model()
 def resnet56_a(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(56, _NARROW, num_classes, shortcut="A")
 
 
+@register_model()
 def resnet110_a(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(110, _NARROW, num_classes, shortcut="A")

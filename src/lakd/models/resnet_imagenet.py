@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.registry import register_model
 from lakd.models.resnet_cifar import BasicBlock, forward_blocks_with_preact, init_conv_bn, projection_shortcut
 
 
@@ -84,13 +85,16 @@ class ImageNetResNet(StagedModel):
         return forward_blocks_with_preact(self.stages[index], h)
 
 
+@register_model(input_size=224)
 def resnet18(num_classes: int = 1000, zero_init_residual: bool = False) -> ImageNetResNet:
     return ImageNetResNet(BasicBlock, (2, 2, 2, 2), num_classes, zero_init_residual)
 
 
+@register_model(input_size=224)
 def resnet34(num_classes: int = 1000, zero_init_residual: bool = False) -> ImageNetResNet:
     return ImageNetResNet(BasicBlock, (3, 4, 6, 3), num_classes, zero_init_residual)
 
 
+@register_model(input_size=224)
 def resnet50(num_classes: int = 1000, zero_init_residual: bool = False) -> ImageNetResNet:
     return ImageNetResNet(Bottleneck, (3, 4, 6, 3), num_classes, zero_init_residual)

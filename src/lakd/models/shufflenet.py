@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.registry import register_model
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -192,11 +193,13 @@ class ShuffleNetV2(StagedModel):
         return last.forward_with_preact(h)
 
 
+@register_model()
 def shufflenet_v1(num_classes: int = 100) -> ShuffleNetV1:
     """The benchmark's ``ShuffleV1``: groups 3, 240 / 480 / 960 channels, 4 / 8 / 4 blocks."""
     return ShuffleNetV1(num_classes)
 
 
+@register_model()
 def shufflenet_v2(num_classes: int = 100) -> ShuffleNetV2:
     """The benchmark's ``ShuffleV2`` (net size 1): 116 / 232 / 464 channels, 1024-channel final conv."""
     return ShuffleNetV2(num_classes)

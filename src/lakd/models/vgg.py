@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.registry import register_model
 from lakd.models.resnet_cifar import init_conv_bn
 
 VGG_CONFIGS: dict[str, list[list[int]]] = {
@@ -75,21 +76,26 @@ class VGG(StagedModel):
         return last_relu(h), h
 
 
+@register_model(local_modules=[[0, 1], [2], [3, 4]])
 def vgg8(num_classes: int = 100) -> VGG:
     return VGG(VGG_CONFIGS["vgg8"], num_classes)
 
 
+@register_model(local_modules=[[0, 1], [2], [3, 4]])
 def vgg11(num_classes: int = 100) -> VGG:
     return VGG(VGG_CONFIGS["vgg11"], num_classes)
 
 
+@register_model(local_modules=[[0, 1], [2], [3, 4]])
 def vgg13(num_classes: int = 100) -> VGG:
     return VGG(VGG_CONFIGS["vgg13"], num_classes)
 
 
+@register_model(local_modules=[[0, 1], [2], [3, 4]])
 def vgg16(num_classes: int = 100) -> VGG:
     return VGG(VGG_CONFIGS["vgg16"], num_classes)
 
 
+@register_model(local_modules=[[0, 1], [2], [3, 4]])
 def vgg19(num_classes: int = 100) -> VGG:
     return VGG(VGG_CONFIGS["vgg19"], num_classes)

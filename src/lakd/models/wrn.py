@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.registry import register_model
 from lakd.models.resnet_cifar import init_conv_bn
 
 
@@ -78,17 +79,21 @@ class WideResNet(StagedModel):
         return out, (h if isinstance(last, nn.ReLU) else out)
 
 
+@register_model()
 def wrn_16_1(num_classes: int = 100, drop_rate: float = 0.0) -> WideResNet:
     return WideResNet(16, 1, num_classes, drop_rate)
 
 
+@register_model()
 def wrn_16_2(num_classes: int = 100, drop_rate: float = 0.0) -> WideResNet:
     return WideResNet(16, 2, num_classes, drop_rate)
 
 
+@register_model()
 def wrn_40_1(num_classes: int = 100, drop_rate: float = 0.0) -> WideResNet:
     return WideResNet(40, 1, num_classes, drop_rate)
 
 
+@register_model()
 def wrn_40_2(num_classes: int = 100, drop_rate: float = 0.0) -> WideResNet:
     return WideResNet(40, 2, num_classes, drop_rate)
