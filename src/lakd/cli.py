@@ -34,6 +34,8 @@ DISTILL_EXAMPLES = """examples:
       --epochs 5 --out runs/lakd-r20
   lakd distill -c configs/cifar10_cpu_lakd.yaml distill.params.ndam_weight=2 --out runs/lakd-ndam2
   lakd distill --method kd --teacher runs/teacher-resnet56/best.pt --student resnet20 distill.params.temperature=2
+  lakd distill --method lakd --teacher timm:resnet50 --teacher-weights resnet50.safetensors \
+      --student torchvision:mobilenet_v3_small --dataset imagefolder data.path=DIR data.image_size=224
   lakd distill --list-methods
 """
 
@@ -124,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Distil a student from a frozen teacher with any registered method.",
                        epilog=DISTILL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", help="distillation method (distill.method), see --list-methods")
-    p.add_argument("--teacher", help="teacher checkpoint from `lakd train` (distill.teacher)")
-    p.add_argument("--student", help="student architecture (model.name)")
+    p.add_argument("--teacher", help="teacher: a checkpoint from `lakd train`, or a model name (zoo, "
+                                     "torchvision:<name>, timm:<name>) with --teacher-weights (distill.teacher)")
+    p.add_argument("--teacher-weights", metavar="FILE",
+                   help="weights of a teacher given by name: a state_dict .pth/.th/.pt/.safetensors, read without "
+                        "running pickled code (distill.teacher_weights; rename keys with distill.teacher_key_map)")
+    p.add_argument("--student", help="student architecture (model.name): zoo, torchvision:<name> or timm:<name>")
     p.add_argument("--list-methods", action="store_true", help="print the distillation methods and exit")
     _add_common_run_flags(p)
 
@@ -374,7 +380,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.list_methods:
         print("\n".join(list_methods()))
         return 0
-    flags = {"distill.method": args.method, "distill.teacher": args.teacher, "model.name": args.student}
+    flags = {"distill.method": args.method, "distill.teacher": args.teacher, "model.name": args.student,
+             "distill.teacher_weights": args.teacher_weights}
     cfg: DistillRunConfig = _config_from_args(DistillRunConfig, args, flags)
     method_class(cfg.distill.method)
     make_params(cfg.distill.method, cfg.distill.resolved_params())  # validate before any work
@@ -383,7 +390,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if needs_teacher and not cfg.distill.teacher:
         raise LakdError(f"method '{cfg.distill.method}' needs a teacher: pass --teacher runs/<teacher>/best.pt "
                         "(a checkpoint written by `lakd train`)")
-    teacher_ckpt = _load_teacher_checkpoint(cfg.distill.teacher) if cfg.distill.teacher else None
+    teacher_ckpt = _teacher_source(cfg.distill) if cfg.distill.teacher else None
     out = Path(cfg.out or f"runs/{cfg.distill.method}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     _prepare_out_dir(out, args.resume, args.force)
     return _run_training(cfg, out, args.resume, args.force, argv=args.argv, teacher_ckpt=teacher_ckpt)
@@ -402,10 +409,42 @@ def _load_teacher_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any],
     return ckpt, meta, path
 
 
-def _build_teacher(teacher_ckpt: tuple[dict[str, Any], dict[str, Any], str], splits: Any) -> Any:
+def _teacher_source(distill: Any) -> tuple[dict[str, Any] | None, dict[str, Any], str]:
+    """``(checkpoint, meta, where)`` of the teacher: a lakd checkpoint, or a model name with a weights file (then
+    the checkpoint is None and the weights are read when the teacher is built, before any file is written)."""
+    from lakd.models import is_known_model
+
+    teacher, weights = distill.teacher, distill.teacher_weights
+    if Path(teacher).is_file() or not is_known_model(teacher):
+        if weights:
+            raise LakdError(f"distill.teacher_weights is for a teacher given by its architecture name; '{teacher}' "
+                            "is a checkpoint, which holds its weights: leave out --teacher-weights")
+        if not Path(teacher).exists() and (":" in teacher or teacher.isidentifier()):
+            check_model_name(teacher)  # a mistyped name: say so rather than 'checkpoint does not exist'
+        return _load_teacher_checkpoint(teacher)
+    if not weights:
+        raise LakdError(f"teacher '{teacher}' is an architecture name: give its weights with --teacher-weights FILE "
+                        "(a state_dict file), or pass a checkpoint written by `lakd train`")
+    if not Path(weights).is_file():
+        raise LakdError(f"teacher weights file '{weights}' does not exist")
+    return None, {"arch": teacher, "weights": weights, "key_map": distill.teacher_key_map}, weights
+
+
+def _build_teacher(teacher_ckpt: tuple[dict[str, Any] | None, dict[str, Any], str], splits: Any) -> Any:
     """The teacher model with its weights; class count and dataset must match the distillation data."""
 
     ckpt, meta, path = teacher_ckpt
+    if ckpt is None:  # a model name and a foreign weights file: the head must fit the dataset
+        from lakd.models import build_model
+        from lakd.models.adapter import user_model
+        from lakd.models.weights import load_weights_into
+
+        try:
+            teacher = build_model(meta["arch"], splits.num_classes)
+        except ValueError as exc:
+            raise LakdError(f"teacher '{meta['arch']}': {exc}") from None
+        load_weights_into(user_model(teacher), path, meta["key_map"], "teacher")
+        return teacher
     if meta["num_classes"] != splits.num_classes:
         raise LakdError(f"teacher '{path}' ({meta['arch']}) predicts {meta['num_classes']} classes but dataset "
                         f"'{splits.name}' has {splits.num_classes}: use a teacher trained on {splits.name}")
@@ -466,9 +505,10 @@ def _train_in_process(
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model.name, splits.num_classes)
     if cfg.model.init_weights:
+        from lakd.models.adapter import user_model
         from lakd.models.weights import load_weights_into
 
-        load_weights_into(model, cfg.model.init_weights, cfg.model.init_key_map,
+        load_weights_into(user_model(model), cfg.model.init_weights, cfg.model.init_key_map,
                           "student" if teacher is not None else "model")
     input_shape = (3, splits.image_size, splits.image_size)
     check_input_size(model, "student" if teacher is not None else "", input_shape)

@@ -96,7 +96,11 @@ class RunConfig:
 @dataclass
 class DistillConfig:
     method: str = "lakd"
-    teacher: str | None = None  # teacher checkpoint (written by lakd train); its meta names the architecture
+    # the teacher: a checkpoint written by lakd train (its meta names the architecture), or a model name
+    # (zoo, torchvision:<name>, timm:<name>) whose weights come from teacher_weights (a foreign state_dict file)
+    teacher: str | None = None
+    teacher_weights: str | None = None
+    teacher_key_map: Any = None  # rename the keys of teacher_weights: a preset ("akamaster") or [[regex, repl], ...]
     params: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters (validated by the method)
     # A pair's published per-method settings, e.g. {dkd: {beta: 2.0}, reviewkd: {reviewkd_weight: 0.6}}: the
     # entry of the chosen method applies under `params` (which wins), so one pair config serves every method.

@@ -159,7 +159,9 @@ def export_checkpoint(
     metadata = export_meta(meta, _sha256(src))
     info: dict[str, Any] = {"format": fmt}
     if fmt == "safetensors":
-        data, info["tensors"] = _safetensors_bytes(model, metadata)
+        from lakd.models.adapter import user_model
+
+        data, info["tensors"] = _safetensors_bytes(user_model(model), metadata)  # a library model: its own keys
     else:
         from lakd.models import model_input_size
 
