@@ -176,7 +176,7 @@ def test_a_run_folder_has_one_owner(tmp_path: Path) -> None:
         first.communicate(timeout=120)
     assert first.returncode == 143
     # the owner is gone: the lock went with it, and the run resumes
-    from lakd.cli import lock_run_folder
+    from lakd.run import lock_run_folder
 
     os.close(lock_run_folder(out))
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,10 @@ COMMITTED_TEACHER = REPO_ROOT / "benchmarks" / "teachers" / "cifar10_resnet56_e8
 DEMO_METHODS = ("kd", "lakd")
 
 
-def _run(argv: list[str]) -> None:
+def _step(run_command: Callable[[list[str]], int], argv: list[str]) -> None:
     """Run one lakd command in-process; its failure stops the demo with that command's message."""
-    from lakd.cli import main
-
     print(f"\n$ lakd {' '.join(argv)}", flush=True)
-    rc = main(argv)
+    rc = run_command(argv)
     if rc != 0:
         raise LakdError(f"demo step failed (exit {rc}): lakd {' '.join(argv)}")
 
@@ -64,7 +63,8 @@ def comparison_table(rows: list[dict[str, Any]], teacher_top1: float) -> str:
     return "\n".join(lines)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace, run_command: Callable[[list[str]], int]) -> int:
+    """The tour; ``run_command(argv) -> exit code`` runs one lakd command (the CLI passes its own ``main``)."""
     start = time.perf_counter()
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -95,7 +95,7 @@ def run_demo(args: argparse.Namespace) -> int:
         arch = "resnet8" if args.tiny else "resnet32"
         print(f"teacher: none given or committed here, so training a quick {arch} teacher first (1 epoch; for real "
               "work train one with `lakd train -c configs/cifar10_teacher.yaml`)")
-        _run(["train", "--model", arch, "--epochs", "1", "--out", str(out / "teacher"), *data, *common])
+        _step(run_command, ["train", "--model", arch, "--epochs", "1", "--out", str(out / "teacher"), *data, *common])
         teacher = str(out / "teacher" / "best.pt")
 
     for method in DEMO_METHODS:
@@ -103,7 +103,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 "--out", str(out / method), *data, *common]
         if limit is not None:
             argv.append(f"data.train_limit={limit}")
-        _run(argv)
+        _step(run_command, argv)
 
     from lakd.explain import explain_checkpoints
     from lakd.report import plot_curves, read_jsonl
@@ -116,7 +116,7 @@ def run_demo(args: argparse.Namespace) -> int:
         result = explain_checkpoints(teacher, str(out / method / "best.pt"), images=6, data_root=args.data_root,
                                      out=str(out / f"ndam_{method}.png"))
         pictures[method] = result
-    from lakd.cli import evaluate_checkpoint
+    from lakd.run import evaluate_checkpoint
 
     teacher_top1 = evaluate_checkpoint(teacher, data_root=args.data_root)["top1"]
     table = comparison_table(rows, teacher_top1)

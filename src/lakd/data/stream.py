@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lakd.data.batches import EpochBatches
 from lakd.data.cifar import ImageArrays
 from lakd.data.folder import list_image_folder
-from lakd.data.loader import EpochBatches
 from lakd.data.transforms import load_eval_image, load_train_image
 
 DEFAULT_IMAGE_SIZE = 224

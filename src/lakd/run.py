@@ -1,0 +1,392 @@
+"""Run orchestration, as a library: what `lakd train` / `distill` / `eval`, `bench` and `demo` all call.
+
+The CLI turns argv into a config and calls :func:`run_training` or :func:`evaluate_checkpoint`; this module
+builds the data, models, teacher and task, owns the run folder (lock, atomic writes, resume checks) and drives
+the trainer. Every user mistake is a ``LakdError`` raised before the run folder is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lakd import __version__
+from lakd.errors import LakdError
+
+RUN_FILES = ("last.pt", "last.prev.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.yaml", "run.json",
+             "summary.json")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_info(runtime: Any = None) -> dict[str, Any]:
+    """What a result needs next to it to be reproducible: versions, machine, git commit."""
+    import torch
+
+    info = {"lakd": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "git_commit": _git_commit()}
+    if runtime is not None:
+        info["device"] = runtime.describe()
+    return info
+
+
+def check_model_name(name: str) -> None:
+    """Unknown architecture -> LakdError with the registry's did-you-mean message."""
+    from lakd.models import is_known_model, list_models
+
+    if not is_known_model(name):
+        from lakd.errors import did_you_mean
+
+        raise LakdError(f"unknown model '{name}'{did_you_mean(name, list_models())}; see `lakd train --list-models`,"
+                        " or name a torchvision:<name> / timm:<name> model")
+
+
+def prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to clobber an existing run unless --resume or --force (checked before any work is done)."""
+    if resume and force:
+        raise LakdError("--resume and --force contradict each other: pick one")
+    existing = out.is_dir() and any(out.iterdir())
+    if resume:
+        if not (out / "last.pt").is_file() and not (out / "last.prev.pt").is_file():
+            raise LakdError(f"--resume: no '{out / 'last.pt'}' to resume from")
+        return
+    if out.exists() and not out.is_dir():
+        raise LakdError(f"--out '{out}' exists and is not a folder")
+    if existing and not force:
+        raise LakdError(f"run folder '{out}' already exists and is not empty; use --resume to continue it, "
+                        "--force to start over in it, or another --out")
+
+
+def lock_run_folder(out: Path) -> Any:
+    """Own ``out`` for this process: an exclusive ``flock`` on ``out/.lock`` (released by the OS on any exit).
+
+    A second run (train, distill, bench's child, --resume or --force) on the same folder gets a ``LakdError``
+    naming the owner's pid instead of interleaving its metrics and checkpoints with the first one's.
+    """
+    import fcntl
+
+    path = out / ".lock"
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise LakdError(f"cannot lock run folder '{out}': {exc.strerror} ({path})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LakdError(f"run folder '{out}' is in use by another lakd process (pid {owner}); wait for it to "
+                        "finish or stop it (it checkpoints on SIGTERM), or use another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _clear_run_files(out: Path) -> None:
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+# Keys a resumed run may change: they do not change what is computed, only how it is shown or run.
+RESUME_MAY_CHANGE = ("train.progress", "train.threads", "train.tensorboard", "data.workers", "data.root", "out")
+
+
+def check_resume_config(cfg: Any, saved: Path) -> None:
+    """``--resume`` continues a run exactly as configured: a key that differs from its ``config.yaml`` (another
+    epoch count, lr, method parameter, or an edited config file) is refused, naming the keys."""
+    import yaml
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v and k not in ("params", "per_method"):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    try:
+        before = flat(yaml.safe_load(saved.read_text()) or {})
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise LakdError(f"--resume: the run's '{saved}' is unreadable ({type(exc).__name__}); it cannot be "
+                        "checked against this command") from None
+    now = flat(cfg.to_dict())
+    changed = [k for k in sorted(set(before) | set(now))
+               if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
+    if "train.epochs" in changed:  # extending (or shortening) a run is allowed, and said
+        changed.remove("train.epochs")
+        print(f"lakd: note: --resume with train.epochs {before.get('train.epochs')} -> {now.get('train.epochs')}: "
+              "the remaining epochs follow the new schedule, so the run is not the same as an uninterrupted one "
+              "of the new length", file=sys.stderr)
+    if changed:
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed[:5])
+        raise LakdError(f"--resume continues the run as it was configured, but {len(changed)} setting(s) differ "
+                        f"from '{saved}': {shown}{', ...' if len(changed) > 5 else ''}. Resume with the same "
+                        "settings, or start a new run (--out elsewhere, or --force) to change them")
+
+
+def load_teacher_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    from lakd.engine import load_checkpoint
+    from lakd.engine.checkpoint import checkpoint_meta
+
+    ckpt = load_checkpoint(path)
+    meta = checkpoint_meta(ckpt, path)
+    try:
+        check_model_name(meta["arch"])
+    except LakdError as exc:
+        raise LakdError(f"teacher checkpoint '{path}': {exc}") from None
+    return ckpt, meta, path
+
+
+def teacher_source(distill: Any) -> tuple[dict[str, Any] | None, dict[str, Any], str]:
+    """``(checkpoint, meta, where)`` of the teacher: a lakd checkpoint, or a model name with a weights file (then
+    the checkpoint is None and the weights are read when the teacher is built, before any file is written)."""
+    from lakd.models import is_known_model
+
+    teacher, weights = distill.teacher, distill.teacher_weights
+    if Path(teacher).is_file() or not is_known_model(teacher):
+        if weights:
+            raise LakdError(f"distill.teacher_weights is for a teacher given by its architecture name; '{teacher}' "
+                            "is a checkpoint, which holds its weights: leave out --teacher-weights")
+        if not Path(teacher).exists() and (":" in teacher or teacher.isidentifier()):
+            check_model_name(teacher)  # a mistyped name: say so rather than 'checkpoint does not exist'
+        return load_teacher_checkpoint(teacher)
+    if not weights:
+        raise LakdError(f"teacher '{teacher}' is an architecture name: give its weights with --teacher-weights FILE "
+                        "(a state_dict file), or pass a checkpoint written by `lakd train`")
+    if not Path(weights).is_file():
+        raise LakdError(f"teacher weights file '{weights}' does not exist")
+    return None, {"arch": teacher, "weights": weights, "key_map": distill.teacher_key_map}, weights
+
+
+def _build_teacher(teacher_ckpt: tuple[dict[str, Any] | None, dict[str, Any], str], splits: Any) -> Any:
+    """The teacher model with its weights; class count and dataset must match the distillation data."""
+
+    ckpt, meta, path = teacher_ckpt
+    if ckpt is None:  # a model name and a foreign weights file: the head must fit the dataset
+        from lakd.models import build_model
+        from lakd.models.adapter import user_model
+        from lakd.models.weights import load_weights_into
+
+        try:
+            teacher = build_model(meta["arch"], splits.num_classes)
+        except ValueError as exc:
+            raise LakdError(f"teacher '{meta['arch']}': {exc}") from None
+        load_weights_into(user_model(teacher), path, meta["key_map"], "teacher")
+        return teacher
+    if meta["num_classes"] != splits.num_classes:
+        raise LakdError(f"teacher '{path}' ({meta['arch']}) predicts {meta['num_classes']} classes but dataset "
+                        f"'{splits.name}' has {splits.num_classes}: use a teacher trained on {splits.name}")
+    if meta.get("dataset") and meta["dataset"] != splits.name:
+        raise LakdError(f"teacher '{path}' was trained on '{meta['dataset']}', not on '{splits.name}'")
+    from lakd.engine.checkpoint import model_from_checkpoint
+    from lakd.models.base import feed_with_normalisation
+
+    teacher = model_from_checkpoint(ckpt, meta, f"teacher '{path}'")
+    if meta.get("mean") and meta.get("std"):  # a teacher trained with another normalisation sees its own
+        feed_with_normalisation(teacher, tuple(splits.mean), tuple(splits.std), tuple(meta["mean"]),
+                                tuple(meta["std"]))
+    return teacher
+
+
+def run_training(
+    cfg: Any, out: Path, resume: bool, force: bool, argv: list[str], teacher_ckpt: Any = None
+) -> int:
+    import torch
+
+    from lakd.engine import resolve_runtime
+    from lakd.engine.distributed import env_from_torchrun, init_process_group, shutdown
+
+    dist_env = env_from_torchrun()  # torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; else one process
+    device_name = cfg.train.device
+    if dist_env.enabled and device_name in ("auto", "cuda") and torch.cuda.is_available():
+        device_name = f"cuda:{dist_env.local_rank}"  # one GPU per process
+    runtime = resolve_runtime(device_name, cfg.train.precision, cfg.train.channels_last)
+    init_process_group(dist_env, runtime.device)
+    try:
+        return _train_in_process(cfg, out, resume, force, argv, teacher_ckpt, runtime, dist_env)
+    finally:
+        shutdown()
+
+
+def _train_in_process(
+    cfg: Any, out: Path, resume: bool, force: bool, argv: list[str], teacher_ckpt: Any, runtime: Any, dist_env: Any
+) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from lakd.config import dump_yaml
+    from lakd.data import load_splits
+    from lakd.engine import SupervisedTask, Trainer, seed_everything
+    from lakd.engine.trainer import TrainingStopped
+    from lakd.models import build_model
+    from lakd.models.base import check_input_size
+
+    main_rank = dist_env.is_main
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    d = cfg.data
+    splits = load_splits(d.dataset, d.root, d.val_size, d.split_seed, d.path, d.synthetic_size,
+                         d.synthetic_classes, d.train_limit, d.test_limit, stream=d.stream, image_size=d.image_size)
+    if d.mean is not None:
+        splits.mean, splits.std = tuple(d.mean), tuple(d.std)
+    teacher = _build_teacher(teacher_ckpt, splits) if teacher_ckpt is not None else None
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model.name, splits.num_classes)
+    if cfg.model.init_weights:
+        from lakd.models.adapter import user_model
+        from lakd.models.weights import load_weights_into
+
+        load_weights_into(user_model(model), cfg.model.init_weights, cfg.model.init_key_map,
+                          "student" if teacher is not None else "model")
+    input_shape = (3, splits.image_size, splits.image_size)
+    check_input_size(model, "student" if teacher is not None else "", input_shape)
+    if teacher is not None:
+        check_input_size(teacher, "teacher", input_shape)
+    distill = getattr(cfg, "distill", None)
+    if distill is None:
+        task = SupervisedTask(model, cfg.train.label_smoothing)
+    else:
+        from lakd.distill import build_distiller, params_as_dict
+
+        task = build_distiller(distill.method, model, teacher, distill.resolved_params(),
+                               input_shape=input_shape, total_epochs=cfg.train.epochs,
+                               train_labels=torch.as_tensor(splits.train.y))
+    per_process = d.batch_size // dist_env.world_size
+    if per_process < task.min_batch_size:
+        raise LakdError(f"data.batch_size = {d.batch_size} gives {per_process} samples per process, but method "
+                        f"'{distill.method}' needs at least {task.min_batch_size}: {task.min_batch_reason}")
+    task = task.to(runtime.device)
+    if runtime.channels_last and teacher is not None:
+        teacher.to(memory_format=torch.channels_last)
+    meta = {"arch": cfg.model.name, "num_classes": splits.num_classes, "dataset": splits.name,
+            "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
+            "image_size": splits.image_size, "val_size": d.val_size, "split_seed": d.split_seed,
+            "data": {"dataset": d.dataset, "path": d.path, "val_size": d.val_size, "split_seed": d.split_seed,
+                     "synthetic_size": d.synthetic_size, "synthetic_classes": d.synthetic_classes,
+                     "stream": d.stream, "image_size": d.image_size},
+            "lakd_version": __version__}
+    if distill is not None:
+        meta["distill"] = {"method": distill.method, "teacher": distill.teacher,
+                           "teacher_arch": teacher_ckpt[1]["arch"] if teacher_ckpt else None,
+                           # every parameter as resolved (defaults included), so runs made before and after a
+                           # default changed can be told apart; the overrides alone are in config.yaml
+                           "params": params_as_dict(task.params)}
+    trainer = Trainer(task, cfg, splits, runtime, out, meta, log=print if main_rank else (lambda _m: None),
+                      dist_env=dist_env)
+    if dist_env.enabled:
+        dist.barrier()  # every rank has checked its input before rank 0 touches the run folder
+    if resume:
+        trainer.resume_from(out / "last.pt")
+    if not main_rank:
+        try:
+            trainer.fit()
+        except TrainingStopped as stop:
+            return 128 + stop.signum
+        return 0
+    # Everything that can fail on bad input has run; only now touch the run folder.
+    out.mkdir(parents=True, exist_ok=True)
+    from lakd.atomic import atomic_write_text
+
+    lock = lock_run_folder(out)  # this process owns the folder until it returns; a second writer gets an error
+    try:
+        if force:
+            _clear_run_files(out)
+        # on --resume too: only keys check_resume_config allows can differ, and a later resume compares with these
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+        run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
+                    "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
+                    "environment": {**environment_info(runtime), "world_size": dist_env.world_size},
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
+                             "test": len(splits.test)}}
+        atomic_write_text(out / "run.json", json.dumps(run_info, indent=2))
+        what = "training "
+        if distill is not None:
+            what = f"distilling ({distill.method}) {teacher_ckpt[1]['arch'] if teacher_ckpt else 'no teacher'} -> "
+        procs = f" x {dist_env.world_size} processes" if dist_env.enabled else ""
+        print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "
+              f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()}{procs} -> {out}")
+        try:
+            summary = trainer.fit()
+        except TrainingStopped as stop:
+            print(f"\n{stop}: checkpoint saved to {stop.checkpoint}; continue with the same command plus --resume",
+                  file=sys.stderr)
+            return 128 + stop.signum
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {out / 'last.pt'} holds the last saved state; continue with --resume",
+                  file=sys.stderr)
+            return 130
+        summary["out"] = str(out)
+        text = json.dumps({**summary, **run_info}, indent=2).encode()
+        from lakd.atomic import atomic_write
+
+        atomic_write(out / "summary.json", lambda f: f.write(text))  # a torn summary would block report/bench
+        print(json.dumps(summary, indent=2))
+        return 0
+    finally:
+        os.close(lock)
+
+
+def evaluate_checkpoint(
+    path: str, split: str = "test", dataset: str | None = None, data_root: str | None = None,
+    device: str = "auto", precision: str = "auto", batch_size: int = 500,
+) -> dict[str, Any]:
+    """Top-1/top-5/loss/img/s of a checkpoint's model on one split of its dataset (or ``dataset``)."""
+    import torch
+
+    from lakd.data import load_splits
+    from lakd.engine import evaluate, load_checkpoint, resolve_runtime
+    from lakd.engine.checkpoint import checkpoint_meta, model_from_checkpoint
+
+    ckpt = load_checkpoint(path)
+    meta = checkpoint_meta(ckpt, path)
+    runtime = resolve_runtime(device, precision, "auto")
+    data = dict(meta.get("data") or {"dataset": meta.get("dataset", "cifar10")})
+    if dataset and dataset != data.get("dataset"):
+        data = {"dataset": dataset}
+    dataset = data.pop("dataset")
+    if split == "test":
+        data["val_size"] = 0  # the test split does not depend on the validation carve-out
+    splits = load_splits(dataset, data_root, **data)
+    if splits.num_classes != meta["num_classes"]:
+        raise LakdError(f"checkpoint '{path}' predicts {meta['num_classes']} classes but dataset "
+                        f"'{dataset}' has {splits.num_classes}")
+    model = model_from_checkpoint(ckpt, meta, f"checkpoint '{path}'").to(runtime.device)
+    from lakd.engine.trainer import non_finite_tensors
+
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise LakdError(f"checkpoint '{path}' holds non-finite weights ({', '.join(bad[:3])}); it cannot be "
+                        "evaluated — it was not written by a finished lakd run")
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    arrays = {"test": splits.test, "val": splits.val, "train": splits.train}[split]
+    if arrays is None:
+        raise LakdError("--split val: this checkpoint was trained without a validation split")
+    mean = tuple(meta.get("mean", splits.mean))
+    std = tuple(meta.get("std", splits.std))
+    result = evaluate(model, arrays, mean, std, runtime, batch_size)
+    result.update({"ckpt": str(path), "arch": meta["arch"], "dataset": dataset, "split": split,
+                   "images": len(arrays), "device": runtime.describe()})
+    return result
+
+
