@@ -45,11 +45,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from lakd.cli import environment_info
 from lakd.data import load_splits
 from lakd.engine import load_checkpoint
 from lakd.engine.checkpoint import checkpoint_meta
 from lakd.models import build_model
+from lakd.run import environment_info
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TEACHER = REPO / "benchmarks" / "teachers" / "cifar10_resnet56_e8.pt"

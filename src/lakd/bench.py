@@ -33,8 +33,7 @@ import yaml
 from lakd.atomic import atomic_write, atomic_write_text
 from lakd.errors import LakdError, did_you_mean
 from lakd.report import load_run, plot_accuracy_vs_speed, plot_curves
-
-REPO_ROOT = Path(__file__).resolve().parents[2]  # a source checkout: configs/ and benchmarks/ live here
+from lakd.resources import configs_dir, shipped
 
 
 @dataclass
@@ -90,13 +89,13 @@ class BenchRun:
 
 
 def find_protocol(name_or_path: str) -> Path:
-    """A protocol YAML by path, or by name under ``configs/protocols`` (here, then in the source checkout)."""
+    """A protocol YAML by path, or by name under ``configs/protocols`` (here, then the ones lakd ships)."""
     as_path = Path(name_or_path)
     if as_path.suffix in (".yaml", ".yml") or as_path.is_file():
         if not as_path.is_file():
             raise LakdError(f"protocol file '{as_path}' does not exist")
         return as_path
-    folders = [Path("configs/protocols"), REPO_ROOT / "configs" / "protocols"]
+    folders = [Path("configs/protocols"), configs_dir() / "protocols"]
     for folder in folders:
         candidate = folder / f"{name_or_path}.yaml"
         if candidate.is_file():
@@ -107,15 +106,19 @@ def find_protocol(name_or_path: str) -> Path:
 
 
 def resolve_path(path: str, protocol_path: Path) -> Path:
-    """A path named in a protocol: absolute, relative to the working folder, or to the source checkout."""
+    """A path named in a protocol: absolute, relative to the working folder or to the protocol's project (the
+    folder holding its ``configs/``), or a file lakd ships (``configs/...``)."""
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
-    for base in (protocol_path.resolve().parents[2] if len(protocol_path.resolve().parents) > 2 else None,
-                 REPO_ROOT):
-        if base is not None and (base / p).exists():
-            return base / p
-    raise LakdError(f"protocol '{protocol_path}' names '{path}', which exists neither here nor in {REPO_ROOT}")
+    parents = protocol_path.resolve().parents
+    if len(parents) > 2 and (parents[2] / p).exists():  # <project>/configs/protocols/<name>.yaml
+        return parents[2] / p
+    packaged = shipped(p)
+    if packaged is not None:
+        return packaged
+    raise LakdError(f"protocol '{protocol_path}' names '{path}', which exists neither here nor among the files "
+                    "lakd ships")
 
 
 def load_protocol(name_or_path: str) -> Protocol:

@@ -228,7 +228,10 @@ def nest(key: str, value: Any) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """A config file: ``path`` itself, or the copy lakd ships of a ``configs/...`` path (installed package)."""
+    from lakd.resources import locate
+
+    path = locate(path)
     if not path.is_file():
         raise LakdError(f"config file '{path}' does not exist")
     try:

@@ -18,9 +18,9 @@ from typing import Any
 
 from lakd.atomic import atomic_write_text
 from lakd.errors import LakdError
+from lakd.resources import PACKAGE_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-COMMITTED_TEACHER = REPO_ROOT / "benchmarks" / "teachers" / "cifar10_resnet56_e8.pt"
+COMMITTED_TEACHER = PACKAGE_ROOT / "teachers" / "cifar10_resnet56_e8.pt"  # shipped with lakd
 DEMO_METHODS = ("kd", "lakd")
 
 

@@ -160,8 +160,11 @@ def teacher_source(distill: Any) -> tuple[dict[str, Any] | None, dict[str, Any],
     """``(checkpoint, meta, where)`` of the teacher: a lakd checkpoint, or a model name with a weights file (then
     the checkpoint is None and the weights are read when the teacher is built, before any file is written)."""
     from lakd.models import is_known_model
+    from lakd.resources import locate
 
     teacher, weights = distill.teacher, distill.teacher_weights
+    if not Path(teacher).exists() and locate(teacher) != Path(teacher):  # a teacher lakd ships, named by a config
+        teacher = str(locate(teacher))
     if Path(teacher).is_file() or not is_known_model(teacher):
         if weights:
             raise LakdError(f"distill.teacher_weights is for a teacher given by its architecture name; '{teacher}' "
