@@ -53,9 +53,34 @@ def test_npz_jpeg_decode_matches_pixels_and_is_cached(npz_root: Path) -> None:
     assert arrays.classes[:2] == ["c0", "c1"]
     cache_files = list(decoded_cache_dir(npz_root).glob("*.npz"))
     assert len(cache_files) == 1
-    # Second load comes from the cache: corrupting the source's bytes (same size/mtime kept) is not noticed.
+    # Second load comes from the cache (same arrays, the cache file untouched).
+    stamp = cache_files[0].stat().st_mtime_ns
     again = load_cifar("cifar10", npz_root, "train")
     np.testing.assert_array_equal(again.x, arrays.x)
+    assert cache_files[0].stat().st_mtime_ns == stamp
+
+
+def test_decode_cache_is_checked_against_its_source_and_its_own_contents(npz_root: Path) -> None:
+    import os
+
+    source = npz_root / "cifar10" / "train.npz"
+    first = load_cifar("cifar10", npz_root, "train")
+    # The source replaced in place by other images of the same size, with its modification time kept:
+    st = source.stat()
+    other = make_synthetic(60, 10, seed=7)
+    write_jpeg_npz(source, other.x, other.y, [f"c{i}" for i in range(10)])
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+    changed = load_cifar("cifar10", npz_root, "train")
+    assert not np.array_equal(changed.x, first.x)
+    np.testing.assert_array_equal(changed.y, other.y)
+    # A foreign cache file under our name (its arrays not the ones recorded with it) is not used either.
+    cache = next(decoded_cache_dir(npz_root).glob("*.npz"))
+    with np.load(cache) as d:
+        fields = {k: d[k] for k in d.files}
+    fields["x"] = np.zeros_like(fields["x"])
+    np.savez(cache, **fields)
+    again = load_cifar("cifar10", npz_root, "train")
+    np.testing.assert_array_equal(again.x, changed.x)
 
 
 def test_cache_goes_to_user_dir_when_root_is_read_only(npz_root: Path) -> None:

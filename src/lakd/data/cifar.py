@@ -10,6 +10,7 @@ Forms looked for under the data root, in this order:
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from lakd.errors import LakdError
 
 CIFAR_NAMES = ("cifar10", "cifar100")
 PICKLE_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: content digests of source and arrays
 
 
 @dataclass
@@ -90,28 +91,51 @@ def decode_jpeg_npz(path: Path) -> ImageArrays:
     return ImageArrays(x, y, classes)
 
 
+def _payload_digest(x: np.ndarray, y: np.ndarray, classes: list[str]) -> str:
+    """Digest of the decoded arrays: a cache file is used only if its contents are what was written."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (np.ascontiguousarray(x), np.ascontiguousarray(y.astype(np.int64))):
+        digest.update(memoryview(part).cast("B"))
+    digest.update("\x00".join(classes).encode())
+    return digest.hexdigest()
+
+
 def _save_cache(path: Path, arrays: ImageArrays, source_key: str) -> None:
     """Write the decoded cache atomically (temp file + rename), so a crash leaves no torn cache."""
+    payload = _payload_digest(arrays.x, arrays.y, list(arrays.classes))
     atomic_write(path, lambda f: np.savez(f, x=arrays.x, y=arrays.y, classes=np.array(arrays.classes),
-                                          source=np.array(source_key), version=np.array(CACHE_VERSION)))
+                                          source=np.array(source_key), payload=np.array(payload),
+                                          version=np.array(CACHE_VERSION)))
 
 
 def _load_cache(path: Path, source_key: str) -> ImageArrays | None:
-    """The cached arrays, or None when absent, stale (source changed) or unreadable."""
-    if not path.is_file():
+    """The cached arrays, or None when absent, stale (the source's contents changed), not ours (its arrays do not
+    match the digest written with them) or unreadable: then the source is decoded again."""
+    if not path.is_file() or path.is_symlink():
         return None
     try:
         with np.load(path, allow_pickle=False) as d:
-            if str(d["source"]) != source_key or int(d["version"]) != CACHE_VERSION:
+            if int(d["version"]) != CACHE_VERSION or str(d["source"]) != source_key:
                 return None
-            return ImageArrays(d["x"], d["y"].astype(np.int64), [str(c) for c in d["classes"]])
+            x, y, classes = d["x"], d["y"].astype(np.int64), [str(c) for c in d["classes"]]
+            if str(d["payload"]) != _payload_digest(x, y, classes):
+                return None
+            return ImageArrays(x, y, classes)
     except Exception:
         return None
 
 
 def _source_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
+    """Where the source is and a digest of its contents (every file's bytes, for a folder): a source edited in
+    place, even with its size and modification time kept, gets a new key."""
+    digest = hashlib.blake2b(digest_size=16)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\x00")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return f"{path.resolve()}|{digest.hexdigest()}"
 
 
 def _cached(root: Path, tag: str, source: Path, decode) -> ImageArrays:  # noqa: ANN001
@@ -158,7 +182,7 @@ def load_cifar(name: str, root: Path, split: str) -> ImageArrays:
     if form == "python-pickle":
         from lakd.data.safe_pickle import read_cifar_python
 
-        marker = path / ("test_batch" if name == "cifar10" else "test")
+        marker = path  # the whole folder: every batch file's contents make the cache key
 
         def decode_pickle() -> ImageArrays:
             x, y, classes = read_cifar_python(root, name, split)
