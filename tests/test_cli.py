@@ -273,3 +273,19 @@ def test_sizes_that_allocate_are_bounded(tmp_path: Path, capsys: pytest.CaptureF
                      "--out", str(tmp_path / "never"), bad]) == 2
         err = capsys.readouterr().err
         assert message in err and "out of range" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data"], "needs an action"),
+    (["eval", "--ckpt", "{dir}"], "is a folder, not a checkpoint file; did you mean"),
+    (["eval", "--ckpt", "{dir}/best.pt", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["train", "--model", "resnet8", "--init-weights", "{dir}", "--out", "{dir}/new"], "is a folder, not a weights"),
+    (["distill", "-c", "{dir}", "--out", "{dir}/new"], "is a folder, not a YAML file"),
+])
+def test_folders_and_missing_actions_get_one_clear_line(argv: list[str], message: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert main([a.replace("{dir}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "new").exists()

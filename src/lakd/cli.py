@@ -252,6 +252,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg: RunConfig = _config_from_args(RunConfig, args, {"model.name": args.model,
                                                           "model.init_weights": args.init_weights})
     check_model_name(cfg.model.name)
+    if cfg.model.init_weights and not Path(cfg.model.init_weights).is_file():
+        what = "is a folder, not a weights file" if Path(cfg.model.init_weights).is_dir() else "does not exist"
+        raise LakdError(f"weights file '{cfg.model.init_weights}' (model.init_weights) {what}")
     out = Path(cfg.out or f"runs/{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     prepare_out_dir(out, args.resume, args.force)
     return run_training(cfg, out, args.resume, args.force, argv=args.argv)
@@ -281,6 +284,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise LakdError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = evaluate_checkpoint(args.ckpt, args.split, args.dataset, args.data_root, args.device, args.precision,
                                  args.batch_size)
     if args.json:
@@ -296,6 +301,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     from lakd.data.cifar import CIFAR_NAMES, find_cifar_forms
     from lakd.data.root import decoded_cache_dir, resolve_data_root
 
+    if args.data_command is None:
+        raise LakdError("`lakd data` needs an action: `lakd data download cifar10` or `lakd data info` "
+                        "(see `lakd data --help`)")
     root, how = resolve_data_root(args.root)
     if args.data_command == "download":
         from lakd.data.download import download_cifar

@@ -232,6 +232,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     from lakd.resources import locate
 
     path = locate(path)
+    if path.is_dir():
+        raise LakdError(f"config file '{path}' is a folder, not a YAML file")
     if not path.is_file():
         raise LakdError(f"config file '{path}' does not exist")
     try:

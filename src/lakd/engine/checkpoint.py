@@ -36,6 +36,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a lakd checkpoint safely; a missing, torn or foreign file is a clear ``LakdError``."""
     path = Path(path)
+    if path.is_dir():
+        hint = f"; did you mean '{path / 'best.pt'}'?" if (path / "best.pt").is_file() else ""
+        raise LakdError(f"checkpoint '{path}' is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise LakdError(f"checkpoint '{path}' does not exist")
     try:
