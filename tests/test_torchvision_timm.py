@@ -47,6 +47,18 @@ def test_presets_give_four_shrinking_stages_that_cut_cleanly(name: str) -> None:
     check_gradient_isolation(model, (3, 64, 64))  # local modules on it are independent
 
 
+def test_torchvision_vit_preset_reads_tokens_as_a_grid() -> None:
+    torch.manual_seed(0)
+    vit = build_model("torchvision:vit_b_16", 10, image_size=32)  # patch 16: a 2x2 grid of patch tokens
+    assert vit.spec.layout == "tokens" and vit.spec.prefix_tokens == 1
+    assert vit.spec.stages == ("encoder.layers.encoder_layer_2", "encoder.layers.encoder_layer_5",
+                               "encoder.layers.encoder_layer_8", "encoder.layers.encoder_layer_11")
+    assert vit.stage_shapes(SHAPE) == [(768, 2, 2)] * 4
+    x, y = batch()
+    d = lakd.distiller("lakd", torchvision.models.resnet18(num_classes=10), vit, input_shape=SHAPE)
+    assert torch.isfinite(d.step(x, y, 0.5))
+
+
 def test_every_method_distils_torchvision_from_timm() -> None:
     x, y = batch()
     torch.manual_seed(0)
