@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,29 @@ def test_shipped_protocols_load_and_name_existing_configs() -> None:
     assert {"vanilla", "kd", "fitnet", "at", "dkd", "reviewkd", "lakd"} <= set(c10.default_methods)
     assert "distill.params.warmup_epochs=0.5" in c10.methods["dkd"].overrides
     assert len(load_protocol("cifar100-crd").pairs) == 11
+
+
+def test_every_shipped_protocol_and_study_loads() -> None:
+    studies = [f for f in Path("benchmarks/studies").glob("*.yaml") if "methods" in yaml.safe_load(f.read_text())]
+    files = [*Path("configs/protocols").glob("*.yaml"), *studies]  # (the other study files are base configs)
+    assert len(files) > 5
+    for file in files:
+        assert load_protocol(str(file)).methods, file
+
+
+@pytest.mark.parametrize("body, message", [
+    ("configs: 5\nmethods: {a: {config: c.yaml}}", "'configs' must be a list of strings"),
+    ("methods: [kd]", "'methods' must be a mapping"),
+    ("methods: {a: {config: c.yaml, overrides: x=1}}", "'methods.a.overrides' must be a list of strings"),
+    ("methods: {a: {config: c.yaml, extra: 1}}", "nothing else"),
+    ("methods: {a: {config: c.yaml}}\nseeds: [zero]", "'seeds' must be a list of integers"),
+    ("methods: {a: {config: c.yaml}}\nseeds: []", "'seeds' must be a list of integers"),
+    ("methods: {a: {config: c.yaml}}\npairs: 3", "'pairs' must be a mapping"),
+    ("methods: {a: {config: c.yaml}}\nname: [1, 2]", "'name' must be a string"),
+    ("methods: {a: {config: c.yaml}}\nseeds: [0]\n\xff", "not readable YAML"),
+])
+def test_protocols_of_the_wrong_shape_get_one_clear_error(body: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes(body.encode("latin-1"))
+    with pytest.raises(LakdError, match=re.escape(message)):
+        load_protocol(str(path))

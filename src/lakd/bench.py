@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from lakd.atomic import atomic_write, atomic_write_text
-from lakd.errors import LakdError, did_you_mean
+from lakd.errors import LakdError, did_you_mean, short_repr
 from lakd.report import load_run, plot_accuracy_vs_speed, plot_curves
 from lakd.resources import configs_dir, shipped
 
@@ -121,33 +121,68 @@ def resolve_path(path: str, protocol_path: Path) -> Path:
                     "lakd ships")
 
 
+def _typed(path: Path, key: str, value: Any, kind: str) -> Any:
+    """``value`` checked against the shape a protocol key must have (protocols are data, checked like configs)."""
+    def fail() -> LakdError:
+        return LakdError(f"protocol '{path}': '{key}' must be {kind}, got {short_repr(value)}")
+
+    if kind == "a string":
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise fail()
+        return str(value)
+    if kind == "a list of strings":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail()
+        return [str(v) for v in value]
+    if kind == "a list of integers":
+        if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                               for v in value):
+            raise fail()
+        return [int(v) for v in value]
+    if kind.startswith("a mapping"):
+        if not isinstance(value, dict):
+            raise fail()
+        return value
+    raise AssertionError(kind)
+
+
 def load_protocol(name_or_path: str) -> Protocol:
     path = find_protocol(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise LakdError(f"protocol '{path}' is not valid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise LakdError(f"protocol '{path}' is not readable YAML ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     if not isinstance(raw, dict):
         raise LakdError(f"protocol '{path}' must be a mapping with keys name, configs, methods, seeds")
     allowed = {"name", "configs", "methods", "default_methods", "seeds", "pairs"}
     for key in raw:
         if key not in allowed:
-            raise LakdError(f"protocol '{path}': unknown key '{key}'{did_you_mean(key, sorted(allowed))}")
+            hint = did_you_mean(str(key), sorted(allowed))
+            raise LakdError(f"protocol '{path}': unknown key {short_repr(key)}{hint}")
     methods: dict[str, MethodEntry] = {}
-    for name, spec in (raw.get("methods") or {}).items():
-        if not isinstance(spec, dict) or "config" not in spec:
-            raise LakdError(f"protocol '{path}': method '{name}' needs a 'config' (a method YAML) and optional "
-                            "'overrides' (a list of KEY=VALUE)")
-        methods[str(name)] = MethodEntry(str(name), str(spec["config"]), [str(o) for o in spec.get("overrides", [])])
+    entries = _typed(path, "methods", raw.get("methods") or {}, "a mapping of method names to {config, overrides}")
+    for name, spec in entries.items():
+        where = f"methods.{str(name)[:60]}"
+        if not isinstance(spec, dict) or "config" not in spec or set(spec) - {"config", "overrides"}:
+            raise LakdError(f"protocol '{path}': method {short_repr(name)} needs a 'config' (a method YAML) and "
+                            "optional 'overrides' (a list of KEY=VALUE), nothing else")
+        config = _typed(path, f"{where}.config", spec["config"], "a string")
+        overrides = _typed(path, f"{where}.overrides", spec.get("overrides", []), "a list of strings")
+        methods[str(name)] = MethodEntry(str(name), config, overrides)
     if not methods:
         raise LakdError(f"protocol '{path}' defines no methods")
-    default_methods = [str(m) for m in raw.get("default_methods") or list(methods)]
+    default_methods = _typed(path, "default_methods", raw.get("default_methods") or list(methods),
+                             "a list of strings")
     for m in default_methods:
         if m not in methods:
             raise LakdError(f"protocol '{path}': default method '{m}' is not among its methods")
-    return Protocol(name=str(raw.get("name") or path.stem), path=path, configs=[str(c) for c in raw.get("configs", [])],
-                    methods=methods, default_methods=default_methods, seeds=[int(s) for s in raw.get("seeds", [0])],
-                    pairs={str(k): str(v) for k, v in (raw.get("pairs") or {}).items()})
+    pairs = _typed(path, "pairs", raw.get("pairs") or {}, "a mapping of pair names to config files")
+    return Protocol(name=_typed(path, "name", raw.get("name") or path.stem, "a string"), path=path,
+                    configs=_typed(path, "configs", raw.get("configs", []), "a list of strings"),
+                    methods=methods, default_methods=default_methods,
+                    seeds=_typed(path, "seeds", raw.get("seeds", [0]), "a list of integers"),
+                    pairs={str(k): _typed(path, f"pairs.{k}", v, "a string") for k, v in pairs.items()})
 
 
 def split_list(values: Sequence[str] | None) -> list[str]:
