@@ -114,9 +114,9 @@ def test_lakd_on_a_hooked_model_has_the_zoo_gradients(backward: str) -> None:
     student, teacher = build_model("resnet8", 10), build_model("resnet14", 10)
     params = {"detach_until": 1.0, "backward": backward, "kd_weight": 0.5, "feat_projector": "always"}
     torch.manual_seed(1)
-    zoo = build_distiller("lakd", student, teacher, params, input_shape=SHAPE, total_epochs=2)
+    zoo = build_distiller("lakd-study", student, teacher, params, input_shape=SHAPE, total_epochs=2)
     torch.manual_seed(1)
-    hooked = build_distiller("lakd", HookedModel(ZooAsPlain(copy.deepcopy(student)), ZOO_STAGES),
+    hooked = build_distiller("lakd-study", HookedModel(ZooAsPlain(copy.deepcopy(student)), ZOO_STAGES),
                              HookedModel(ZooAsPlain(copy.deepcopy(teacher)), ZOO_STAGES), params,
                              input_shape=SHAPE, total_epochs=2)
     x, y = batch()
@@ -239,7 +239,7 @@ def test_bad_stage_specs_get_clear_errors() -> None:
         lakd.distiller("lakd", PlainCNN(), PlainCNN(), student_stages=PLAIN_STAGES, teacher_stages=PLAIN_STAGES,
                        input_shape=SHAPE, aux_weight=0.5, aux_head="teacher_tail")
     with pytest.raises(LakdError, match="split = 'block'.*zoo student"):
-        lakd.distiller("lakd", PlainCNN(), PlainCNN(), student_stages=PLAIN_STAGES, teacher_stages=PLAIN_STAGES,
+        lakd.distiller("lakd-study", PlainCNN(), PlainCNN(), student_stages=PLAIN_STAGES, teacher_stages=PLAIN_STAGES,
                        input_shape=SHAPE, split="block")
 
 

@@ -141,11 +141,22 @@ def test_shipped_protocols_load_and_name_existing_configs() -> None:
 
 
 def test_every_shipped_protocol_and_study_loads() -> None:
-    studies = [f for f in Path("benchmarks/studies").glob("*.yaml") if "methods" in yaml.safe_load(f.read_text())]
-    files = [*Path("configs/protocols").glob("*.yaml"), *studies]  # (the other study files are base configs)
+    root = Path(__file__).resolve().parents[1]
+    studies = [f for f in (root / "benchmarks/studies").glob("*.yaml") if "methods" in yaml.safe_load(f.read_text())]
+    files = [*(root / "configs/protocols").glob("*.yaml"), *studies]  # (the other study files are base configs)
     assert len(files) > 5
+    from lakd.bench import resolve_path
+    from lakd.config import DistillRunConfig, build_config
+    from lakd.distill import make_params
+
     for file in files:
-        assert load_protocol(str(file)).methods, file
+        protocol = load_protocol(str(file))
+        for entry in protocol.methods.values():  # every entry resolves to valid parameters of its method
+            for pair in list(protocol.pairs.values()) or [None]:
+                configs = [*protocol.configs, *([pair] if pair else []), entry.config]
+                cfg = build_config(DistillRunConfig, [str(resolve_path(c, protocol.path)) for c in configs],
+                                   entry.overrides, {})
+                make_params(cfg.distill.method, cfg.distill.resolved_params())  # raises, naming the key
 
 
 @pytest.mark.parametrize("body, message", [

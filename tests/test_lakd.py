@@ -4,6 +4,7 @@ progressive ramp, graph freeing in local mode, heterogeneous pairs, and a real t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from lakd.distill import build_distiller
 from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss
 from lakd.distill.lakd import LAKD, feature_loss, pyramid_feature_loss
+from lakd.distill.lakd import Params as LakdParams
 from lakd.distill.ndam import coarse, ndam_loss, ndam_map, similarity, spatial_weights
 from lakd.engine.memory import SavedTensorMeter
 from lakd.errors import LakdError
@@ -23,7 +25,9 @@ def make_lakd(student: str = "resnet8", teacher: str = "resnet14", **params: obj
     """LAKD over 10 epochs; SDM for all of them unless ``detach_until`` is given (the tests probe epoch 5)."""
     torch.manual_seed(0)
     params.setdefault("detach_until", 1.0)
-    d = build_distiller("lakd", build_model(student, 10), build_model(teacher, 10), dict(params), total_epochs=10)
+    core = {f.name for f in dataclasses.fields(LakdParams)}
+    method = "lakd" if set(params) <= core else "lakd-study"  # a study variant's field -> the study method
+    d = build_distiller(method, build_model(student, 10), build_model(teacher, 10), dict(params), total_epochs=10)
     assert isinstance(d, LAKD)
     return d
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from lakd.distill import list_methods, make_params, params_as_dict
+from lakd.errors import LakdError
 
 PUBLISHED = {
     # mdistiller configs/cifar100/kd.yaml; RepDistiller -r 0.1 -a 0.9 --kd_T 4
@@ -45,4 +46,17 @@ def test_defaults_are_the_published_recipe(method: str) -> None:
 
 def test_every_baseline_is_pinned() -> None:
     """A new method must add its published recipe above (LAKD is ours: docs/method.md pins it)."""
-    assert set(list_methods()) - {"lakd"} == set(PUBLISHED)
+    assert set(list_methods()) - {"lakd", "lakd-study"} == set(PUBLISHED)
+
+
+def test_lakd_is_its_core_and_the_study_variant_adds_only_variants_at_neutral_defaults() -> None:
+    """``lakd`` takes only its core parameters; ``lakd-study`` takes them and the variants, whose defaults make it
+    ``lakd`` exactly (same resolved core values; every extra field at the value that switches the variant off)."""
+    core, study = params_as_dict(make_params("lakd", {})), params_as_dict(make_params("lakd-study", {}))
+    assert {k: study[k] for k in core} == core
+    assert {k: v for k, v in study.items() if k not in core} == {
+        "logit_loss": "kd", "dkd_alpha": 1.0, "dkd_beta": 8.0, "logit_warmup_epochs": 0.0, "feat_form": "mse",
+        "feat_spatial_weighting": False, "feat_modules": [], "feat_scales": [0], "feat_target": "post",
+        "feat_projector": "auto", "ndam_mode": "l2", "ndam_tau": 1.0, "split": "stage", "teacher_inputs_until": 0.0}
+    with pytest.raises(LakdError, match="unknown"):
+        make_params("lakd", {"feat_form": "cosine"})

@@ -23,6 +23,7 @@ docs/method.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,90 +98,111 @@ def pyramid_feature_loss(
 Piece = tuple[int, int | None, int | None]
 
 
+def _out_of_range(params: DistillParams, name: str, what: str) -> LakdError:
+    return LakdError(f"distill.params.{name} = {short_repr(getattr(params, name))} is out of range: must be {what}")
+
+
 @dataclass
 class Params(DistillParams):
+    """LAKD's core: every field is a part of the method in docs/method.md, with the default the evidence chose.
+
+    The study variants (other feature/NDAM/logit forms, finer module splits, teacher-fed inputs) are the
+    ``lakd-study`` method's extra fields (:class:`StudyParams`): kept, runnable, but not part of LAKD's contract.
+    """
+
+    # the last module's task terms
     ce_weight: float = 1.0  # CE on labels at the last module
     kd_weight: float = 0.0  # logit KD at the last module (0 = off; issue 6 round 5: off beat 0.9 with CE 0.1)
+    temperature: float = 4.0  # of the logit KD term
+    logit_stand: bool = False  # z-score both logits before the logit term (Sun et al. 2024; kd.standardise_logits)
+    # each module's local losses against the teacher's matching stage
+    feat_weight: float = 3.0  # feature MSE through a 1x1 conv + BN projector where widths differ (0 = off); 3: issue 6
+    ndam_weight: float = 5.0  # NDAM loss: non-directional activation maps compared on several grids (0 = off)
+    ndam_p: float = 2.0  # the map's exponent: mean over channels of |F|^p
+    ndam_scales: list[int] = field(default_factory=lambda: [0, 4, 2])  # grids the maps are compared on; 0 = native
+    aux_weight: float = 0.0  # CE of an auxiliary classifier on every intermediate module (0 = off)
+    # linear: a pool + linear head per module; teacher_tail: the module's projected feature goes through the frozen
+    # teacher's remaining stages and classifier (a task signal for every module, no gradient across a boundary)
+    aux_head: str = "linear"
+    # local modules (SDM) and how they are trained
+    detach: bool = True  # SDM: no gradient across module boundaries (false = end-to-end, same losses)
+    detach_until: float = 0.0  # SDM for this fraction of training, then end-to-end (1 = always, 0 = never): issue 6
+    backward: str = "local"  # local (per-module backward: one module's graph alive) | joint (one backward)
+    # shallow -> deep
+    progressive: bool = True  # module k's distillation weight ramps 0 -> 1, shallow modules first
+    ramp_stagger: float = 0.1  # module k's ramp starts at k * ramp_stagger (fraction of training)
+    ramp_length: float = 0.2  # ... and reaches full weight ramp_length later
+
+    def validate(self) -> None:
+        for name in ("ce_weight", "kd_weight", "feat_weight", "ndam_weight", "aux_weight"):
+            if getattr(self, name) < 0:
+                raise _out_of_range(self, name, ">= 0")
+        for name in ("temperature", "ndam_p"):
+            if getattr(self, name) <= 0:
+                raise _out_of_range(self, name, "> 0")
+        if not self.ndam_scales or any(s < 0 for s in self.ndam_scales):
+            raise _out_of_range(self, "ndam_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
+        if self.aux_head not in ("linear", "teacher_tail"):
+            raise _out_of_range(self, "aux_head", "'linear' or 'teacher_tail'")
+        if self.backward not in ("local", "joint"):
+            raise _out_of_range(self, "backward", "'local' or 'joint'")
+        if self.backward == "local" and not self.detach:
+            raise LakdError("distill.params.backward = 'local' needs detach = true: without detached module "
+                            "boundaries a module's loss reaches earlier modules; use backward = 'joint'")
+        if not 0 <= self.detach_until <= 1:
+            raise _out_of_range(self, "detach_until", "a fraction of training in [0, 1]")
+        if not 0 <= self.ramp_stagger <= 1 or not 0 <= self.ramp_length <= 1:
+            raise LakdError("distill.params.ramp_stagger and ramp_length are fractions of training: in [0, 1]")
+
+
+@dataclass
+class StudyParams(Params):
+    """``lakd-study``: LAKD's core plus the variants issue 6's study tried and did not keep (docs/benchmarks.md
+    records what each did). Same implementation; every field below at its default is exactly ``lakd``."""
+
     logit_loss: str = "kd"  # kd (Hinton) | dkd (decoupled: dkd_alpha * TCKD + dkd_beta * NCKD), times kd_weight
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
     logit_warmup_epochs: float = 0.0  # the logit term ramps in linearly over these epochs (DKD needs it; 0 = off)
-    logit_stand: bool = False  # z-score both logits before the logit term (Sun et al. 2024; kd.standardise_logits)
-    temperature: float = 4.0
-    feat_weight: float = 3.0  # per-module feature MSE (0 = off); 3: issue 6 study
     feat_form: str = "mse"  # mse (raw) | channel_norm (MSE after per-channel standardisation) | cosine
     feat_spatial_weighting: bool = False  # weight the feature loss per position by the teacher's NDAM map
     feat_modules: list[int] = field(default_factory=list)  # modules that get the feature loss ([] = all; -1 = last)
     feat_scales: list[int] = field(default_factory=lambda: [0])  # grids of the feature loss (0 = native)
     feat_target: str = "post"  # teacher feature the feature loss matches: post(-activation) | preact (before ReLU)
     feat_projector: str = "auto"  # auto (1x1 conv + BN only where widths differ) | always
-    ndam_weight: float = 5.0  # per-module NDAM loss (0 = off)
-    ndam_p: float = 2.0
-    ndam_scales: list[int] = field(default_factory=lambda: [0, 4, 2])  # 0 = native grid
     ndam_mode: str = "l2"  # l2 | kl
     ndam_tau: float = 1.0  # spatial-softmax temperature (kl mode)
-    aux_weight: float = 0.0  # CE of auxiliary classifiers on intermediate modules (0 = off)
-    # linear: a pool + linear head per module; teacher_tail: the module's projected feature goes through the frozen
-    # teacher's remaining stages and classifier (a task signal for every module, no gradient across a boundary)
-    aux_head: str = "linear"
     split: str = "stage"  # stage (split table / one module per stage) | block (stages of >= 2 blocks cut in two)
-    detach: bool = True  # SDM: no gradient across module boundaries (false = end-to-end, same losses)
-    detach_until: float = 0.0  # SDM for this fraction of training, then end-to-end (1 = always, 0 = never): issue 6
     teacher_inputs_until: float = 0.0  # module k > 0 runs on the teacher's stage k-1 output for this fraction
-    backward: str = "local"  # local | joint
-    progressive: bool = True
-    ramp_stagger: float = 0.1  # module k's ramp starts at k * ramp_stagger (fraction of training)
-    ramp_length: float = 0.2  # ... and reaches full weight ramp_length later
 
     def validate(self) -> None:
-        def bad(name: str, what: str) -> LakdError:
-            value = short_repr(getattr(self, name))
-            return LakdError(f"distill.params.{name} = {value} is out of range: must be {what}")
-
-        for name in ("ce_weight", "kd_weight", "feat_weight", "ndam_weight", "aux_weight", "dkd_alpha", "dkd_beta",
-                     "logit_warmup_epochs"):
+        super().validate()
+        for name in ("dkd_alpha", "dkd_beta", "logit_warmup_epochs"):
             if getattr(self, name) < 0:
-                raise bad(name, ">= 0")
-        if self.temperature <= 0:
-            raise bad("temperature", "> 0")
-        if self.ndam_p <= 0:
-            raise bad("ndam_p", "> 0")
+                raise _out_of_range(self, name, ">= 0")
         if self.ndam_tau <= 0:
-            raise bad("ndam_tau", "> 0")
-        if not self.ndam_scales or any(s < 0 for s in self.ndam_scales):
-            raise bad("ndam_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
+            raise _out_of_range(self, "ndam_tau", "> 0")
         if self.feat_form not in FEAT_FORMS:
-            raise bad("feat_form", " | ".join(f"'{f}'" for f in FEAT_FORMS))
+            raise _out_of_range(self, "feat_form", " | ".join(f"'{f}'" for f in FEAT_FORMS))
         if not self.feat_scales or any(s < 0 for s in self.feat_scales):
-            raise bad("feat_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
+            raise _out_of_range(self, "feat_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
         if self.feat_target not in ("post", "preact"):
-            raise bad("feat_target", "'post' or 'preact'")
+            raise _out_of_range(self, "feat_target", "'post' or 'preact'")
         if self.feat_projector not in ("auto", "always"):
-            raise bad("feat_projector", "'auto' or 'always'")
+            raise _out_of_range(self, "feat_projector", "'auto' or 'always'")
         if self.logit_loss not in ("kd", "dkd"):
-            raise bad("logit_loss", "'kd' or 'dkd'")
-        if self.aux_head not in ("linear", "teacher_tail"):
-            raise bad("aux_head", "'linear' or 'teacher_tail'")
+            raise _out_of_range(self, "logit_loss", "'kd' or 'dkd'")
         if self.ndam_mode not in ("l2", "kl"):
-            raise bad("ndam_mode", "'l2' or 'kl'")
+            raise _out_of_range(self, "ndam_mode", "'l2' or 'kl'")
         if self.split not in ("stage", "block"):
-            raise bad("split", "'stage' or 'block'")
-        if self.backward not in ("local", "joint"):
-            raise bad("backward", "'local' or 'joint'")
-        if self.backward == "local" and not self.detach:
-            raise LakdError("distill.params.backward = 'local' needs detach = true: without detached module "
-                            "boundaries a module's loss reaches earlier modules; use backward = 'joint'")
-        if not 0 <= self.detach_until <= 1:
-            raise bad("detach_until", "a fraction of training in [0, 1]")
+            raise _out_of_range(self, "split", "'stage' or 'block'")
         if not 0 <= self.teacher_inputs_until <= 1:
-            raise bad("teacher_inputs_until", "a fraction of training in [0, 1]")
+            raise _out_of_range(self, "teacher_inputs_until", "a fraction of training in [0, 1]")
         if self.teacher_inputs_until > (self.detach_until if self.detach else 0.0):
             raise LakdError(f"distill.params.teacher_inputs_until = {self.teacher_inputs_until} needs detached "
                             f"modules for that long (detach = true, detach_until >= teacher_inputs_until; now "
                             f"detach = {self.detach}, detach_until = {self.detach_until}): gradients cannot "
                             "reach the teacher's features")
-        if not 0 <= self.ramp_stagger <= 1 or not 0 <= self.ramp_length <= 1:
-            raise LakdError("distill.params.ramp_stagger and ramp_length are fractions of training: in [0, 1]")
 
 
 def module_pieces(student: StagedModel, arch: str | None, split: str) -> list[list[Piece]]:
@@ -312,7 +334,10 @@ class LAKD(Distiller):
         arch: str | None = None,
     ) -> None:
         super().__init__(student, teacher, params, input_shape, total_epochs)
-        p: Params = self.params  # type: ignore[assignment]
+        # One implementation for both methods: a core Params is read as StudyParams at the variants' defaults.
+        self.opts: StudyParams = (self.params if isinstance(self.params, StudyParams)
+                                  else StudyParams(**dataclasses.asdict(self.params)))
+        p = self.opts
         self.pieces = module_pieces(student, arch or student.arch_name, p.split)
         assert teacher is not None
         if not student.runs_stage_by_stage:
@@ -404,7 +429,7 @@ class LAKD(Distiller):
     # -- schedule ----------------------------------------------------------------------------------------
     def ramp(self, k: int, epoch: float) -> float:
         """Distillation weight factor of module k at (fractional) ``epoch``: 0 -> 1, shallow modules first."""
-        p: Params = self.params  # type: ignore[assignment]
+        p = self.opts
         if not p.progressive:
             return 1.0
         t = epoch / max(self.total_epochs, 1e-8)
@@ -415,7 +440,7 @@ class LAKD(Distiller):
 
     def teacher_fed(self, epoch: float) -> bool:
         """Whether modules k > 0 run on the teacher's features (instead of module k-1's output) at ``epoch``."""
-        p: Params = self.params  # type: ignore[assignment]
+        p = self.opts
         return epoch < p.teacher_inputs_until * self.total_epochs
 
     def teacher_input(self, k: int, t_prev: torch.Tensor) -> torch.Tensor:
@@ -428,13 +453,13 @@ class LAKD(Distiller):
 
     def detached(self, epoch: float) -> bool:
         """Whether module boundaries are cut (SDM) at ``epoch``: ``detach`` until ``detach_until`` of training."""
-        p: Params = self.params  # type: ignore[assignment]
+        p = self.opts
         return p.detach and epoch < p.detach_until * self.total_epochs
 
     # -- losses ------------------------------------------------------------------------------------------
     def logit_loss(self, logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The last module's logit term, before ``kd_weight``: Hinton KD or decoupled KD (DKD)."""
-        p: Params = self.params  # type: ignore[assignment]
+        p = self.opts
         if p.logit_stand:
             logits, t_logits = standardise_logits(logits), standardise_logits(t_logits)
         if p.logit_loss == "dkd":
@@ -450,7 +475,7 @@ class LAKD(Distiller):
         ``t_feat`` is the teacher's stage output (NDAM, spatial weights); ``t_target`` what the feature loss
         matches (default ``t_feat``; the pre-activation output with ``feat_target: preact``).
         """
-        p: Params = self.params  # type: ignore[assignment]
+        p = self.opts
         ramp = self.ramp(k, epoch)
         losses: dict[str, torch.Tensor] = {}
         # Features stay in their dtype (bf16 under autocast); each loss accumulates in float32 itself.
@@ -506,7 +531,7 @@ class LAKD(Distiller):
         backward: Callable[[torch.Tensor], None] | None,
         autocast: Callable[[], contextlib.AbstractContextManager] | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        p: Params = self.params  # type: ignore[assignment]
+        p = self.opts
         self.check_batch(x)
         ctx = autocast or contextlib.nullcontext
         detach = self.detached(epoch)
@@ -551,7 +576,7 @@ class LAKD(Distiller):
         """The same modules and losses on a hooked student: its own forward runs once, and at the last stage of
         each module a callback computes that module's losses (and, in local mode, backpropagates them at once,
         before the next module runs); the module's output then continues detached."""
-        p: Params = self.params  # type: ignore[assignment]
+        p = self.opts
         last = self.num_modules - 1
         module_of_stage = {pieces[-1][0]: k for k, pieces in enumerate(self.pieces)}
         losses: dict[str, torch.Tensor] = {}
@@ -607,10 +632,17 @@ class LAKD(Distiller):
 
         Once ``detach_until`` has passed, modules are no longer cut and one joint backward runs.
         """
-        p: Params = self.params  # type: ignore[assignment]
+        p = self.opts
         if p.backward == "local" and self.detached(epoch):
             logits, losses = self._forward_modules(x, y, epoch, backward=backward, autocast=autocast)
             return logits.detach(), losses
         logits, losses = self._forward_modules(x, y, epoch, backward=None, autocast=autocast)
         backward(sum(losses.values()))
         return logits.detach(), {name: v.detach() for name, v in losses.items()}
+
+
+@register("lakd-study")
+class LAKDStudy(LAKD):
+    """LAKD with the study variants' parameters (:class:`StudyParams`); ``lakd`` is its core at their defaults."""
+
+    Params = StudyParams
