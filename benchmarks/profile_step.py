@@ -56,16 +56,10 @@ def run(method: str, steps: int, warmup: int, top: int, params: dict[str, Any], 
         y = torch.randint(0, 10, (128,))
     index = torch.randint(0, 45000, (128,))
     extra = {"index": index} if task.needs_index else {}
-    custom = getattr(task, "train_step", None)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        if custom is not None:
-            custom(x, y, 5.0, backward=lambda loss: loss.backward(), autocast=runtime.autocast, **extra)
-        else:
-            with runtime.autocast():
-                _, losses = task.forward_train(x, y, 5.0, **extra)
-            sum(losses.values()).backward()
+        task.train_step(x, y, 0.5, backward=lambda loss: loss.backward(), autocast=runtime.autocast, **extra)
         optimizer.step()
 
     for _ in range(warmup):

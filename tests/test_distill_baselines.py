@@ -181,13 +181,14 @@ def test_dkd_loss_saturated_softmax_is_finite() -> None:
 
 def test_dkd_warmup_scales_the_loss() -> None:
     torch.manual_seed(0)
-    d = build_distiller("dkd", build_model("resnet8", 10), build_model("resnet8", 10), {"warmup_epochs": 20})
+    d = build_distiller("dkd", build_model("resnet8", 10), build_model("resnet8", 10), {"warmup_epochs": 20},
+                        total_epochs=40)  # progress e / 40 = epoch e
     d.eval()
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
     with torch.no_grad():
         full = dkd_loss(d.student_model(x)[0], d.teacher(x)[0], y, 1.0, 8.0, 4.0)
         assert float(full) > 0
-        losses = {e: float(d.forward_train(x, y, e)[1]["dkd"]) for e in (0.0, 0.9, 10.0, 18.5, 19.0, 35.0)}
+        losses = {e: float(d.forward_train(x, y, e / 40)[1]["dkd"]) for e in (0.0, 0.9, 10.0, 18.5, 19.0, 35.0)}
     # mdistiller: epochs numbered from 1, factor min(epoch / 20, 1) constant within an epoch. Our 0-based epoch
     # index i (fractional inside the epoch) is its epoch i + 1.
     assert losses[0.0] == pytest.approx(float(full) / 20, rel=1e-5)
@@ -249,13 +250,13 @@ def test_teacher_frozen_and_losses_fp32_under_autocast(method: str) -> None:
     assert not d.teacher.training and d.student_model.training
     assert not any(k.startswith("teacher.") for k in d.state_dict())
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
-    logits, losses = d.forward_train(x, y, epoch=30.0)
+    logits, losses = d.forward_train(x, y, progress=1.0)
     assert logits.shape == (2, 10) and "ce" in losses and len(losses) >= 2
     sum(losses.values()).backward()
     assert all(p.grad is None for p in d.teacher.parameters())
     assert all(p.grad is not None for p in d.learnable_parameters())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, losses = d.forward_train(x, y, epoch=30.0)
+        _, losses = d.forward_train(x, y, progress=1.0)
     assert all(v.dtype == torch.float32 and v.dim() == 0 and torch.isfinite(v) for v in losses.values())
 
 
@@ -266,7 +267,7 @@ def test_heterogeneous_pairs_build_and_backprop(teacher: str, student: str) -> N
     for method in METHODS:
         d = build_distiller(method, zoo(student), zoo(teacher), {}).train()
         d.zero_grad(set_to_none=True)
-        _, losses = d.forward_train(x, y, epoch=30.0)
+        _, losses = d.forward_train(x, y, progress=1.0)
         total = sum(losses.values())
         assert torch.isfinite(total), (method, {k: float(v) for k, v in losses.items()})
         total.backward()

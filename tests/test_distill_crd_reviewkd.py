@@ -211,11 +211,11 @@ def test_reviewkd_params_and_warmup() -> None:
     with pytest.raises(LakdError, match="distill.params.mid_channels"):
         make_params("reviewkd", {"mid_channels": -1})
     torch.manual_seed(0)
-    d = build_distiller("reviewkd", build_model("resnet8", 10), build_model("resnet14", 10), {})
+    d = build_distiller("reviewkd", build_model("resnet8", 10), build_model("resnet14", 10), {}, total_epochs=40)
     d.train()
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
-    with torch.no_grad():
-        at = {e: float(d.forward_train(x, y, e)[1]["reviewkd"]) for e in (0.0, 10.0, 40.0)}
+    with torch.no_grad():  # progress e / 40 = epoch e of 40
+        at = {e: float(d.forward_train(x, y, e / 40)[1]["reviewkd"]) for e in (0.0, 10.0, 40.0)}
     assert at[0.0] == pytest.approx(at[40.0] / 20, rel=1e-5)  # mdistiller: the first epoch gets 1/20
     assert at[10.0] == pytest.approx(at[40.0] * 11 / 20, rel=1e-5)
     auto = build_distiller("reviewkd", build_model("resnet8", 10), build_model("resnet14", 10), {"mid_channels": 0})
@@ -268,7 +268,7 @@ def test_heterogeneous_pairs_forward_backward(teacher_name: str, student_name: s
         d.train()
         assert not d.teacher.training  # the teacher stays in eval mode after train()
         student.zero_grad(set_to_none=True)
-        logits, losses = d.forward_train(x, y, 30.0, **extra)
+        logits, losses = d.forward_train(x, y, 1.0, **extra)
         assert logits.shape == (2, 10)
         total = sum(losses.values())
         assert torch.isfinite(total)
@@ -314,10 +314,10 @@ def test_reviewkd_batch_of_one_is_a_clear_error_and_two_train() -> None:
     d.train()
     assert d.min_batch_size == 2
     with pytest.raises(LakdError, match="at least 2 samples"):
-        d.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([3]), epoch=1.0)
-    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.tensor([3, 4]), epoch=1.0)
+        d.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([3]), progress=1.0)
+    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.tensor([3, 4]), progress=1.0)
     assert all(torch.isfinite(v) for v in losses.values())
     no_pool = build_distiller("reviewkd", build_model("resnet8", 10), build_model("resnet14", 10),
                               {"pooled_level": False})
     assert no_pool.min_batch_size == 1
-    no_pool.train().forward_train(torch.randn(1, 3, 32, 32), torch.tensor([3]), epoch=1.0)
+    no_pool.train().forward_train(torch.randn(1, 3, 32, 32), torch.tensor([3]), progress=1.0)

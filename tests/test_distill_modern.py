@@ -90,7 +90,7 @@ def test_dist_rejects_a_batch_of_one() -> None:
     d = build_distiller("dist", zoo("resnet8"), zoo("resnet14"), {}).train()
     assert d.min_batch_size == 2
     with pytest.raises(LakdError, match="at least 2 samples, got 1: its intra-class relation"):
-        d.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([0]), epoch=0.0)
+        d.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([0]), progress=0.0)
 
 
 # -- logit standardisation -------------------------------------------------------------------------------------
@@ -137,10 +137,10 @@ def test_logit_standardisation_ignores_logit_shift_and_scale(method: str) -> Non
         d = build_distiller(method, build_model("resnet8", 10), build_model("resnet14", 10),
                             {"logit_stand": stand, "temperature": 2.0}).eval()
         with torch.no_grad():
-            before = float(d.forward_train(x, y, epoch=30.0)[1][key])
+            before = float(d.forward_train(x, y, progress=1.0)[1][key])
             _affine_logits(d.student_model, 3.0, 5.0)  # z -> 3 z + 5, student and teacher
             _affine_logits(d.teacher, 3.0, 5.0)
-            after = float(d.forward_train(x, y, epoch=30.0)[1][key])
+            after = float(d.forward_train(x, y, progress=1.0)[1][key])
         losses[stand] = [before, after]
     assert losses[True][0] > 0
     assert losses[True][1] == pytest.approx(losses[True][0], rel=1e-4)
@@ -203,13 +203,13 @@ def test_nd_given_class_centers_are_used_and_never_updated() -> None:
 
 def test_nd_forward_is_ce_plus_warmed_up_kd_plus_nd() -> None:
     torch.manual_seed(0)
-    d = build_distiller("nd", zoo("resnet8"), zoo("resnet14"), {}).eval()
+    d = build_distiller("nd", zoo("resnet8"), zoo("resnet14"), {}, total_epochs=21).eval()
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([1, 1, 2, 6])
     with torch.no_grad():
         logits, feats = d.student_model(x)
         t_logits, t_feats = d.teacher(x)
         s_emb, t_emb = feats[-1].mean(dim=(2, 3)), t_feats[-1].mean(dim=(2, 3))
-        _, losses = d.forward_train(x, y, epoch=10.5)  # 0-based epoch 10 of a 20-epoch KD warm-up: half of KD
+        _, losses = d.forward_train(x, y, progress=10.5 / 21)  # 0-based epoch 10 of a 20-epoch warm-up: half of KD
     centers = torch.stack([t_emb[:2].mean(0), t_emb[:2].mean(0), t_emb[2], t_emb[3]])  # first batch: its own means
     assert float(losses["nd"]) == pytest.approx(2.0 * float(nd_loss(s_emb, t_emb, centers)), rel=1e-5)
     assert float(losses["kd"]) == pytest.approx(0.5 * float(kd_loss(logits, t_logits, 4.0)), rel=1e-5)
@@ -229,18 +229,18 @@ def test_nd_projector_for_different_widths() -> None:
     assert d.projector is not None and d.min_batch_size == 2
     assert any(n.startswith("projector.") for n in dict(d.named_parameters()))
     assert {id(p) for p in d.projector.parameters()} <= {id(p) for p in d.learnable_parameters()}
-    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), epoch=0.0)
+    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), progress=0.0)
     sum(losses.values()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in d.projector.parameters())
     with pytest.raises(LakdError, match="at least 2 samples, got 1: the embedding projector"):
-        d.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([0]), epoch=0.0)
+        d.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([0]), progress=0.0)
 
 
 def test_nd_resume_keeps_the_class_centers() -> None:
     torch.manual_seed(0)
     d = build_distiller("nd", build_model("resnet8", 10), zoo("resnet14"), {}).train()
     for _ in range(2):
-        d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), epoch=0.1)
+        d.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), progress=0.1)
     state = d.state_dict()
     assert {"class_sum", "class_count", "centers_fixed"} <= set(state)
     assert not any(k.startswith("teacher.") for k in state)
@@ -289,7 +289,7 @@ def test_forward_train_losses_and_gradients(method: str, params: dict) -> None:
     d = build_distiller(method, build_model("resnet8", 10), build_model("resnet14", 10), params).train()
     assert not d.teacher.training and not any(k.startswith("teacher.") for k in d.state_dict())
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 3, 7])
-    logits, losses = d.forward_train(x, y, epoch=30.0)
+    logits, losses = d.forward_train(x, y, progress=1.0)
     assert logits.shape == (4, 10) and set(losses) == LOSS_NAMES[method]
     assert all(v.dtype == torch.float32 and v.dim() == 0 and torch.isfinite(v) for v in losses.values())
     assert all(float(v) > 0 for k, v in losses.items()), {k: float(v) for k, v in losses.items()}
@@ -298,7 +298,7 @@ def test_forward_train_losses_and_gradients(method: str, params: dict) -> None:
     grads = [p.grad for p in d.learnable_parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, losses = d.forward_train(x, y, epoch=30.0)
+        _, losses = d.forward_train(x, y, progress=1.0)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
 
 

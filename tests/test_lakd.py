@@ -140,7 +140,7 @@ def test_module_loss_reaches_only_its_own_module(split: str) -> None:
     d = make_lakd("resnet14", "resnet20", split=split, aux_weight=0.5, progressive=False, kd_weight=0.9)
     d.train()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    _, losses = d.forward_train(x, y, epoch=5.0)
+    _, losses = d.forward_train(x, y, progress=0.5)
     owned = _module_params(d)
     assert d.num_modules == (6 if split == "block" else 3)
     params = list(d.learnable_parameters())
@@ -159,16 +159,16 @@ def test_module_loss_reaches_only_its_own_module(split: str) -> None:
 def test_without_detach_gradients_cross_modules() -> None:
     d = make_lakd(detach=False, backward="joint", progressive=False)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    _, losses = d.forward_train(x, y, epoch=5.0)
+    _, losses = d.forward_train(x, y, progress=0.5)
     stem = list(d.student_model.stem.parameters())
     grads = torch.autograd.grad(losses["ce"], stem, allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def _step_grads(d: LAKD, x: torch.Tensor, y: torch.Tensor, epoch: float = 5.0) -> dict[str, torch.Tensor]:
+def _step_grads(d: LAKD, x: torch.Tensor, y: torch.Tensor, progress: float = 0.5) -> dict[str, torch.Tensor]:
     d.train()
     d.zero_grad(set_to_none=True)
-    d.train_step(x, y, epoch, backward=lambda loss: loss.backward())
+    d.train_step(x, y, progress, backward=lambda loss: loss.backward())
     return {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
 
 
@@ -178,9 +178,9 @@ def test_detach_until_cuts_modules_early_and_joins_them_later() -> None:
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     scheduled = make_lakd(detach_until=0.4, progressive=False)
     sdm, end_to_end = make_lakd(progressive=False), make_lakd(progressive=False, detach=False, backward="joint")
-    assert scheduled.detached(3.99) and not scheduled.detached(4.0)
-    early, late = _step_grads(scheduled, x, y, 3.0), _step_grads(scheduled, x, y, 4.0)
-    want_early, want_late = _step_grads(sdm, x, y, 3.0), _step_grads(end_to_end, x, y, 4.0)
+    assert scheduled.detached(0.399) and not scheduled.detached(0.4)
+    early, late = _step_grads(scheduled, x, y, 0.3), _step_grads(scheduled, x, y, 0.4)
+    want_early, want_late = _step_grads(sdm, x, y, 0.3), _step_grads(end_to_end, x, y, 0.4)
     for name in want_early:
         torch.testing.assert_close(early[name], want_early[name], rtol=1e-4, atol=1e-6, msg=name)
         torch.testing.assert_close(late[name], want_late[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -190,7 +190,7 @@ def test_detach_until_cuts_modules_early_and_joins_them_later() -> None:
 
 def test_feat_modules_choose_who_gets_the_feature_loss() -> None:
     d = make_lakd("resnet8", "resnet8x4", feat_modules=[0, -1])  # channels differ: projectors are real
-    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)), 5.0)
+    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)), 0.5)
     assert {n for n in losses if n.startswith("feat")} == {"feat0", "feat2"}
     assert not isinstance(d.projectors[0], torch.nn.Identity)
     assert isinstance(d.projectors[1], torch.nn.Identity)  # no loss, no projector (nothing left untrained)
@@ -203,7 +203,7 @@ def test_feat_projector_always_gives_equal_widths_a_trained_projector() -> None:
     assert all(isinstance(p, torch.nn.Identity) for p in auto.projectors)  # same widths: the raw feature
     assert all(isinstance(p[0], torch.nn.Conv2d) for p in always.projectors)
     always.train()
-    _, losses = always.forward_train(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)), 5.0)
+    _, losses = always.forward_train(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)), 0.5)
     grad = torch.autograd.grad(losses["feat1"], always.projectors[1][0].weight)[0]
     assert grad.abs().sum() > 0  # the projector learns from its module's feature loss
     with pytest.raises(LakdError, match="feat_projector"):
@@ -231,7 +231,7 @@ def test_local_backward_frees_each_module_graph() -> None:
         x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
         meter = SavedTensorMeter()
         with meter.track():
-            d.train_step(x, y, 5.0, backward=lambda loss: loss.backward())
+            d.train_step(x, y, 0.5, backward=lambda loss: loss.backward())
         assert meter.live == 0  # everything saved was released after backward
         return meter.peak
 
@@ -241,18 +241,18 @@ def test_local_backward_frees_each_module_graph() -> None:
 
 def test_progressive_ramp_by_hand() -> None:
     d = make_lakd(ramp_stagger=0.1, ramp_length=0.2)  # total_epochs = 10
-    assert d.ramp(0, 0.0) == 0.0 and d.ramp(0, 1.0) == pytest.approx(0.5) and d.ramp(0, 2.0) == 1.0
-    assert d.ramp(2, 2.0) == 0.0 and d.ramp(2, 3.0) == pytest.approx(0.5) and d.ramp(2, 9.0) == 1.0
+    assert d.ramp(0, 0.0) == 0.0 and d.ramp(0, 0.1) == pytest.approx(0.5) and d.ramp(0, 0.2) == 1.0
+    assert d.ramp(2, 0.2) == 0.0 and d.ramp(2, 0.3) == pytest.approx(0.5) and d.ramp(2, 0.9) == 1.0
     flat = make_lakd(progressive=False)
     assert flat.ramp(2, 0.0) == 1.0
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
-    _, losses = d.forward_train(x, y, epoch=0.0)
+    _, losses = d.forward_train(x, y, progress=0.0)
     assert losses["feat2"].item() == 0.0 and losses["ndam2"].item() == 0.0 and losses["ce"].item() > 0
 
 
 def test_loss_terms_switch_off() -> None:
     d = make_lakd(feat_weight=0.0, kd_weight=0.0)
-    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)), 5.0)
+    _, losses = d.forward_train(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)), 0.5)
     assert set(losses) == {"ndam0", "ndam1", "ndam2", "ce"}
 
 
@@ -276,7 +276,7 @@ def test_feature_loss_forms_by_hand() -> None:
     # The forms are selectable in LAKD and train: every feat term finite and positive.
     for form in ("channel_norm", "cosine"):
         _, losses = make_lakd(feat_form=form, progressive=False).forward_train(
-            torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), 5.0)
+            torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), 0.5)
         assert all(torch.isfinite(losses[f"feat{k}"]) and losses[f"feat{k}"] > 0 for k in range(3))
 
 
@@ -302,7 +302,7 @@ def test_pyramid_feature_loss_by_hand() -> None:
     assert pyramid_feature_loss(s, t, "mse", None, [0, 1]).item() == pytest.approx(native / 2)
     assert pyramid_feature_loss(s, t, "mse", None, [4]).item() == pytest.approx(native)  # never up-sampled
     _, losses = make_lakd(feat_scales=[0, 4, 2, 1], progressive=False).forward_train(
-        torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), 5.0)
+        torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), 0.5)
     assert all(torch.isfinite(losses[f"feat{k}"]) and losses[f"feat{k}"] > 0 for k in range(3))
     with pytest.raises(LakdError, match="feat_scales"):
         make_lakd(feat_scales=[])
@@ -312,7 +312,7 @@ def test_feat_target_preact_matches_the_teacher_before_its_relu() -> None:
     d = make_lakd("resnet8", "resnet14", feat_target="preact", feat_weight=1.0, ndam_weight=0.0, progressive=False)
     d.train()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    _, losses = d.forward_train(x, y, 5.0)
+    _, losses = d.forward_train(x, y, 0.5)
     with torch.no_grad():
         _, pre = d.teacher(x, preact=True)
         _, post = d.teacher(x)
@@ -330,7 +330,7 @@ def test_logit_loss_dkd_replaces_kd_at_the_last_module() -> None:
                   logit_warmup_epochs=10.0)
     d.train()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    logits, losses = d.forward_train(x, y, 5.0)
+    logits, losses = d.forward_train(x, y, 0.5)
     with torch.no_grad():
         t_logits, _ = d.teacher(x)
     expected = 0.6 * dkd_loss(logits.float(), t_logits.float(), y, alpha=2.0, beta=3.0, temperature=4.0)
@@ -347,7 +347,7 @@ def test_teacher_inputs_feed_module_k_the_teacher_stage_k_minus_1() -> None:
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     with torch.no_grad():
         _, t_feats = d.teacher(x)
-    _, losses = d.forward_train(x, y, epoch=2.0)  # 2 of 10 epochs: teacher-fed
+    _, losses = d.forward_train(x, y, progress=0.2)  # 2 of 10 epochs: teacher-fed
     with torch.no_grad():
         fed = d.run_module(1, t_feats[0])  # equal widths and grids: no adapter
     torch.testing.assert_close(losses["feat1"], feature_loss(fed.float(), t_feats[1].float()), rtol=1e-5, atol=1e-6)
@@ -356,7 +356,7 @@ def test_teacher_inputs_feed_module_k_the_teacher_stage_k_minus_1() -> None:
     losses["feat1"].backward()
     assert all(q.grad is None or q.grad.abs().sum() == 0 for q in d.student_model.stem.parameters())
     assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in d.student_model.stages[1].parameters())
-    _, later = d.forward_train(x, y, epoch=6.0)  # past teacher_inputs_until: the student's own chain again
+    _, later = d.forward_train(x, y, progress=0.6)  # past teacher_inputs_until: the student's own chain again
     with torch.no_grad():
         own = d.run_module(1, d.run_module(0, x))
     torch.testing.assert_close(later["feat1"], feature_loss(own.float(), t_feats[1].float()), rtol=1e-5, atol=1e-6)
@@ -368,7 +368,7 @@ def test_teacher_inputs_are_adapted_when_widths_differ() -> None:
     d = make_lakd("wrn_40_1", "wrn_40_2", teacher_inputs_until=1.0, progressive=False)
     d.train()
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
-    _, losses = d.forward_train(x, y, epoch=1.0)
+    _, losses = d.forward_train(x, y, progress=0.1)
     sum(losses.values()).backward()
     adapter = d.input_adapters[1]
     assert not isinstance(adapter, torch.nn.Identity)
@@ -397,7 +397,7 @@ def test_heterogeneous_pairs(student: str, teacher: str) -> None:
     d = make_lakd(student, teacher)
     d.train()
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
-    logits, losses = d.train_step(x, y, 5.0, backward=lambda loss: loss.backward())
+    logits, losses = d.train_step(x, y, 0.5, backward=lambda loss: loss.backward())
     assert logits.shape == (2, 10) and all(torch.isfinite(v) for v in losses.values())
     assert all(p.grad is None for p in d.teacher.parameters())
     assert d.teacher.training is False
@@ -432,12 +432,12 @@ def test_channel_norm_at_batch_one() -> None:
     d = make_lakd(feat_form="channel_norm")
     d.train()
     assert d.min_batch_size == 1
-    _, losses = d.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([2]), epoch=5.0)
+    _, losses = d.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([2]), progress=0.5)
     assert all(torch.isfinite(v) for v in losses.values())
     pooled = make_lakd(feat_form="channel_norm", feat_scales=[0, 1])
     pooled.train()
     with pytest.raises(LakdError, match="at least 2 samples"):
-        pooled.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([2]), epoch=5.0)
+        pooled.forward_train(torch.randn(1, 3, 32, 32), torch.tensor([2]), progress=0.5)
 
 
 def test_logit_stand_switch_on_the_last_module_logit_term() -> None:
@@ -463,7 +463,7 @@ def test_teacher_tail_auxiliary_reaches_only_its_module() -> None:
     d.train()
     assert len(d.aux_heads) == 0 and d.teacher_index == [0, 1, 2]
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    _, losses = d.forward_train(x, y, epoch=5.0)
+    _, losses = d.forward_train(x, y, progress=0.5)
     assert {"aux0", "aux1"} <= set(losses)
     owned = _module_params(d)
     for k in range(d.num_modules - 1):

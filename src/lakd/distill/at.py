@@ -80,7 +80,7 @@ class AT(Distiller):
         self.pairs = [(s_stages[i], t_stages[j]) for i, j in paired_stages(len(s_stages), len(t_stages))]
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, feats_s = self.student_model(x)
         _, feats_t = self.teacher_forward(x)

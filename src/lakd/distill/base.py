@@ -2,7 +2,8 @@
 
 A ``Distiller`` is an ``nn.Module`` with
 
-* ``forward_train(x, y, epoch, **batch) -> (student logits, {loss name: scalar loss})`` — every loss already
+* ``forward_train(x, y, progress, **batch) -> (student logits, {loss name: scalar loss})``, ``progress`` the
+  fraction of training done, in [0, 1] — every loss already
   weighted, so the trainer's job is only ``sum(losses.values()).backward()``;
 * ``learnable_parameters()`` — the student plus any training-only modules (projectors, heads, memory-free
   embeddings); the teacher is never among them;
@@ -38,11 +39,11 @@ Autocast = Callable[[], contextlib.AbstractContextManager]
 
 def joint_step(
     forward_train: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]], x: torch.Tensor, y: torch.Tensor,
-    epoch: float, backward: Backward, autocast: Autocast | None, **batch: Any,
+    progress: float, backward: Backward, autocast: Autocast | None, **batch: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``forward_train`` under ``autocast``, one ``backward`` of the summed losses; logits and losses detached."""
     with (autocast or contextlib.nullcontext)():
-        logits, losses = forward_train(x, y, epoch, **batch)
+        logits, losses = forward_train(x, y, progress, **batch)
     backward(sum(losses.values()))
     return logits.detach(), {name: v.detach() for name, v in losses.items()}
 
@@ -88,30 +89,35 @@ class Distiller(nn.Module):
 
     # -- the contract ------------------------------------------------------------------------------------
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, backward: Backward, autocast: Autocast | None = None,
-        **batch: Any,
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, backward: Backward,
+        autocast: Autocast | None = None, **batch: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The trainer's step contract (lakd.engine.task): forward under autocast, one backward of the sum.
         Methods that backpropagate in pieces (LAKD's local modules) override it."""
-        return joint_step(self.forward_train, x, y, epoch, backward, autocast, **batch)
+        return joint_step(self.forward_train, x, y, progress, backward, autocast, **batch)
+
+    def epochs_done(self, progress: float) -> float:
+        """``progress`` in epochs of a ``total_epochs`` run: for recipes whose warm-ups are stated in epochs."""
+        return progress * self.total_epochs
 
     # -- the Python API (your own training loop) ----------------------------------------------------------
-    def _epoch_at(self, progress: float) -> float:
+    @staticmethod
+    def _checked(progress: float) -> float:
         if not 0.0 <= float(progress) <= 1.0:
             raise LakdError(f"progress must be the fraction of training done, in [0, 1]; got {progress}")
-        return float(progress) * self.total_epochs
+        return float(progress)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, progress: float,
              autocast: Autocast | None = None, **batch: Any) -> torch.Tensor:
         """One training step's forward and backward (module by module where the method needs it); returns the
         total loss, detached. Zero the gradients before and step your optimizer after, as for ``loss.backward()``.
         ``progress``: fraction of training done, in [0, 1] (schedules and warm-ups follow it)."""
-        _, losses = self.train_step(x, y, self._epoch_at(progress), backward=lambda loss: loss.backward(),
+        _, losses = self.train_step(x, y, self._checked(progress), backward=lambda loss: loss.backward(),
                                     autocast=autocast, **batch)
         return sum(losses.values(), torch.zeros((), device=x.device))
 
@@ -119,7 +125,7 @@ class Distiller(nn.Module):
                 **batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(student logits, {name: weighted loss})`` with graphs: sum and backpropagate them yourself. For LAKD
         this is the joint form (same gradients as ``step``, without its per-module memory saving)."""
-        return self.forward_train(x, y, self._epoch_at(progress), **batch)
+        return self.forward_train(x, y, self._checked(progress), **batch)
 
     def check_batch(self, x: torch.Tensor) -> None:
         """A clear error for a batch smaller than the method can train on (instead of a BatchNorm traceback)."""

@@ -208,7 +208,7 @@ class CRD(Distiller):
         self.contrast = ContrastMemory(p.feat_dim, train_labels, self.nce_k, p.nce_t, p.nce_momentum)
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, index: torch.Tensor | None = None, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, index: torch.Tensor | None = None, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if index is None:
             raise LakdError("method 'crd' needs the dataset index of every sample (forward_train(..., index=))")

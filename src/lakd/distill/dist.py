@@ -73,7 +73,7 @@ class DIST(Distiller):
     params: Params
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self.check_batch(x)
         logits, _ = self.student_model(x)

@@ -83,12 +83,12 @@ class DKD(Distiller):
     params: Params
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, _ = self.student_model(x)
         t_logits, _ = self.teacher_forward(x)
         p = self.params
-        ramp = linear_warmup(epoch, p.warmup_epochs)
+        ramp = linear_warmup(self.epochs_done(progress), p.warmup_epochs)
         s_kd, t_kd = (standardise_logits(logits), standardise_logits(t_logits)) if p.logit_stand else (logits, t_logits)
         return logits, {
             "ce": weighted(p.ce_weight, F.cross_entropy(logits.float(), y)),

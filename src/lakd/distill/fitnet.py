@@ -92,7 +92,7 @@ class FitNet(Distiller):
                                        self.params.regressor_kernel)
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, feats_s = self.student_model(x)
         _, feats_t = self.teacher_forward(x)

@@ -66,7 +66,7 @@ class KD(Distiller):
     params: Params
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, _ = self.student_model(x)
         t_logits, _ = self.teacher_forward(x)

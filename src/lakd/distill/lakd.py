@@ -427,21 +427,21 @@ class LAKD(Distiller):
         return h
 
     # -- schedule ----------------------------------------------------------------------------------------
-    def ramp(self, k: int, epoch: float) -> float:
-        """Distillation weight factor of module k at (fractional) ``epoch``: 0 -> 1, shallow modules first."""
+    def ramp(self, k: int, progress: float) -> float:
+        """Distillation weight factor of module k at training ``progress`` (in [0, 1]): 0 -> 1, shallow first."""
         p = self.opts
         if not p.progressive:
             return 1.0
-        t = epoch / max(self.total_epochs, 1e-8)
+        t = progress
         start = p.ramp_stagger * k
         if p.ramp_length <= 0:
             return 1.0 if t >= start else 0.0
         return min(max((t - start) / p.ramp_length, 0.0), 1.0)
 
-    def teacher_fed(self, epoch: float) -> bool:
-        """Whether modules k > 0 run on the teacher's features (instead of module k-1's output) at ``epoch``."""
+    def teacher_fed(self, progress: float) -> bool:
+        """Whether modules k > 0 run on the teacher's features (instead of module k-1's output) at ``progress``."""
         p = self.opts
-        return epoch < p.teacher_inputs_until * self.total_epochs
+        return progress < p.teacher_inputs_until
 
     def teacher_input(self, k: int, t_prev: torch.Tensor) -> torch.Tensor:
         """The teacher's feature for module k's input: adapted to module k-1's output channels and grid."""
@@ -451,10 +451,10 @@ class LAKD(Distiller):
             h = F.adaptive_avg_pool2d(h, size) if h.shape[-1] > size[-1] else F.interpolate(h, size=size)
         return h
 
-    def detached(self, epoch: float) -> bool:
-        """Whether module boundaries are cut (SDM) at ``epoch``: ``detach`` until ``detach_until`` of training."""
+    def detached(self, progress: float) -> bool:
+        """Whether module boundaries are cut (SDM) at ``progress``: ``detach`` until ``detach_until`` of training."""
         p = self.opts
-        return p.detach and epoch < p.detach_until * self.total_epochs
+        return p.detach and progress < p.detach_until
 
     # -- losses ------------------------------------------------------------------------------------------
     def logit_loss(self, logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -467,7 +467,7 @@ class LAKD(Distiller):
         return kd_loss(logits, t_logits, p.temperature)
 
     def module_losses(
-        self, k: int, feat: torch.Tensor, t_feat: torch.Tensor, y: torch.Tensor, epoch: float,
+        self, k: int, feat: torch.Tensor, t_feat: torch.Tensor, y: torch.Tensor, progress: float,
         t_target: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The weighted local losses of module k (not including the last module's logit terms).
@@ -476,7 +476,7 @@ class LAKD(Distiller):
         matches (default ``t_feat``; the pre-activation output with ``feat_target: preact``).
         """
         p = self.opts
-        ramp = self.ramp(k, epoch)
+        ramp = self.ramp(k, progress)
         losses: dict[str, torch.Tensor] = {}
         # Features stay in their dtype (bf16 under autocast); each loss accumulates in float32 itself.
         if p.feat_weight > 0 and k in self.feat_module_set:
@@ -527,18 +527,18 @@ class LAKD(Distiller):
         self,
         x: torch.Tensor,
         y: torch.Tensor,
-        epoch: float,
+        progress: float,
         backward: Callable[[torch.Tensor], None] | None,
         autocast: Callable[[], contextlib.AbstractContextManager] | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.opts
         self.check_batch(x)
         ctx = autocast or contextlib.nullcontext
-        detach = self.detached(epoch)
-        teacher_fed = self.teacher_fed(epoch)
+        detach = self.detached(progress)
+        teacher_fed = self.teacher_fed(progress)
         teacher = teacher_source(self.teacher, x, keep_preact=p.feat_target == "preact")  # type: ignore[arg-type]
         if not self.student_model.runs_stage_by_stage:
-            return self._forward_hooked(x, y, epoch, backward, ctx, teacher, detach)
+            return self._forward_hooked(x, y, progress, backward, ctx, teacher, detach)
         losses: dict[str, torch.Tensor] = {}
         h = x
         logits = None
@@ -550,13 +550,13 @@ class LAKD(Distiller):
                 t_target = teacher.preact(self.teacher_index[k]) if p.feat_target == "preact" else None
                 inp = h.detach() if (k > 0 and detach and not teacher_fed) else h
                 feat = self.run_module(k, inp)
-                module_losses = self.module_losses(k, feat, t_feat, y, epoch, t_target)
+                module_losses = self.module_losses(k, feat, t_feat, y, progress, t_target)
                 if k == self.num_modules - 1:
                     logits = self.student_model.head(feat)
                     module_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
                     if p.kd_weight > 0:
                         t_logits = teacher.logits()
-                        factor = p.kd_weight * linear_warmup(epoch, p.logit_warmup_epochs)
+                        factor = p.kd_weight * linear_warmup(self.epochs_done(progress), p.logit_warmup_epochs)
                         module_losses["kd"] = weighted(factor, self.logit_loss(logits, t_logits, y))
             del t_feat, t_target
             if backward is not None and module_losses:
@@ -570,7 +570,7 @@ class LAKD(Distiller):
         return logits, losses
 
     def _forward_hooked(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, backward: Callable[[torch.Tensor], None] | None,
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, backward: Callable[[torch.Tensor], None] | None,
         ctx: Callable[[], contextlib.AbstractContextManager], teacher: Any, detach: bool,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The same modules and losses on a hooked student: its own forward runs once, and at the last stage of
@@ -588,7 +588,7 @@ class LAKD(Distiller):
                 return
             t_index = self.teacher_index[k]
             t_target = teacher.preact(t_index) if p.feat_target == "preact" else None
-            module_losses = self.module_losses(k, feat, teacher.feature(t_index), y, epoch, t_target)
+            module_losses = self.module_losses(k, feat, teacher.feature(t_index), y, progress, t_target)
             if k == last:
                 last_losses.update(module_losses)
                 return
@@ -605,7 +605,7 @@ class LAKD(Distiller):
             logits = self.student_model.forward_cut(x, on_stage, cut)
             last_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
             if p.kd_weight > 0:
-                factor = p.kd_weight * linear_warmup(epoch, p.logit_warmup_epochs)
+                factor = p.kd_weight * linear_warmup(self.epochs_done(progress), p.logit_warmup_epochs)
                 last_losses["kd"] = weighted(factor, self.logit_loss(logits, teacher.logits(), y))
         if backward is not None:
             backward(sum(last_losses.values()))
@@ -614,16 +614,16 @@ class LAKD(Distiller):
         return logits, losses
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """All module losses with their graphs (joint mode); the trainer sums them and runs one backward."""
-        return self._forward_modules(x, y, epoch, backward=None, autocast=None)
+        return self._forward_modules(x, y, progress, backward=None, autocast=None)
 
     def train_step(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
-        epoch: float,
+        progress: float,
         backward: Callable[[torch.Tensor], None],
         autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
         **batch: Any,
@@ -633,10 +633,10 @@ class LAKD(Distiller):
         Once ``detach_until`` has passed, modules are no longer cut and one joint backward runs.
         """
         p = self.opts
-        if p.backward == "local" and self.detached(epoch):
-            logits, losses = self._forward_modules(x, y, epoch, backward=backward, autocast=autocast)
+        if p.backward == "local" and self.detached(progress):
+            logits, losses = self._forward_modules(x, y, progress, backward=backward, autocast=autocast)
             return logits.detach(), losses
-        logits, losses = self._forward_modules(x, y, epoch, backward=None, autocast=autocast)
+        logits, losses = self._forward_modules(x, y, progress, backward=None, autocast=autocast)
         backward(sum(losses.values()))
         return logits.detach(), {name: v.detach() for name, v in losses.items()}
 

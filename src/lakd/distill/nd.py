@@ -164,7 +164,7 @@ class ND(Distiller):
         return centers[y]
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self.check_batch(x)
         logits, feats_s = self.student_model(x)
@@ -174,8 +174,8 @@ class ND(Distiller):
         if self.projector is not None:
             s_emb = self.projector(s_emb)
         t_emb = embedding(feats_t[-1]).float()
-        centers = self._centers_for(t_emb, y, epoch)
-        ramp = kd_warmup(epoch, p.warmup_epochs)
+        centers = self._centers_for(t_emb, y, self.epochs_done(progress))
+        ramp = kd_warmup(self.epochs_done(progress), p.warmup_epochs)
         return logits, {
             "ce": weighted(p.ce_weight, F.cross_entropy(logits.float(), y)),
             "kd": weighted(ramp * p.kd_weight, kd_loss(logits, t_logits, p.temperature)),

@@ -189,7 +189,7 @@ class ReviewKD(Distiller):
         return outputs
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
         self.check_batch(x)
@@ -199,7 +199,7 @@ class ReviewKD(Distiller):
             _, levels_t = review_features(self.teacher, x, True, p.pooled_level)
         outputs = self.review([levels_s[i] for i in self.student_levels])
         targets = [levels_t[i] for i in self.teacher_levels]
-        factor = linear_warmup(epoch, p.warmup_epochs)
+        factor = linear_warmup(self.epochs_done(progress), p.warmup_epochs)
         return logits, {
             "ce": weighted(p.ce_weight, F.cross_entropy(logits.float(), y)),
             "reviewkd": weighted(p.reviewkd_weight * factor, hcl_loss(outputs, targets)),

@@ -88,7 +88,7 @@ class RKD(Distiller):
     params: Params
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, feats_s = self.student_model(x)
         _, feats_t = self.teacher_forward(x)

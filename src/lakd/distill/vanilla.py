@@ -15,7 +15,7 @@ class Vanilla(Distiller):
     requires_teacher = False
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, **batch: Any
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, _ = self.student_model(x)
         return logits, {"ce": weighted(self.params.ce_weight, F.cross_entropy(logits.float(), y))}

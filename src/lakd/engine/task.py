@@ -1,6 +1,6 @@
 """What the trainer drives: one step contract, shared by supervised training and every distiller.
 
-``train_step(x, y, epoch, backward, autocast, **batch) -> (logits, {name: detached loss})`` runs one step's
+``train_step(x, y, progress, backward, autocast, **batch) -> (logits, {name: detached loss})`` runs one step's
 forward and calls ``backward(loss)`` itself, once or several times (LAKD's module-local backward frees each
 module's graph before the next module runs); the trainer zeroes gradients before and steps the optimizer after,
 and never knows which method produced the losses. ``needs_index`` says whether the step wants ``index=`` (each
@@ -29,7 +29,7 @@ class TrainTask(Protocol):
     min_batch_size: int
 
     def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, backward: Backward, autocast: Autocast | None = None,
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, backward: Backward, autocast: Autocast | None = None,
         **batch: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
@@ -56,16 +56,16 @@ class SupervisedTask(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward_train(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float
+        self, x: torch.Tensor, y: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, _ = self.model(x)
         return logits, {"ce": F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)}
 
     def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: float, backward: Backward, autocast: Autocast | None = None,
+        self, x: torch.Tensor, y: torch.Tensor, progress: float, backward: Backward, autocast: Autocast | None = None,
         **batch: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return joint_step(self.forward_train, x, y, epoch, backward, autocast)
+        return joint_step(self.forward_train, x, y, progress, backward, autocast)
 
     def learnable_parameters(self) -> Iterable[nn.Parameter]:
         return self.model.parameters()

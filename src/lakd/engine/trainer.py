@@ -316,7 +316,7 @@ class Trainer:
                 group["lr"] = lr
             x, y = self.runtime.to_input(batch[0]), batch[1].to(self.runtime.device, non_blocking=True)
             extra = {"index": batch[2].to(self.runtime.device)} if len(batch) > 2 else {}
-            progress = epoch + step / steps
+            progress = (epoch + step / steps) / self.cfg.train.epochs  # fraction of training done, in [0, 1]
             self.optimizer.zero_grad(set_to_none=True)
             # The task runs its own backward calls (once, or module by module for LAKD), through ours.
             logits, losses = self.task.train_step(x, y, progress, backward=self._backward,
