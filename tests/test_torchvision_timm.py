@@ -59,6 +59,15 @@ def test_torchvision_vit_preset_reads_tokens_as_a_grid() -> None:
     assert torch.isfinite(d.step(x, y, 0.5))
 
 
+def test_stages_given_instead_of_the_preset() -> None:
+    model = build_model("torchvision:resnet18", 10, stages=["layer2", "layer3", "layer4"])
+    assert model.spec.stages == ("layer2", "layer3", "layer4") and len(model.stage_shapes(SHAPE)) == 3
+    with pytest.raises(LakdError, match="no module 'layer5'"):
+        build_model("torchvision:resnet18", 10, stages=["layer4", "layer5"])
+    with pytest.raises(ValueError, match="has its own stages"):
+        build_model("resnet20", 10, stages=["stages.0"])
+
+
 def test_every_method_distils_torchvision_from_timm() -> None:
     x, y = batch()
     torch.manual_seed(0)
@@ -129,10 +138,12 @@ def test_cli_distils_a_torchvision_student_from_a_timm_teacher(tmp_path: Path) -
     assert bad.returncode == 2 and "--teacher-weights" in bad.stderr and not (tmp_path / "nope").exists()
     result = run_cli("distill", "--method", "lakd", "--teacher", "timm:resnet18", "--teacher-weights",
                      "t.safetensors", "--student", "torchvision:resnet18", "--out", "run", *common,
-                     "distill.params.detach_until=1.0", cwd=tmp_path)
+                     "distill.params.detach_until=1.0", "model.stages=[layer2,layer3,layer4]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
-    assert ckpt["meta"]["arch"] == "torchvision:resnet18"
+    assert ckpt["meta"]["arch"] == "torchvision:resnet18" and ckpt["meta"]["stages"] == ["layer2", "layer3", "layer4"]
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "train_ndam2" in row and "train_ndam3" not in row  # three stages: three local modules
     torchvision.models.resnet18(num_classes=10).load_state_dict(ckpt["model"])  # the user's own keys
     evaluated = run_cli("eval", "--ckpt", "run/best.pt", "--json", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr

@@ -24,6 +24,7 @@ class ModelConfig:
     name: str = "resnet20"
     init_weights: str | None = None  # start from these weights (.pth/.th/.pt/.safetensors state_dict, read safely)
     init_key_map: Any = None  # rename their keys: a preset ("akamaster") or [[regex, replacement], ...]
+    stages: list[str] | None = None  # torchvision:/timm: models: these module paths as stages instead of the preset
 
 
 @dataclass
@@ -101,6 +102,7 @@ class DistillConfig:
     teacher: str | None = None
     teacher_weights: str | None = None
     teacher_key_map: Any = None  # rename the keys of teacher_weights: a preset ("akamaster") or [[regex, repl], ...]
+    teacher_stages: list[str] | None = None  # a teacher named torchvision:/timm:: its stages instead of the preset
     params: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters (validated by the method)
     # A pair's published per-method settings, e.g. {dkd: {beta: 2.0}, reviewkd: {reviewkd_weight: 0.6}}: the
     # entry of the chosen method applies under `params` (which wins), so one pair config serves every method.

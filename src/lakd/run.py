@@ -177,7 +177,8 @@ def teacher_source(distill: Any) -> tuple[dict[str, Any] | None, dict[str, Any],
                         "(a state_dict file), or pass a checkpoint written by `lakd train`")
     if not Path(weights).is_file():
         raise LakdError(f"teacher weights file '{weights}' does not exist")
-    return None, {"arch": teacher, "weights": weights, "key_map": distill.teacher_key_map}, weights
+    return None, {"arch": teacher, "weights": weights, "key_map": distill.teacher_key_map,
+                  "stages": distill.teacher_stages}, weights
 
 
 def _build_teacher(teacher_ckpt: tuple[dict[str, Any] | None, dict[str, Any], str], splits: Any) -> Any:
@@ -190,7 +191,7 @@ def _build_teacher(teacher_ckpt: tuple[dict[str, Any] | None, dict[str, Any], st
         from lakd.models.weights import load_weights_into
 
         try:
-            teacher = build_model(meta["arch"], splits.num_classes)
+            teacher = build_model(meta["arch"], splits.num_classes, stages=meta.get("stages"))
         except ValueError as exc:
             raise LakdError(f"teacher '{meta['arch']}': {exc}") from None
         load_weights_into(user_model(teacher), path, meta["key_map"], "teacher")
@@ -253,7 +254,10 @@ def _train_in_process(
         splits.mean, splits.std = tuple(d.mean), tuple(d.std)
     teacher = _build_teacher(teacher_ckpt, splits) if teacher_ckpt is not None else None
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model.name, splits.num_classes)
+    try:
+        model = build_model(cfg.model.name, splits.num_classes, stages=cfg.model.stages)
+    except ValueError as exc:
+        raise LakdError(f"model.stages: {exc}") from None
     if cfg.model.init_weights:
         from lakd.models.adapter import user_model
         from lakd.models.weights import load_weights_into
@@ -280,7 +284,8 @@ def _train_in_process(
     task = task.to(runtime.device)
     if runtime.channels_last and teacher is not None:
         teacher.to(memory_format=torch.channels_last)
-    meta = {"arch": cfg.model.name, "num_classes": splits.num_classes, "dataset": splits.name,
+    meta = {"arch": cfg.model.name, "stages": cfg.model.stages, "num_classes": splits.num_classes,
+            "dataset": splits.name,
             "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
             "image_size": splits.image_size, "val_size": d.val_size, "split_seed": d.split_seed,
             "data": {"dataset": d.dataset, "path": d.path, "val_size": d.val_size, "split_seed": d.split_seed,

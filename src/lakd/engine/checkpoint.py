@@ -72,7 +72,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], meta: dict[str, Any], what: str)
         raise LakdError(f"{what}: unknown architecture '{arch}'{did_you_mean(str(arch), list_models())}; it was "
                         "written by another lakd version or is not a lakd checkpoint (see `lakd train --list-models`)")
     try:
-        model = build_model(arch, int(meta["num_classes"]))
+        model = build_model(arch, int(meta["num_classes"]), stages=meta.get("stages"))
     except ValueError as exc:
         raise LakdError(f"{what}: {exc}") from None
     from lakd.models.adapter import user_model

@@ -81,14 +81,18 @@ def model_info(name: str) -> ModelInfo | None:
     return MODELS.get(_canonical_name(name))
 
 
-def build_model(name: str, num_classes: int, **options: Any) -> StagedModel:
-    """Build model ``name`` with a ``num_classes``-way head; ``options`` go to its builder."""
+def build_model(name: str, num_classes: int, stages: list[str] | None = None, **options: Any) -> StagedModel:
+    """Build model ``name`` with a ``num_classes``-way head; ``options`` go to its builder. ``stages``: module
+    paths to use as the stages of a ``torchvision:`` / ``timm:`` model instead of its preset."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     key = _canonical_name(name)
     library = _library(key)
     if library:
-        return build_library_model(library, key.split(":", 1)[1], num_classes, **options)
+        return build_library_model(library, key.split(":", 1)[1], num_classes, stages=stages, **options)
+    if stages is not None:
+        raise ValueError(f"zoo model '{key}' has its own stages: leave out 'stages' (it is for torchvision:/timm: "
+                         "models)")
     model = MODELS[key].builder(num_classes=num_classes, **options)
     model.arch_name = key  # lets split tables (LAKD) and checkpoints name the architecture
     return model

@@ -101,8 +101,10 @@ def spec_for(model: nn.Module, library: str, name: str) -> StageSpec:
                     "(stages=[module paths], see README 'Any model')")
 
 
-def build_library_model(library: str, name: str, num_classes: int, **options: Any) -> HookedModel:
-    """``torchvision:<name>`` / ``timm:<name>`` with a ``num_classes``-way head, random init, preset stages."""
+def build_library_model(library: str, name: str, num_classes: int, stages: list[str] | None = None,
+                        **options: Any) -> HookedModel:
+    """``torchvision:<name>`` / ``timm:<name>`` with a ``num_classes``-way head, random init, preset stages (or
+    ``stages``, module paths of the model)."""
     lib = _import(library)
     try:
         if library == "timm":
@@ -111,7 +113,8 @@ def build_library_model(library: str, name: str, num_classes: int, **options: An
             model = lib.get_model(name, weights=None, num_classes=num_classes, **options)
     except (ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise LakdError(f"cannot build {library} model '{name}': {str(exc).splitlines()[0][:300]}") from None
-    return HookedModel(model, spec_for(model, library, name), name=f"{library}:{name}")
+    spec = StageSpec(tuple(stages), source=f"{library}:{name} (given)") if stages else spec_for(model, library, name)
+    return HookedModel(model, spec, name=f"{library}:{name}")
 
 
 def list_library_models(library: str) -> list[str]:
