@@ -246,3 +246,15 @@ def test_npz_labels_and_offsets_are_checked_at_load(tmp_path: Path, field: str, 
     np.savez(root / "cifar10" / "train.npz", **parts)
     with pytest.raises(LakdError, match=message):
         load_cifar("cifar10", root, "train")
+
+
+def test_datasets_register_with_their_capabilities() -> None:
+    from lakd.data.datasets import DATASET_REGISTRY, DATASETS, register_dataset
+
+    assert set(DATASETS) == {"cifar10", "cifar100", "imagefolder", "imagenet", "synthetic"}
+    assert DATASET_REGISTRY["imagenet"].streams == "always" and DATASET_REGISTRY["imagefolder"].streams == "optional"
+    assert not DATASET_REGISTRY["cifar10"].takes_image_size
+    with pytest.raises(ValueError, match="registered twice"):
+        register_dataset("cifar10")(lambda request: None)
+    with pytest.raises(LakdError, match="data.stream applies to dataset 'imagefolder' only"):
+        load_splits("synthetic", stream=True)

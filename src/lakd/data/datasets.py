@@ -3,17 +3,19 @@
 A split is either decoded uint8 arrays in RAM (``ImageArrays``: CIFAR, synthetic, small image folders) or a list
 of files decoded while training (``FileList``: ``imagenet``, and ``imagefolder`` with ``data.stream: true``).
 Both offer ``len``, ``.y``, ``.classes``, ``.image_size`` and ``subset``, so validation carving, limits and the
-loader factory (``lakd.data.make_loader``) treat them alike.
+loader factory (``lakd.data.make_loader``) treat them alike. Every dataset is one loader registered with
+``@register_dataset`` (its streaming and image-size capabilities beside it): a new dataset is one function here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lakd.data.cifar import CIFAR_NAMES, ImageArrays, load_cifar
+from lakd.data.cifar import ImageArrays, load_cifar
 from lakd.data.folder import ImageFolderError
 from lakd.data.root import resolve_data_root
 from lakd.data.stream import (
@@ -27,10 +29,49 @@ from lakd.data.stream import (
 from lakd.data.synthetic import make_synthetic
 from lakd.errors import LakdError, did_you_mean
 
-DATASETS = ("cifar10", "cifar100", "imagefolder", "imagenet", "synthetic")
-STREAMED = ("imagenet",)  # always streamed; imagefolder is streamed when data.stream is true
-
 Split = ImageArrays | FileList
+
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    """What a dataset loader gets from the config (``data.*``)."""
+
+    name: str
+    root: str | Path | None
+    path: str | Path | None
+    split_seed: int
+    synthetic_size: int
+    synthetic_classes: int
+    stream: bool
+    image_size: int | None
+
+
+#: ``loader(request) -> (train, test, mean, std)``
+Loader = Callable[[DatasetRequest], tuple[Split, Split, tuple[float, ...], tuple[float, ...]]]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    loader: Loader
+    streams: str = "never"  # never | always | optional (data.stream picks)
+    takes_image_size: bool = False  # data.image_size applies (crop side when streamed, resize when in memory)
+
+
+DATASET_REGISTRY: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, *, streams: str = "never", takes_image_size: bool = False
+                     ) -> Callable[[Loader], Loader]:
+    """Function decorator: make a loader available as ``data.dataset: <name>``, its capabilities beside it."""
+
+    def wrap(loader: Loader) -> Loader:
+        if name in DATASET_REGISTRY:
+            raise ValueError(f"dataset '{name}' registered twice")
+        DATASET_REGISTRY[name] = DatasetInfo(name, loader, streams, takes_image_size)
+        return loader
+
+    return wrap
 
 # Channel statistics of the training sets (published CIFAR values, which the shared JPEG copies match).
 NORMALISATION = {
@@ -121,51 +162,25 @@ def load_splits(
     ``train_limit`` / ``test_limit`` keep a fixed stratified-random subset (quick runs, smoke tests);
     they are applied after the validation split so validation is unchanged by them.
     """
-    if name not in DATASETS:
-        raise LakdError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)}; known: {', '.join(DATASETS)}")
-    if stream and name not in ("imagefolder", *STREAMED):
-        raise LakdError(f"data.stream applies to dataset 'imagefolder' only ('imagenet' always streams); "
-                        f"'{name}' is loaded into memory — drop data.stream")
-    if image_size is not None and name not in ("imagefolder", "imagenet"):
-        raise LakdError(f"data.image_size applies to 'imagefolder' and 'imagenet'; '{name}' images keep their "
-                        "own size — drop data.image_size")
+    info = DATASET_REGISTRY.get(name)
+    if info is None:
+        known = sorted(DATASET_REGISTRY)
+        raise LakdError(f"unknown dataset '{name}'{did_you_mean(name, known)}; known: {', '.join(known)}")
+    if stream and info.streams == "never":
+        optional = [n for n, i in DATASET_REGISTRY.items() if i.streams == "optional"]
+        always = [n for n, i in DATASET_REGISTRY.items() if i.streams == "always"]
+        raise LakdError(f"data.stream applies to dataset {' / '.join(repr(n) for n in optional)} only "
+                        f"({' / '.join(repr(n) for n in always)} always stream); '{name}' is loaded into memory — "
+                        "drop data.stream")
+    if image_size is not None and not info.takes_image_size:
+        takes = [n for n, i in DATASET_REGISTRY.items() if i.takes_image_size]
+        raise LakdError(f"data.image_size applies to {' and '.join(repr(n) for n in takes)}; '{name}' images keep "
+                        "their own size — drop data.image_size")
     if image_size is not None and image_size < 1:
         raise LakdError(f"data.image_size must be >= 1, got {image_size}")
-    train: Split
-    test: Split
-    if name in STREAMED or (name == "imagefolder" and stream):
-        train, test = _file_lists(name, root, path, image_size or DEFAULT_IMAGE_SIZE)
-        mean, std = NORMALISATION[name] if name in NORMALISATION else sample_channel_stats(train)
-    elif name in CIFAR_NAMES:
-        data_root, how = resolve_data_root(root)
-        try:
-            train, test = load_cifar(name, data_root, "train"), load_cifar(name, data_root, "test")
-        except LakdError as exc:
-            raise LakdError(f"{exc} (data root chosen by {how})") from None
-        mean, std = NORMALISATION[name]
-    elif name == "synthetic":
-        train = make_synthetic(synthetic_size, synthetic_classes, seed=split_seed)
-        test = _synthetic_test(synthetic_size, synthetic_classes, split_seed)
-        mean, std = channel_stats(train.x)
-    else:
-        if not path:
-            raise LakdError("dataset 'imagefolder' needs data.path: a folder with train/ and test/ (or val/) "
-                            "class subfolders")
-        from lakd.data.folder import read_image_folder
-
-        base = Path(path).expanduser()
-        test_dir = base / "test" if (base / "test").is_dir() else base / "val"
-        for d in (base / "train", test_dir):
-            if not d.is_dir():
-                raise LakdError(f"imagefolder: '{d}' is not a folder; expected {base}/train/<class>/... and "
-                                f"{base}/test/<class>/... (or val/)")
-        x, y, classes = read_image_folder(base / "train", image_size)
-        train = ImageArrays(x, y, classes)
-        x, y, test_classes = read_image_folder(test_dir, image_size)
-        if test_classes != classes:
-            raise LakdError(f"imagefolder: class folders of {test_dir} differ from those of {base / 'train'}")
-        test = ImageArrays(x, y, classes)
-        mean, std = channel_stats(train.x)
+    request = DatasetRequest(name, root, path, split_seed, synthetic_size, synthetic_classes,
+                             stream or info.streams == "always", image_size)
+    train, test, mean, std = info.loader(request)
     train, val = carve_validation(train, val_size, split_seed)
     if train_limit:
         train = _limit(train, train_limit, split_seed)
@@ -174,6 +189,71 @@ def load_splits(
         if val is not None:
             val = _limit(val, test_limit, split_seed)
     return DatasetSplits(name, train, val, test, tuple(mean), tuple(std))  # type: ignore[arg-type]
+
+
+def _cifar(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tuple[float, ...]]:
+    data_root, how = resolve_data_root(request.root)
+    try:
+        train, test = load_cifar(request.name, data_root, "train"), load_cifar(request.name, data_root, "test")
+    except LakdError as exc:
+        raise LakdError(f"{exc} (data root chosen by {how})") from None
+    mean, std = NORMALISATION[request.name]
+    return train, test, mean, std
+
+
+@register_dataset("cifar10")
+def _load_cifar10(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tuple[float, ...]]:
+    return _cifar(request)
+
+
+@register_dataset("cifar100")
+def _load_cifar100(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tuple[float, ...]]:
+    return _cifar(request)
+
+
+@register_dataset("synthetic")
+def _load_synthetic(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tuple[float, ...]]:
+    """Random class patterns plus noise: every step of the system runs without data (tests, smoke runs)."""
+    train = make_synthetic(request.synthetic_size, request.synthetic_classes, seed=request.split_seed)
+    test = _synthetic_test(request.synthetic_size, request.synthetic_classes, request.split_seed)
+    return (train, test, *channel_stats(train.x))
+
+
+@register_dataset("imagefolder", streams="optional", takes_image_size=True)
+def _load_imagefolder(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tuple[float, ...]]:
+    """``path/train`` and ``path/test`` (or ``path/val``), one folder per class: in RAM, or streamed."""
+    if request.stream:
+        train, test = _file_lists(request.name, request.root, request.path,
+                                  request.image_size or DEFAULT_IMAGE_SIZE)
+        return (train, test, *sample_channel_stats(train))
+    if not request.path:
+        raise LakdError("dataset 'imagefolder' needs data.path: a folder with train/ and test/ (or val/) "
+                        "class subfolders")
+    from lakd.data.folder import read_image_folder
+
+    base = Path(request.path).expanduser()
+    test_dir = base / "test" if (base / "test").is_dir() else base / "val"
+    for d in (base / "train", test_dir):
+        if not d.is_dir():
+            raise LakdError(f"imagefolder: '{d}' is not a folder; expected {base}/train/<class>/... and "
+                            f"{base}/test/<class>/... (or val/)")
+    x, y, classes = read_image_folder(base / "train", request.image_size)
+    train = ImageArrays(x, y, classes)
+    x, y, test_classes = read_image_folder(test_dir, request.image_size)
+    if test_classes != classes:
+        raise LakdError(f"imagefolder: class folders of {test_dir} differ from those of {base / 'train'}")
+    return (train, ImageArrays(x, y, classes), *channel_stats(train.x))
+
+
+@register_dataset("imagenet", streams="always", takes_image_size=True)
+def _load_imagenet(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tuple[float, ...]]:
+    """ImageNet-1k as class folders, always streamed (never decoded into RAM); the published channel stats."""
+    train, test = _file_lists(request.name, request.root, request.path, request.image_size or DEFAULT_IMAGE_SIZE)
+    mean, std = NORMALISATION["imagenet"]
+    return train, test, mean, std
+
+
+DATASETS = tuple(DATASET_REGISTRY)  # the registered names, in registration order
 
 
 def _file_lists(
