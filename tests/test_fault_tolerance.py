@@ -315,3 +315,30 @@ def test_unusable_locations_and_files_are_one_line(tmp_path: Path, capsys: pytes
     assert main([*ARGS[:ARGS.index("--epochs")], "--epochs", "1", "--out", str(blocker / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lakd: error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_classes", 10 ** 9, "meta.num_classes = 1000000000 is not a class count"),
+    ("num_classes", "10", "is not a class count"),
+    ("num_classes", True, "is not a class count"),
+    ("arch", ["resnet8"], "meta.arch"),
+    ("image_size", 10 ** 6, "meta.image_size"),
+    ("mean", [0.5, 0.5], "meta.mean"),
+    ("std", [0.2, 0.0, 0.2], "three positive channel values"),
+    ("std", [0.2, float("nan"), 0.2], "meta.std"),
+    ("stages", "layer1", "meta.stages"),
+])
+def test_crafted_checkpoint_metadata_is_refused_before_anything_is_built(
+        field: str, value: object, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint's meta decides what gets allocated (the head's width, the export's input): checked first."""
+    from lakd.models import build_model
+
+    meta = {"arch": "resnet8", "num_classes": 10, "dataset": "synthetic", "image_size": 32,
+            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], field: value}
+    path = tmp_path / "crafted.pt"
+    torch.save({"model": build_model("resnet8", 10).state_dict(), "meta": meta}, path)
+    for argv in (["eval", "--ckpt", str(path)], ["export", "--ckpt", str(path), "--out", str(tmp_path / "o.st")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.st").exists()

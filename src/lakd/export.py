@@ -30,7 +30,7 @@ from torch import nn
 
 from lakd import __version__
 from lakd.atomic import atomic_write
-from lakd.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
+from lakd.engine.checkpoint import check_meta_fields, checkpoint_meta, load_checkpoint, model_from_checkpoint
 from lakd.errors import LakdError
 
 EXPORT_FORMATS = ("safetensors", "onnx")
@@ -91,6 +91,7 @@ def _decode_meta(raw: dict[str, str], path: Path) -> dict[str, Any]:
             meta[key] = value  # a field another tool added (e.g. safetensors' own "format": "pt")
     if "arch" not in meta or "num_classes" not in meta:
         raise LakdError(f"'{path}' has no lakd metadata ('arch', 'num_classes'): it was not written by lakd export")
+    check_meta_fields(meta, path)
     return meta
 
 

@@ -7,6 +7,7 @@ teachers need nothing else. Training state (optimizer, epoch, RNG) rides along f
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,43 @@ def checkpoint_meta(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or "arch" not in meta or "num_classes" not in meta:
         raise LakdError(f"checkpoint '{path}' has no architecture metadata ('meta.arch', 'meta.num_classes'); "
                         "it was not written by lakd train/distill")
+    check_meta_fields(meta, path)
     return meta
+
+
+MAX_CLASSES = 1_000_000  # a crafted class count must not make a model head allocate gigabytes
+MAX_IMAGE_SIZE = 4096
+
+
+def check_meta_fields(meta: dict[str, Any], path: str | Path) -> None:
+    """The fields a consumer builds from, checked by type and range before anything is allocated from them."""
+    from lakd.errors import short_repr
+
+    def bad(key: str, what: str) -> LakdError:
+        return LakdError(f"checkpoint '{path}': meta.{key} = {short_repr(meta.get(key))} is not {what}; the file "
+                         "was not written by lakd, or was altered")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(meta["arch"], str) or not meta["arch"] or len(meta["arch"]) > 200:
+        raise bad("arch", "an architecture name")
+    if not is_int(meta["num_classes"]) or not 1 <= meta["num_classes"] <= MAX_CLASSES:
+        raise bad("num_classes", f"a class count in 1..{MAX_CLASSES}")
+    if meta.get("image_size") is not None and (not is_int(meta["image_size"])
+                                               or not 1 <= meta["image_size"] <= MAX_IMAGE_SIZE):
+        raise bad("image_size", f"an image side in 1..{MAX_IMAGE_SIZE}")
+    for key in ("mean", "std"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+            raise bad(key, "three finite channel values")
+    if isinstance(meta.get("std"), (list, tuple)) and any(v <= 0 for v in meta["std"]):
+        raise bad("std", "three positive channel values")
+    stages = meta.get("stages")
+    if stages is not None and not (isinstance(stages, list) and stages and len(stages) <= 64
+                                   and all(isinstance(s, str) and 0 < len(s) <= 200 for s in stages)):
+        raise bad("stages", "a list of module paths")
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], meta: dict[str, Any], what: str) -> torch.nn.Module:
