@@ -162,9 +162,8 @@ def teacher_source(distill: Any) -> tuple[dict[str, Any] | None, dict[str, Any],
     from lakd.models import is_known_model
     from lakd.resources import locate
 
-    teacher, weights = distill.teacher, distill.teacher_weights
-    if not Path(teacher).exists() and locate(teacher) != Path(teacher):  # a teacher lakd ships, named by a config
-        teacher = str(locate(teacher))
+    weights = distill.teacher_weights
+    teacher = str(locate(distill.teacher))  # as given, or the copy lakd ships of a teacher a config names
     if Path(teacher).is_file() or not is_known_model(teacher):
         if weights:
             raise LakdError(f"distill.teacher_weights is for a teacher given by its architecture name; '{teacher}' "

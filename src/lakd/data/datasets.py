@@ -191,7 +191,10 @@ def load_splits(
     return DatasetSplits(name, train, val, test, tuple(mean), tuple(std))  # type: ignore[arg-type]
 
 
-def _cifar(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tuple[float, ...]]:
+@register_dataset("cifar100")
+@register_dataset("cifar10")  # (applied first: cifar10 is registered first)
+def _load_cifar(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tuple[float, ...]]:
+    """CIFAR-10/100 in whichever form is under the data root (npz of JPEGs, python pickles, image folders)."""
     data_root, how = resolve_data_root(request.root)
     try:
         train, test = load_cifar(request.name, data_root, "train"), load_cifar(request.name, data_root, "test")
@@ -199,16 +202,6 @@ def _cifar(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tu
         raise LakdError(f"{exc} (data root chosen by {how})") from None
     mean, std = NORMALISATION[request.name]
     return train, test, mean, std
-
-
-@register_dataset("cifar10")
-def _load_cifar10(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tuple[float, ...]]:
-    return _cifar(request)
-
-
-@register_dataset("cifar100")
-def _load_cifar100(request: DatasetRequest) -> tuple[Split, Split, tuple[float, ...], tuple[float, ...]]:
-    return _cifar(request)
 
 
 @register_dataset("synthetic")

@@ -187,9 +187,8 @@ class _Run:
     def stage_done(self, index: int, output: Any) -> Any:
         spec, name = self.model.spec, self.model.arch_name
         if index != self.next_index:
-            ran = f"'{spec.stages[index]}' ran before '{spec.stages[self.next_index]}'" \
-                if index > self.next_index else f"'{spec.stages[index]}' ran again after '{spec.stages[index + 1]}'" \
-                if index + 1 < len(spec.stages) else f"'{spec.stages[index]}' ran twice"
+            ran = (f"'{spec.stages[index]}' ran before '{spec.stages[self.next_index]}'" if index > self.next_index
+                   else f"'{spec.stages[index]}' ran twice")
             raise LakdError(f"model '{name}': the stages of the {spec.source} stage spec do not follow each other in "
                             f"the forward ({ran}); list stage paths in the order the forward runs them, once each")
         self.next_index += 1
