@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole cifar10-strong comparison (issue 16), in the order its answers are needed, resumable: every step is a
+# `lakd bench` call, which skips finished runs and resumes an interrupted one from its run folder. Run it again
+# after any interruption (a new machine restarts only the unfinished run; finished runs are committed JSON).
+#
+#   LAKD_DATA=../shared/data setsid nohup bash benchmarks/cifar10_strong_queue.sh >> runs/queue.log 2>&1 &
+#
+# Stop it with SIGTERM to its process group (the running `lakd distill` checkpoints before it exits).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${LAKD_DATA:?set LAKD_DATA to the folder holding cifar-10-batches-py (e.g. ../shared/data)}"
+bench() { echo "[queue] $(date -u +%H:%M) lakd bench $*"; lakd bench "$@" --no-progress; }
+
+# 1. one seed of every method at the protocol's budget (15 epochs)
+bench cifar10-strong --seeds 0 --methods lakd-local lakd kd fitnet dkd reviewkd dist kd-ls at crd nd vanilla
+# 2. the same methods' short-budget point for the accuracy-vs-budget plot (the old protocol's 3 epochs)
+bench cifar10-strong --epochs 3 --seeds 0 --methods kd fitnet dkd lakd lakd-local
+# 3. LAKD's local modules: one local objective added per entry, selected on validation (the study's `local` is
+#    the protocol's lakd-local run, compared from its JSON rather than trained twice)
+bench benchmarks/studies/lakd_local_cifar10_strong.yaml --results-dir benchmarks/studies/results \
+    --runs-dir runs/study --seeds 0 --methods local-tail local-linear-aux local-kd local-teacher-inputs
+# 4. seeds 1 and 2 of both LAKD variants and of the three strongest baselines by mean validation top-1
+strongest=$(python - <<'EOF'
+import json
+summary = json.load(open("benchmarks/results/cifar10-strong/summary.json"))
+baselines = [m for m in summary["methods"] if not m["method"].startswith("lakd")]
+baselines.sort(key=lambda m: -m["best_val_top1"]["mean"])
+print(" ".join(m["method"] for m in baselines[:3]))
+EOF
+)
+bench cifar10-strong --seeds 0 1 2 --methods lakd-local lakd $strongest
+echo "[queue] $(date -u +%H:%M) done"
