@@ -154,6 +154,7 @@ def test_distill_round_trip(tmp_path: Path, synthetic_teacher: Path, method: str
     meta = torch.load(out / "best.pt", weights_only=True)["meta"]
     assert meta["arch"] == "resnet8" and meta["distill"]["method"] == method
     assert meta["distill"]["teacher_arch"] == "resnet14"
+    assert meta["distill"]["teacher_inference"] == "folded"  # a few steps: never worth compiling (auto)
     from lakd.distill import make_params, params_as_dict
 
     # the fully resolved parameters: every default plus the override
@@ -162,6 +163,19 @@ def test_distill_round_trip(tmp_path: Path, synthetic_teacher: Path, method: str
     capsys.readouterr()
     assert main(["eval", "--ckpt", str(out / "best.pt"), "--json", "--precision", "fp32"]) == 0
     assert json.loads(capsys.readouterr().out)["arch"] == "resnet8"
+
+
+def test_distill_with_a_compiled_teacher(tmp_path: Path, synthetic_teacher: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from lakd.models.frozen import can_compile
+
+    out = tmp_path / "compiled"
+    assert main(["distill", "--method", "lakd", "--teacher", str(synthetic_teacher), "--student", "resnet8",
+                 "--out", str(out), *TINY, "distill.teacher_inference=compiled"]) == 0
+    meta = torch.load(out / "best.pt", weights_only=True)["meta"]
+    assert meta["distill"]["teacher_inference"] == ("compiled" if can_compile(torch.device("cpu"))[0] else "folded")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "compilation failed" not in err and "differ" not in err
 
 
 def test_distill_bad_input(tmp_path: Path, synthetic_teacher: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -84,6 +84,16 @@ def test_ratios_with_every_way_pick_each_sides_best_and_check_targets() -> None:
     assert r["lakd_kd_over_plain"] == 2.0
     ways["lakd_lakd"] = _ok(850.0)
     assert pc.ratio_terms(ways)["lakd_lakd_over_lakd_kd"]["met"] is False
+    # a long run's compiled teacher: its own ratios, and it can be lakd's best way
+    ways |= {"lakd_kd_compiled": _ok(1000.0), "lakd_kd_fp32_compiled": _ok(450.0), "lakd_lakd_compiled": _ok(940.0)}
+    r, terms = pc.ratios(ways), pc.ratio_terms(ways)
+    assert r["lakd_kd_compiled_over_torchdistill"] == 4.0 and r["lakd_kd_fp32_compiled_over_torchdistill"] == 1.8
+    assert r["lakd_kd_fp32_compiled_over_torchdistill_best"] == 1.5
+    assert terms["lakd_kd_fp32_compiled_over_torchdistill_best"]["met"] is True
+    assert r["lakd_lakd_compiled_over_lakd_kd_compiled"] == 0.94
+    assert terms["lakd_best_over_torchdistill_best"]["numerator"] == "lakd_kd_compiled"
+    for name in ("lakd_kd_compiled", "lakd_kd_fp32_compiled", "lakd_lakd_compiled"):
+        del ways[name]
     text = pc.markdown({"ways": ways, "targets": pc.ratio_terms(ways)})
     assert "| torchdistill | fp32 / contiguous | train | 3 | 384 | 1.0 | 250 |" in text
     assert "lakd_lakd_over_lakd_kd: 0.94x (lakd_lakd / lakd_kd) [target >= 0.95x, NOT met]" in text

@@ -30,6 +30,7 @@ from torch import nn
 from lakd.errors import LakdError
 from lakd.models.adapter import user_model
 from lakd.models.base import StagedModel
+from lakd.models.frozen import FrozenForward, TeacherOutputs, all_outputs
 
 TEACHER_PREFIX = "teacher."
 
@@ -86,6 +87,8 @@ class Distiller(nn.Module):
             teacher.eval()
             teacher.requires_grad_(False)
         self.teacher = teacher
+        # how the teacher's no-grad forward runs (set_teacher_inference): eager until the run chooses otherwise
+        self._teacher_inference: FrozenForward | None = None
 
     # -- the contract ------------------------------------------------------------------------------------
     def forward_train(
@@ -146,12 +149,22 @@ class Distiller(nn.Module):
         return user_model(self.student_model)
 
     # -- helpers for subclasses --------------------------------------------------------------------------
+    def set_teacher_inference(self, forward: FrozenForward) -> None:
+        """Run the teacher's no-grad forwards through ``forward`` (a folded or compiled copy of the teacher,
+        lakd.models.frozen); stage-by-stage uses with gradients (a teacher tail) keep ``self.teacher``."""
+        self._teacher_inference = forward
+
     @torch.no_grad()
-    def teacher_forward(self, x: torch.Tensor, preact: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Teacher logits and stage features, without a graph."""
+    def teacher_outputs(self, x: torch.Tensor) -> TeacherOutputs:
+        """Teacher logits (fp32) and every stage's post- and pre-activation output, without a graph."""
         assert self.teacher is not None, f"method '{self.name}' needs a teacher"
-        logits, feats = self.teacher(x, preact=preact)
-        return logits.float(), feats
+        out = self._teacher_inference(x) if self._teacher_inference is not None else all_outputs(self.teacher, x)
+        return TeacherOutputs(out.logits.float(), out.posts, out.pres)
+
+    def teacher_forward(self, x: torch.Tensor, preact: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher logits and stage features (pre-activation if ``preact``), without a graph."""
+        out = self.teacher_outputs(x)
+        return out.logits, out.pres if preact else out.posts
 
     def student_shapes(self) -> list[tuple[int, int, int]]:
         return self.student_model.stage_shapes(self.input_shape)

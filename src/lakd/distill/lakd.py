@@ -41,6 +41,7 @@ from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
 from lakd.errors import LakdError, short_repr
 from lakd.models.adapter import check_gradient_isolation
 from lakd.models.base import StagedModel
+from lakd.models.frozen import TeacherOutputs
 from lakd.models.registry import MODELS
 
 FEAT_FORMS = ("mse", "channel_norm", "cosine")
@@ -284,33 +285,26 @@ class _TeacherInLockstep:
 
 
 class _TeacherAllAtOnce:
-    """The same interface for a hooked teacher (one that cannot run stage by stage): one forward, every stage
-    output kept until the step ends. Pre-activation features are the stage outputs themselves."""
+    """The same interface from one whole forward (``outputs``): every stage output kept until the step ends. For a
+    hooked teacher (which cannot run stage by stage) and a compiled one (faster whole than in pieces)."""
 
-    def __init__(self, teacher: StagedModel, x: torch.Tensor) -> None:
-        self.teacher, self.x = teacher, x
-        self.out: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+    def __init__(self, outputs: Callable[[torch.Tensor], TeacherOutputs], x: torch.Tensor) -> None:
+        self.outputs, self.x = outputs, x
+        self.out: TeacherOutputs | None = None
 
-    @torch.no_grad()
-    def _run(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _run(self) -> TeacherOutputs:
         if self.out is None:
-            self.out = self.teacher(self.x)
+            self.out = self.outputs(self.x)
         return self.out
 
     def feature(self, index: int) -> torch.Tensor:
-        return self._run()[1][index]
+        return self._run().posts[index]
 
-    preact = feature
+    def preact(self, index: int) -> torch.Tensor:
+        return self._run().pres[index]
 
     def logits(self) -> torch.Tensor:
-        return self._run()[0].float()
-
-
-def teacher_source(teacher: StagedModel, x: torch.Tensor, keep_preact: bool) -> _TeacherInLockstep | _TeacherAllAtOnce:
-    """Stage-by-stage for zoo teachers (one stage alive at a time), all at once for hooked ones."""
-    if teacher.runs_stage_by_stage:
-        return _TeacherInLockstep(teacher, x, keep_preact)
-    return _TeacherAllAtOnce(teacher, x)
+        return self._run().logits
 
 
 @contextlib.contextmanager
@@ -499,6 +493,14 @@ class LAKD(Distiller):
             losses[f"aux{k}"] = weighted(p.aux_weight, F.cross_entropy(aux_logits.float(), y))
         return losses
 
+    def teacher_source(self, x: torch.Tensor, keep_preact: bool) -> _TeacherInLockstep | _TeacherAllAtOnce:
+        """Stage by stage for a zoo teacher run eagerly (one stage alive at a time); one whole forward for a
+        hooked teacher and for a compiled one (``set_teacher_inference``)."""
+        assert self.teacher is not None
+        if self.teacher.runs_stage_by_stage and self._teacher_inference is None:
+            return _TeacherInLockstep(self.teacher, x, keep_preact)
+        return _TeacherAllAtOnce(self.teacher_outputs, x)
+
     def teacher_tail(self, k: int, feat: torch.Tensor) -> torch.Tensor:
         """Logits of module k's projected feature run through the frozen teacher's later stages and classifier.
 
@@ -536,7 +538,7 @@ class LAKD(Distiller):
         ctx = autocast or contextlib.nullcontext
         detach = self.detached(progress)
         teacher_fed = self.teacher_fed(progress)
-        teacher = teacher_source(self.teacher, x, keep_preact=p.feat_target == "preact")  # type: ignore[arg-type]
+        teacher = self.teacher_source(x, keep_preact=p.feat_target == "preact")
         if not self.student_model.runs_stage_by_stage:
             return self._forward_hooked(x, y, progress, backward, ctx, teacher, detach)
         losses: dict[str, torch.Tensor] = {}

@@ -40,7 +40,7 @@ from torch import nn
 from lakd.distill.at import paired_stages
 from lakd.distill.base import Distiller, DistillParams, check_non_negative, linear_warmup, register, weighted
 from lakd.errors import LakdError
-from lakd.models.base import StagedModel
+from lakd.models.frozen import TeacherOutputs, all_outputs
 
 #: HCL pyramid levels (output side of the adaptive average pool), as in the paper's code.
 HCL_LEVELS: tuple[int, ...] = (4, 2, 1)
@@ -108,23 +108,14 @@ def hcl_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torc
     return total
 
 
-def review_features(
-    model: StagedModel, x: torch.Tensor, preact: bool, pooled: bool
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``(logits, levels)``: the stage features (pre-activation if ``preact``) plus, if ``pooled``, the globally
-    pooled post-activation last feature as a ``(N, C, 1, 1)`` map — one forward (``forward_cut``), since the pooled
-    level needs the post-activation output next to the pre-activation ones."""
-    levels: list[torch.Tensor] = []
-    last: list[torch.Tensor] = []
-
-    def keep(_index: int, post: torch.Tensor, pre: torch.Tensor) -> None:
-        levels.append(pre if preact else post)
-        last[:] = [post]
-
-    logits = model.forward_cut(x, keep)
+def review_levels(out: TeacherOutputs, preact: bool, pooled: bool) -> list[torch.Tensor]:
+    """The stage features of one forward (pre-activation if ``preact``) plus, if ``pooled``, the globally pooled
+    post-activation last feature as a ``(N, C, 1, 1)`` map (it needs the post-activation output beside the
+    pre-activation ones, which is why a single forward keeps both)."""
+    levels = list(out.pres if preact else out.posts)
     if pooled:
-        levels.append(F.adaptive_avg_pool2d(last[0], 1))
-    return logits, levels
+        levels.append(F.adaptive_avg_pool2d(out.posts[-1], 1))
+    return levels
 
 
 @register("reviewkd")
@@ -193,10 +184,9 @@ class ReviewKD(Distiller):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
         self.check_batch(x)
-        logits, levels_s = review_features(self.student_model, x, p.student_preact, p.pooled_level)
-        assert self.teacher is not None
-        with torch.no_grad():
-            _, levels_t = review_features(self.teacher, x, True, p.pooled_level)
+        student = all_outputs(self.student_model, x)
+        logits, levels_s = student.logits, review_levels(student, p.student_preact, p.pooled_level)
+        levels_t = review_levels(self.teacher_outputs(x), True, p.pooled_level)
         outputs = self.review([levels_s[i] for i in self.student_levels])
         targets = [levels_t[i] for i in self.teacher_levels]
         factor = linear_warmup(self.epochs_done(progress), p.warmup_epochs)
