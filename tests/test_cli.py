@@ -154,8 +154,12 @@ def test_distill_round_trip(tmp_path: Path, synthetic_teacher: Path, method: str
     meta = torch.load(out / "best.pt", weights_only=True)["meta"]
     assert meta["arch"] == "resnet8" and meta["distill"]["method"] == method
     assert meta["distill"]["teacher_arch"] == "resnet14"
-    assert meta["distill"]["teacher_inference"] == "folded"  # a few steps: never worth compiling (auto)
+    assert meta["distill"]["compiled"] == []  # a few steps: never worth compiling (auto)
     from lakd.distill import make_params, params_as_dict
+    from lakd.models import build_model
+
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in build_model("resnet14", 10).modules())
+    assert meta["distill"]["teacher_batchnorms_folded"] == n_bn  # every conv's BatchNorm
 
     # the fully resolved parameters: every default plus the override
     assert meta["distill"]["params"] == params_as_dict(make_params(method, {"temperature": 2}))
@@ -167,15 +171,15 @@ def test_distill_round_trip(tmp_path: Path, synthetic_teacher: Path, method: str
 
 def test_distill_with_a_compiled_teacher(tmp_path: Path, synthetic_teacher: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from lakd.models.frozen import can_compile
+    from lakd.compiling import can_compile
 
     out = tmp_path / "compiled"
     assert main(["distill", "--method", "lakd", "--teacher", str(synthetic_teacher), "--student", "resnet8",
-                 "--out", str(out), *TINY, "distill.teacher_inference=compiled"]) == 0
+                 "--out", str(out), *TINY, "distill.compile=true"]) == 0
     meta = torch.load(out / "best.pt", weights_only=True)["meta"]
-    assert meta["distill"]["teacher_inference"] == ("compiled" if can_compile(torch.device("cpu"))[0] else "folded")
+    assert meta["distill"]["compiled"] == (["teacher", "losses"] if can_compile(torch.device("cpu"))[0] else [])
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "compilation failed" not in err and "differ" not in err
+    assert "Traceback" not in err and "failed" not in err and "disagreed" not in err
 
 
 def test_distill_bad_input(tmp_path: Path, synthetic_teacher: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+import lakd.compiling as compiling
 import lakd.models.frozen as frozen
+from lakd.compiling import resolve_compile
 from lakd.distill import build_distiller
 from lakd.errors import LakdError
 from lakd.models import build_model
@@ -86,37 +88,43 @@ def test_a_conv_used_twice_is_not_folded() -> None:
     assert frozen._conv_bn_pairs(teacher, torch.randn(2, 3, 8, 8)) == []
 
 
-def test_prepare_teacher_modes() -> None:
+def test_compile_is_resolved_from_the_choice_the_device_and_the_run_length(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(compiling, "can_compile", lambda _device: (True, ""))
+    assert resolve_compile("auto", cpu, compiling.COMPILE_MIN_STEPS)[0] is True
+    assert resolve_compile("auto", cpu, 10) == (False, "a short run (10 steps < 1000) does not repay compilation")
+    assert resolve_compile("true", cpu, 10)[0] is True
+    assert resolve_compile("false", cpu, 10**6) == (False, "distill.compile = false")
+    monkeypatch.setattr(compiling, "can_compile", lambda _device: (False, "no C++ compiler on PATH"))
+    assert resolve_compile("true", cpu, 10**6) == (False, "no C++ compiler on PATH")
+
+
+def test_a_run_folds_the_teacher_it_builds() -> None:
     teacher = trained_looking(build_model("resnet8", 10))
-    same, what = prepare_teacher(teacher, "eager", (3, 32, 32), torch.device("cpu"), 10**6)
-    assert same is teacher and what == "eager"
-    folded, what = prepare_teacher(teacher, "auto", (3, 32, 32), torch.device("cpu"), 10)  # too short to compile
-    assert what == "folded" and folded is not teacher
-    _, what = prepare_teacher(teacher, "auto", (3, 32, 32), torch.device("cpu"), 10**6)
-    assert what == ("compiled" if frozen.can_compile(torch.device("cpu"))[0] else "folded")
+    folded, count = prepare_teacher(teacher, (3, 32, 32))
+    assert count == sum(isinstance(m, nn.BatchNorm2d) for m in teacher.modules()) and folded is not teacher
     hooked = HookedModel(trained_looking(ConvFeatureOut()), StageSpec(("raw",)))
-    _, what = prepare_teacher(hooked, "compiled", (3, 8, 8), torch.device("cpu"), 10**6)
-    assert what == "eager"  # nothing foldable and a hooked teacher is never compiled
+    assert prepare_teacher(hooked, (3, 8, 8)) == (hooked, 0)  # nothing that can be folded without a change
 
 
-def test_config_rejects_an_unknown_teacher_inference(tmp_path, capsys) -> None:
+def test_config_rejects_an_unknown_compile_choice(tmp_path, capsys) -> None:
     from lakd.cli import main
 
     rc = main(["distill", "--method", "kd", "--teacher", "resnet8", "--student", "resnet8", "--dataset", "synthetic",
-               "distill.teacher_inference=fast", "--out", str(tmp_path / "run")])
+               "distill.compile=fast", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert rc != 0 and "distill.teacher_inference" in err and "compiled" in err and "Traceback" not in err
+    assert rc != 0 and "distill.compile" in err and "auto, true, false" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.skipif(not frozen.can_compile(torch.device("cpu"))[0], reason="torch.compile cannot run here")
+@pytest.mark.skipif(not compiling.can_compile(torch.device("cpu"))[0], reason="torch.compile cannot run here")
 def test_compiled_teacher_matches_eager_and_runs_other_shapes_eagerly() -> None:
     teacher, _ = fold_batchnorm(trained_looking(build_model("resnet8", 10)), torch.randn(4, 3, 32, 32))
     forward = FrozenForward(teacher, compile_it=True)
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         assert outputs_close(forward(x), all_outputs(teacher, x), rtol=1e-4)
-        assert forward.compile_it and not forward.note
+        assert forward.active and not forward.note
         short = torch.randn(3, 3, 32, 32)  # another batch size: the eager forward, no recompilation
         assert outputs_close(forward(short), all_outputs(teacher, short), rtol=1e-6)
 
@@ -133,8 +141,8 @@ def test_a_failing_compiler_falls_back_with_a_note(monkeypatch, capsys) -> None:
     x = torch.randn(2, 3, 32, 32)
     out = forward(x)
     assert outputs_close(out, all_outputs(teacher, x), rtol=1e-6)
-    assert not forward.compile_it and "no working compiler" in forward.note
-    assert "running the teacher folded" in capsys.readouterr().err
+    assert not forward.active and "no working compiler" in forward.note
+    assert "running it eagerly" in capsys.readouterr().err
 
 
 def test_a_wrong_compiled_program_is_caught(monkeypatch) -> None:
@@ -146,7 +154,7 @@ def test_a_wrong_compiled_program_is_caught(monkeypatch) -> None:
     forward = FrozenForward(teacher, compile_it=True)
     x = torch.randn(2, 3, 32, 32)
     assert outputs_close(forward(x), all_outputs(teacher, x), rtol=1e-6)
-    assert "differ" in forward.note
+    assert "disagreed" in forward.note and not forward.active
 
 
 @pytest.mark.parametrize("method", ["kd", "fitnet", "reviewkd", "lakd", "lakd-local"])
@@ -168,10 +176,34 @@ def test_methods_see_the_same_teacher_through_a_whole_forward(method: str) -> No
         assert torch.allclose(want[key], got[key], rtol=1e-5, atol=1e-6), key
 
 
-def test_bad_mode_is_a_lakd_error() -> None:
+def test_bad_choice_is_a_lakd_error() -> None:
     from lakd.config import DistillRunConfig, validate
 
     cfg = DistillRunConfig()
-    cfg.distill.teacher_inference = "turbo"
-    with pytest.raises(LakdError, match="teacher_inference"):
+    cfg.distill.compile = "turbo"
+    with pytest.raises(LakdError, match="distill.compile"):
         validate(cfg)
+
+
+@pytest.mark.skipif(not compiling.can_compile(torch.device("cpu"))[0], reason="torch.compile cannot run here")
+def test_lakd_compiled_losses_give_the_eager_losses_and_gradients() -> None:
+    teacher = trained_looking(build_model("resnet14", 10))
+    torch.manual_seed(0)
+    eager = build_distiller("lakd", build_model("resnet8", 10), teacher).train()
+    compiled = copy.deepcopy(eager)
+    assert compiled.compile_losses() and not build_distiller("kd", build_model("resnet8", 10), teacher).compile_losses()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    grads = []
+    for d in (eager, compiled):
+        _, losses = d.forward_train(x, y, 0.5)
+        sum(losses.values()).backward()
+        grads.append({n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None})
+        assert all(torch.isfinite(v) for v in losses.values())
+    _, want = eager.forward_train(x, y, 0.5)
+    _, got = compiled.forward_train(x, y, 0.5)
+    for key in want:
+        assert torch.allclose(want[key], got[key], rtol=1e-4, atol=1e-6), key
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-6), name
+    assert compiled._ndam_loss.active and not compiled._ndam_loss.note

@@ -103,9 +103,9 @@ class DistillConfig:
     teacher_weights: str | None = None
     teacher_key_map: Any = None  # rename the keys of teacher_weights: a preset ("akamaster") or [[regex, repl], ...]
     teacher_stages: list[str] | None = None  # a teacher named torchvision:/timm:: its stages instead of the preset
-    # how the frozen teacher's forward runs (lakd.models.frozen): auto (compiled for long runs where torch.compile
-    # works, else folded) | compiled (BatchNorm folded + torch.compile) | folded (BatchNorm folded) | eager (as built)
-    teacher_inference: str = "auto"
+    # torch.compile the frozen teacher's forward and the method's loss arithmetic (never the student; lakd.compiling):
+    # auto (where torch.compile can run and the run has 1,000+ steps to repay it) | true | false
+    compile: str = "auto"
     params: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters (validated by the method)
     # A pair's published per-method settings, e.g. {dkd: {beta: 2.0}, reviewkd: {reviewkd_weight: 0.6}}: the
     # entry of the chosen method applies under `params` (which wins), so one pair config serves every method.
@@ -136,7 +136,7 @@ CHOICES = {
     "schedule.name": ("cosine", "step", "constant"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "train.channels_last": ("auto", "true", "false"),
-    "distill.teacher_inference": ("auto", "compiled", "folded", "eager"),
+    "distill.compile": ("auto", "true", "false"),
 }
 
 

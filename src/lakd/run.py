@@ -105,7 +105,7 @@ def _clear_run_files(out: Path) -> None:
 
 # Keys a resumed run may change: they do not change what is computed, only how it is shown or run.
 RESUME_MAY_CHANGE = ("train.progress", "train.threads", "train.tensorboard", "data.workers", "data.root", "out",
-                     "distill.teacher_inference")  # how the frozen teacher runs, not what it computes
+                     "distill.compile")  # how the teacher and the losses run, not what they compute
 
 
 def check_resume_config(cfg: Any, saved: Path) -> None:
@@ -231,28 +231,15 @@ def run_training(
         shutdown()
 
 
-def prepare_teacher(teacher: Any, mode: str, input_shape: tuple[int, int, int], device: Any,
-                    steps: int) -> tuple[Any, str]:
-    """``(teacher, what was done)`` for ``distill.teacher_inference`` (lakd.models.frozen): BatchNorm folded into
-    the convolutions unless ``eager``; ``compiled`` (set up by the caller) only for a zoo teacher, and for ``auto``
-    only when torch.compile can run here and the run has ``COMPILE_MIN_STEPS`` steps to repay it."""
+def prepare_teacher(teacher: Any, input_shape: tuple[int, int, int]) -> tuple[Any, int]:
+    """``(teacher with its BatchNorms folded into its convolutions, how many)`` (lakd.models.frozen: exact, each
+    fold checked on a random batch)."""
     import torch
 
-    from lakd.models.frozen import COMPILE_MIN_STEPS, can_compile, fold_batchnorm
+    from lakd.models.frozen import fold_batchnorm
 
-    if mode == "eager":
-        return teacher, "eager"
     generator = torch.Generator().manual_seed(0)
-    teacher, folded = fold_batchnorm(teacher, torch.randn(8, *input_shape, generator=generator))
-    compilable, why_not = can_compile(device)
-    if not teacher.runs_stage_by_stage:
-        compilable, why_not = False, "a hooked teacher is not compiled"
-    if mode == "compiled" and not compilable:
-        print(f"lakd: note: distill.teacher_inference = compiled, but {why_not}: the teacher runs folded",
-              file=sys.stderr)
-    if compilable and (mode == "compiled" or (mode == "auto" and steps >= COMPILE_MIN_STEPS)):
-        return teacher, "compiled"
-    return teacher, "folded" if folded else "eager"
+    return fold_batchnorm(teacher, torch.randn(8, *input_shape, generator=generator))
 
 
 def _train_in_process(
@@ -293,11 +280,15 @@ def _train_in_process(
     if teacher is not None:
         check_input_size(teacher, "teacher", input_shape)
     distill = getattr(cfg, "distill", None)
-    teacher_inference = "eager"
+    compiled, folded = False, 0
     if teacher is not None:
+        from lakd.compiling import resolve_compile
+
+        teacher, folded = prepare_teacher(teacher, input_shape)
         steps = cfg.train.epochs * max(1, len(splits.train) // d.batch_size)
-        teacher, teacher_inference = prepare_teacher(teacher, distill.teacher_inference, input_shape, runtime.device,
-                                                     steps)
+        compiled, why_not = resolve_compile(distill.compile, runtime.device, steps)
+        if distill.compile == "true" and not compiled:
+            print(f"lakd: note: distill.compile = true, but {why_not}: running eagerly", file=sys.stderr)
     if distill is None:
         task = SupervisedTask(model, cfg.train.label_smoothing)
     else:
@@ -313,10 +304,15 @@ def _train_in_process(
     task = task.to(runtime.device)
     if runtime.channels_last and teacher is not None:
         teacher.to(memory_format=torch.channels_last)
-    if teacher_inference == "compiled":
+    compiled_parts = []
+    if compiled:
         from lakd.models.frozen import FrozenForward
 
-        task.set_teacher_inference(FrozenForward(teacher, compile_it=True))
+        if teacher.runs_stage_by_stage:  # a hooked teacher's forward registers hooks: not compiled
+            task.set_teacher_inference(FrozenForward(teacher, compile_it=True))
+            compiled_parts.append("teacher")
+        if task.compile_losses():
+            compiled_parts.append("losses")
     meta = {"arch": cfg.model.name, "stages": cfg.model.stages, "num_classes": splits.num_classes,
             "dataset": splits.name,
             "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
@@ -331,7 +327,8 @@ def _train_in_process(
                            # every parameter as resolved (defaults included), so runs made before and after a
                            # default changed can be told apart; the overrides alone are in config.yaml
                            "params": params_as_dict(task.params),
-                           "teacher_inference": teacher_inference}
+                           "teacher_batchnorms_folded": folded,
+                           "compiled": compiled_parts}
     trainer = Trainer(task, cfg, splits, runtime, out, meta, log=print if main_rank else (lambda _m: None),
                       dist_env=dist_env)
     if dist_env.enabled:
@@ -363,7 +360,8 @@ def _train_in_process(
         atomic_write_text(out / "run.json", json.dumps(run_info, indent=2))
         what = "training "
         if distill is not None:
-            arch = f"{teacher_ckpt[1]['arch']} ({teacher_inference})" if teacher_ckpt else "no teacher"
+            how = f"compiled {' + '.join(compiled_parts)}" if compiled_parts else "not compiled"
+            arch = f"{teacher_ckpt[1]['arch']} ({how})" if teacher_ckpt else "no teacher"
             what = f"distilling ({distill.method}) {arch} -> "
         procs = f" x {dist_env.world_size} processes" if dist_env.enabled else ""
         print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "

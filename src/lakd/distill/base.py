@@ -154,6 +154,11 @@ class Distiller(nn.Module):
         lakd.models.frozen); stage-by-stage uses with gradients (a teacher tail) keep ``self.teacher``."""
         self._teacher_inference = forward
 
+    def compile_losses(self) -> bool:
+        """Compile the method's loss arithmetic (``distill.compile``; lakd.compiling). True if the method has any
+        worth compiling: most losses are a few ops on logits, so the default compiles nothing."""
+        return False
+
     @torch.no_grad()
     def teacher_outputs(self, x: torch.Tensor) -> TeacherOutputs:
         """Teacher logits (fp32) and every stage's post- and pre-activation output, without a graph."""

@@ -34,10 +34,11 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from lakd.compiling import Compiled
 from lakd.distill.base import Distiller, DistillParams, linear_warmup, register, weighted
 from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss, standardise_logits
-from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
+from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights, sum_of_squares
 from lakd.errors import LakdError, short_repr
 from lakd.models.adapter import check_gradient_isolation
 from lakd.models.base import StagedModel
@@ -64,7 +65,7 @@ def feature_loss(
     if form == "mse" and weights is None:
         # In the inputs' dtype (bf16 under autocast) with a float32 sum: the only tensor saved for backward is the
         # difference, no float32 copy of either side (F.mse_loss would make both under autocast).
-        return torch.linalg.vector_norm(s - t, dtype=torch.float32).square() / s.numel()
+        return sum_of_squares(s - t) / s.numel()
     s, t = s.float(), t.float()
     if form == "channel_norm":
         s, t = channel_standardise(s), channel_standardise(t)
@@ -328,6 +329,9 @@ class LAKD(Distiller):
         arch: str | None = None,
     ) -> None:
         super().__init__(student, teacher, params, input_shape, total_epochs)
+        # the loss functions, replaced by compiled ones by compile_losses()
+        self._ndam_loss: Callable[..., torch.Tensor] = ndam_loss
+        self._feature_loss: Callable[..., torch.Tensor] = pyramid_feature_loss
         # One implementation for both methods: a core Params is read as StudyParams at the variants' defaults.
         self.opts: StudyParams = (self.params if isinstance(self.params, StudyParams)
                                   else StudyParams(**dataclasses.asdict(self.params)))
@@ -482,16 +486,23 @@ class LAKD(Distiller):
             if t.shape[-2:] != (h, w):
                 t = F.adaptive_avg_pool2d(t, (h, w))
             weights = spatial_weights(t_feat, (h, w), p.ndam_p) if p.feat_spatial_weighting else None
-            loss = pyramid_feature_loss(s, t, p.feat_form, weights, p.feat_scales)
+            loss = self._feature_loss(s, t, p.feat_form, weights, p.feat_scales)
             losses[f"feat{k}"] = weighted(p.feat_weight * ramp, loss)
         if p.ndam_weight > 0:
             scales = [NATIVE if s == 0 else s for s in p.ndam_scales]
-            nd = ndam_loss(feat, t_feat, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
+            nd = self._ndam_loss(feat, t_feat, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
             losses[f"ndam{k}"] = weighted(p.ndam_weight * ramp, nd)
         if p.aux_weight > 0 and k < self.num_modules - 1:
             aux_logits = self.teacher_tail(k, feat) if p.aux_head == "teacher_tail" else self.aux_heads[k](feat)
             losses[f"aux{k}"] = weighted(p.aux_weight, F.cross_entropy(aux_logits.float(), y))
         return losses
+
+    def compile_losses(self) -> bool:
+        """NDAM and the feature loss are many small ops per module (maps, pools, normalisations): compiled, they
+        cost about half (docs/benchmarks.md)."""
+        self._ndam_loss = Compiled(ndam_loss, "LAKD's NDAM loss")
+        self._feature_loss = Compiled(pyramid_feature_loss, "LAKD's feature loss")
+        return True
 
     def teacher_source(self, x: torch.Tensor, keep_preact: bool) -> _TeacherInLockstep | _TeacherAllAtOnce:
         """Stage by stage for a zoo teacher run eagerly (one stage alive at a time); one whole forward for a

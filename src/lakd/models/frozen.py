@@ -1,28 +1,25 @@
 """A frozen teacher, run for inference only: BatchNorm folded into its convolutions, optionally compiled.
 
-A distillation step runs the teacher forward once per batch, without gradients, on weights that never change: on
-the CPU that forward is close to half of a KD step (ResNet-56 teacher, ResNet-20 student). Two exact rewrites
-make it cheaper, and ``distill.teacher_inference`` chooses between them:
+A distillation step runs the teacher forward once per batch, without gradients, on weights that never change.
+Two exact rewrites make it cheaper:
 
-* ``folded``: every eval-mode ``BatchNorm2d`` that reads a convolution's output directly is folded into that
-  convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``) — the same function, one pass less over the
-  activations. The pairs are found by watching one forward (a BatchNorm whose input *is* a Conv2d's output
-  tensor); the folded model is checked against the original on a random batch and discarded if any output
-  differs beyond float rounding, so an unusual model is never changed.
-* ``compiled``: the folded teacher's whole forward (logits and every stage output) compiled by ``torch.compile``
-  with inductor's weight freezing, for the training batch's shape (other shapes, e.g. a short last batch, run
-  the folded model eagerly). It costs seconds of compilation once per run, so ``auto`` only picks it for runs
-  long enough to repay it, and it falls back to ``folded`` (with a note) if compilation fails on this machine.
+* **folded** (always, for a teacher lakd builds): every eval-mode ``BatchNorm2d`` that reads a convolution's
+  output directly is folded into that convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``): the same
+  function, one pass less over the activations. The pairs are found by watching one forward (a BatchNorm whose
+  input *is* a Conv2d's output tensor); a fold is kept only if the model's outputs on a random batch stay the
+  original's to float rounding, so an unusual model is never changed.
+* **compiled** (``distill.compile``, lakd.compiling): the folded teacher's whole forward (logits and every stage
+  output) compiled by ``torch.compile`` with inductor's weight freezing, for the training batch's shape (other
+  shapes, e.g. a short last batch, run the folded model eagerly). It costs seconds once per run, so ``auto``
+  only compiles runs long enough to repay it, and falls back to the folded model (with a note) if compilation
+  fails or disagrees.
 
-Only the teacher is rewritten: the student trains as written (compiling the student's training step measured no
-faster here; docs/benchmarks.md).
+Only the teacher is rewritten: the student trains as written.
 """
 
 from __future__ import annotations
 
 import copy
-import shutil
-import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -30,12 +27,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from lakd.compiling import Compiled
 from lakd.models.base import StagedModel
-
-TEACHER_INFERENCE = ("auto", "compiled", "folded", "eager")
-#: ``auto`` compiles only for at least this many training steps: compiling a ResNet-56 teacher takes 6-20 s on 2
-#: CPU cores and saves 30-90 ms a step, so the cost is repaid after a few hundred steps; 1,000 leaves a margin.
-COMPILE_MIN_STEPS = 1000
 
 
 class TeacherOutputs(NamedTuple):
@@ -148,82 +141,40 @@ def _folded(model: StagedModel, pairs: list[tuple[str, str]]) -> StagedModel:
     return folded
 
 
+def _flat(out: TeacherOutputs) -> list[torch.Tensor]:
+    return [out.logits, *out.posts, *out.pres]
+
+
 def _same(want: TeacherOutputs, model: StagedModel, example: torch.Tensor) -> bool:
     with torch.no_grad():
         got = all_outputs(model, example)
     return all(_close(a, b) for a, b in zip(_flat(want), _flat(got), strict=True))
 
 
-def can_compile(device: torch.device) -> tuple[bool, str]:
-    """Whether ``torch.compile`` (inductor) can plausibly run here, and why not."""
-    if sys.platform == "win32":
-        return False, "torch.compile is not used on Windows"
-    if device.type == "cpu":
-        if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
-            return False, "no C++ compiler on PATH (inductor needs one on the CPU)"
-        return True, ""
-    if device.type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return False, "triton is not installed"
-        return True, ""
-    return False, f"not on {device.type}"
-
-
 class FrozenForward:
-    """``TeacherOutputs`` of a frozen teacher, compiled for the first batch shape it sees, eager for others.
-
-    If compilation fails, the eager forward is used from then on and ``note`` says why (the run goes on).
-    """
+    """``TeacherOutputs`` of a frozen teacher, compiled (``lakd.compiling.Compiled``, inductor weight freezing)
+    for the first batch shape it sees; other shapes (a short last batch) and a failed compilation run eagerly."""
 
     def __init__(self, model: StagedModel, compile_it: bool) -> None:
         self.model = model
-        self.compile_it = compile_it
-        self.note = ""
-        self._compiled: Callable[[torch.Tensor], TeacherOutputs] | None = None
+        self.compiled = Compiled(self._eager, "the teacher", {"freezing": True}) if compile_it else None
         self._shape: tuple[int, ...] | None = None
-        self._checked = False
+
+    @property
+    def note(self) -> str:
+        return self.compiled.note if self.compiled is not None else ""
+
+    @property
+    def active(self) -> bool:
+        return self.compiled is not None and self.compiled.active
 
     def _eager(self, x: torch.Tensor) -> TeacherOutputs:
         return all_outputs(self.model, x)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> TeacherOutputs:
-        if not self.compile_it:
+        if self.compiled is None:
             return self._eager(x)
         if self._shape is None:
             self._shape = tuple(x.shape)
-            self._compiled = torch.compile(self._eager, dynamic=False, options={"freezing": True})
-        if tuple(x.shape) != self._shape or self._compiled is None:
-            return self._eager(x)
-        first = not self._checked
-        try:
-            out = self._compiled(x)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure: say so once, run eagerly
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            return self._give_up(f"teacher compilation failed ({type(exc).__name__}: {reason[:200]})", x)
-        if first:  # once: the compiled forward must compute what the eager one does (to bf16 rounding)
-            self._checked = True
-            eager = self._eager(x)
-            if not all(_agree(a, b) for a, b in zip(_flat(out), _flat(eager), strict=True)):
-                return self._give_up("the compiled teacher's outputs differ from the eager ones", x)
-        return out
-
-    def _give_up(self, why: str, x: torch.Tensor) -> TeacherOutputs:
-        self.compile_it, self._compiled = False, None
-        self.note = f"{why}; running the teacher folded, not compiled"
-        print(f"note: {self.note}", file=sys.stderr)
-        return self._eager(x)
-
-
-def _flat(out: TeacherOutputs) -> list[torch.Tensor]:
-    return [out.logits, *out.posts, *out.pres]
-
-
-def _agree(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Loose agreement (a few bf16 roundings through a deep net): catches a wrong program, not rounding."""
-    if a.shape != b.shape:
-        return False
-    scale = b.float().abs().max().item() if b.numel() else 0.0
-    return not b.numel() or bool(((a.float() - b.float()).abs().max() <= 0.05 * (1.0 + scale)).item())
+        return self.compiled(x) if tuple(x.shape) == self._shape else self._eager(x)

@@ -1,0 +1,103 @@
+"""Training speed and memory of every method of a protocol, measured back to back on a quiet machine.
+
+The img/s a protocol's training runs record is only as clean as the machine was during hours of training (other
+jobs, resumes); this measures each method once more, one after another in one invocation, with the protocol's
+exact command (its configs, method config and overrides, `lakd bench`'s own command line), cut to a few steps:
+two epochs of ``--steps`` steps each, the second one reported (the first holds start-up and, when compiled, the one-off
+compilation). Each method runs in its own process, as in the protocol.
+
+Run:  LAKD_DATA=../shared/data python benchmarks/method_speed.py cifar10-strong [--steps 100]
+          [--methods kd lakd ...] [--compile true]
+          [--out benchmarks/results/method_speed_cifar10-strong.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lakd.bench import load_protocol, plan_runs
+from lakd.run import environment_info
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def measure(command: list[str], steps: int, batch: int, compile_choice: str) -> dict[str, Any]:
+    """Two short epochs of ``lakd distill`` ``command`` (its ``--out`` replaced); the second epoch's numbers."""
+    with tempfile.TemporaryDirectory(prefix="method-speed-") as tmp:
+        out = Path(tmp) / "run"
+        args = list(command)
+        args[args.index("--out") + 1] = str(out)
+        args += ["--epochs", "2", f"data.train_limit={steps * batch}", "train.eval_test=false",
+                 "data.test_limit=500", f"distill.compile={compile_choice}", "--no-progress"]
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "lakd", *args], cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            return {"status": "failed", "exit_code": proc.returncode, "reason": proc.stderr.strip()[-500:],
+                    "command": " ".join(["lakd", *args])}
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        meta = json.loads((out / "run.json").read_text())["environment"]
+    first, last = rows[0], rows[-1]
+    return {"status": "ok", "img_per_s": last["img_per_s"], "peak_mem_mb": last["peak_mem_mb"],
+            "train_s": last["train_time_s"], "first_epoch_extra_s": first["train_time_s"] - last["train_time_s"],
+            "steps": steps, "wall_s": wall, "device": meta.get("device"), "torch_threads": meta.get("torch_threads"),
+            "command": " ".join(["lakd", *args])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("protocol")
+    parser.add_argument("--methods", nargs="*", default=None, help="default: every method of the protocol")
+    parser.add_argument("--steps", type=int, default=100, help="steps per epoch (two epochs, the second reported)")
+    parser.add_argument("--compile", default="true", choices=("auto", "true", "false"),
+                        help="distill.compile for every method (default true: what auto picks for a "
+                             "run of 1,000+ steps, such as a whole protocol run)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    protocol = load_protocol(args.protocol)
+    methods = args.methods or list(protocol.methods)
+    unknown = [m for m in methods if m not in protocol.methods]
+    if unknown or args.steps < 1:
+        parser.error(f"unknown method(s) {unknown} of protocol {protocol.name}" if unknown else "--steps must be >= 1")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = plan_runs(protocol, methods, [0], None, None, Path(tmp), Path(tmp), [])
+    data_root = os.environ.get("LAKD_DATA")
+    results: dict[str, Any] = {}
+    for run in runs:  # one after another: never two on the CPU at once
+        command = run.command(data_root, progress=False)
+        batch = _batch_size(command)
+        print(f"{run.method} ...", flush=True)
+        results[run.method] = measure(command, args.steps, batch, args.compile)
+        r = results[run.method]
+        print(f"  {r['img_per_s']:.0f} img/s, peak {r['peak_mem_mb']:.0f} MB" if r["status"] == "ok"
+              else f"  failed: {r['reason'][-200:]}", flush=True)
+    record = {"benchmark": "method_speed", "protocol": protocol.name, "steps_per_epoch": args.steps,
+              "compile": args.compile,
+              "timing": "second of two epochs of --steps steps, each method in its own process, back to back",
+              "environment": {**environment_info(), "loadavg_end": os.getloadavg()}, "methods": results}
+    out = args.out or REPO / "benchmarks" / "results" / f"method_speed_{protocol.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0 if all(r["status"] == "ok" for r in results.values()) else 1
+
+
+def _batch_size(command: list[str]) -> int:
+    """The run's training batch size as the config loader resolves its ``-c`` files and overrides."""
+    from lakd.config import DistillRunConfig, build_config
+
+    files = [command[i + 1] for i, a in enumerate(command) if a == "-c"]
+    overrides = [a for a in command if "=" in a and not a.startswith("-")]
+    return int(build_config(DistillRunConfig, files, overrides, {}).data.batch_size)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
