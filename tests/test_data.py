@@ -258,3 +258,31 @@ def test_datasets_register_with_their_capabilities() -> None:
         register_dataset("cifar10")(lambda request: None)
     with pytest.raises(LakdError, match="data.stream applies to dataset 'imagefolder' only"):
         load_splits("synthetic", stream=True)
+
+
+def test_ctrl_c_while_decoding_leaves_no_cache_no_run_and_no_traceback(npz_root: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image as PILImage
+
+    from lakd.cli import main
+
+    opened = {"n": 0}
+    real_open = PILImage.open
+
+    def open_then_interrupt(*args: object, **kwargs: object) -> object:
+        opened["n"] += 1
+        if opened["n"] == 30:  # halfway through the training images
+            raise KeyboardInterrupt
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(PILImage, "open", open_then_interrupt)
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "resnet8", "--dataset", "cifar10", "--data-root", str(npz_root), "--epochs", "1",
+               "--out", str(out), "--no-progress", "data.val_size=10"])
+    err = capsys.readouterr().err
+    assert rc == 130 and opened["n"] == 30
+    assert err.strip().splitlines() == [err.strip()] and "interrupted" in err and "Traceback" not in err
+    assert not out.exists()
+    cache = decoded_cache_dir(npz_root)
+    assert not cache.exists() or not [p for p in cache.iterdir() if p.is_file()]  # no torn cache, no temp file

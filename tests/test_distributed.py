@@ -89,3 +89,71 @@ def test_global_batch_must_divide(teacher: Path, noise_folder: Path, tmp_path: P
                      "--out", str(tmp_path / "x")])
     assert proc.returncode != 0 and "must divide evenly over 2 processes" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _rank_pid(agent: subprocess.Popen, rank: int, timeout: float = 120.0) -> int:
+    """The pid of torchrun's worker with ``LOCAL_RANK == rank`` (read from its environment)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+        for pid in children:
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"LOCAL_RANK={rank}".encode() in env:
+                return int(pid)
+        time.sleep(0.05)
+    raise AssertionError("torchrun worker not found")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir() or sys.platform != "linux", reason="reads /proc")
+def test_sigterm_to_one_rank_stops_every_rank_and_resume_matches(teacher: Path, tmp_path: Path) -> None:
+    """A SIGTERM that reaches only rank 1, at whatever point of the epoch (a step, rank 0's evaluation): every
+    rank stops, rank 0 saves a resumable checkpoint, and the resumed run ends with the uninterrupted run's
+    weights and the same per-epoch train metrics (the interrupted epoch's sums come from both ranks)."""
+    import signal
+    import time
+
+    from PIL import Image
+
+    root = tmp_path / "noise"
+    rng = np.random.default_rng(1)
+    for split, per_class in (("train", 60), ("test", 2)):
+        for c in range(4):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    root / split / f"class{c}" / f"{i}.png")
+    args = ["distill", "--method", "kd", "--teacher", str(teacher), "--student", "resnet8", "--dataset",
+            "imagefolder", f"data.path={root}", *COMMON, "--epochs", "3"]  # 220 train images: 6 steps an epoch
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert torchrun([*args, "--out", str(reference)]).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "-m", "lakd", *args, "--out", str(out)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    rank1 = _rank_pid(agent, 1)
+    deadline = time.monotonic() + 300
+    while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline and agent.poll() is None:
+        time.sleep(0.02)
+    os.kill(rank1, signal.SIGTERM)  # epoch 2 has begun (or rank 0 is still evaluating epoch 1)
+    _, stderr = agent.communicate(timeout=300)
+    assert "stopped by SIGTERM" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr.split("stopped by SIGTERM")[0][-2000:]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] >= 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) < 3
+    resumed = torchrun([*args, "--out", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = load_checkpoint(reference / "last.pt"), load_checkpoint(out / "last.pt")
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=0, atol=0, msg=key)
+    rows_a = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_b] == [1, 2, 3]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in ("train_loss", "train_top1", "val_top1"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-9, abs=1e-12), (ra["epoch"], key)

@@ -483,29 +483,3 @@ def test_teacher_tail_auxiliary_reaches_only_its_module() -> None:
     with pytest.raises(LakdError, match="aux_head"):
         make_lakd(aux_head="mlp")
 
-
-@pytest.mark.parametrize("dim", [None, 1])
-def test_sum_of_squares_by_hand_and_its_gradient(dim: int | None) -> None:
-    from lakd.distill.ndam import sum_of_squares
-
-    x = torch.tensor([[[[1.0, -2.0]], [[3.0, 0.5]]]], dtype=torch.float64, requires_grad=True)  # (1, 2, 1, 2)
-    got = sum_of_squares(x, dim)
-    want = torch.tensor(1 + 4 + 9 + 0.25, dtype=torch.float64) if dim is None else torch.tensor(
-        [[[1 + 9, 4 + 0.25]]], dtype=torch.float64)
-    assert torch.allclose(got, want, rtol=1e-12, atol=0)  # norm then square: exact to float64 rounding
-    weights = torch.rand_like(got)
-    (grad,) = torch.autograd.grad((got * weights).sum(), x)
-    assert torch.allclose(grad, 2 * x * (weights if dim is None else weights.unsqueeze(1)))
-    assert torch.autograd.gradcheck(lambda t: sum_of_squares(t, dim), (x,))
-
-
-def test_sum_of_squares_keeps_bf16_channels_last_and_accumulates_in_float32() -> None:
-    from lakd.distill.ndam import sum_of_squares
-
-    x = torch.randn(4, 8, 5, 5).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
-    out = sum_of_squares(x, 1)
-    assert out.dtype == torch.float32
-    assert torch.allclose(out, x.float().pow(2).sum(1), rtol=1e-6)
-    (grad,) = torch.autograd.grad(out.sum(), x)
-    assert grad.dtype == torch.bfloat16 and grad.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(grad.float(), 2 * x.float(), rtol=1e-2)

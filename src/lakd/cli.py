@@ -38,7 +38,7 @@ DISTILL_EXAMPLES = """examples:
       --epochs 5 --out runs/lakd-r20
   lakd distill -c configs/cifar10_cpu_lakd.yaml distill.params.ndam_weight=2 --out runs/lakd-ndam2
   lakd distill --method kd --teacher runs/teacher-resnet56/best.pt --student resnet20 distill.params.temperature=2
-  lakd distill --method lakd --teacher timm:resnet50 --teacher-weights resnet50.safetensors \
+  lakd distill --method lakd --teacher timm:resnet50 --teacher-weights resnet50.safetensors \\
       --student torchvision:mobilenet_v3_small --dataset imagefolder data.path=DIR data.image_size=224
   lakd distill --list-methods
 """
@@ -423,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     except LakdError as exc:
         print(f"lakd: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C outside training (decoding, loading, writing): every write is atomic
+        print("lakd: interrupted; nothing half-written was left (a run or a decode starts over next time)",
+              file=sys.stderr)
+        return 130
     except OSError as exc:  # a read-only or full location, a path that is a folder: one line, no traceback
         where = f" '{exc.filename}'" if exc.filename else ""
         print(f"lakd: error: cannot use{where}: {exc.strerror or exc}; check the path, its permissions and the free "

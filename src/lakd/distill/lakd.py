@@ -38,7 +38,7 @@ from lakd.compiling import Compiled
 from lakd.distill.base import Distiller, DistillParams, linear_warmup, register, weighted
 from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss, standardise_logits
-from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights, sum_of_squares
+from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
 from lakd.errors import LakdError, short_repr
 from lakd.models.adapter import check_gradient_isolation
 from lakd.models.base import StagedModel
@@ -65,7 +65,7 @@ def feature_loss(
     if form == "mse" and weights is None:
         # In the inputs' dtype (bf16 under autocast) with a float32 sum: the only tensor saved for backward is the
         # difference, no float32 copy of either side (F.mse_loss would make both under autocast).
-        return sum_of_squares(s - t) / s.numel()
+        return torch.linalg.vector_norm(s - t, dtype=torch.float32).square() / s.numel()
     s, t = s.float(), t.float()
     if form == "channel_norm":
         s, t = channel_standardise(s), channel_standardise(t)

@@ -21,7 +21,6 @@ This module is not a method; LAKD (lakd.py) and ``lakd explain`` use it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,48 +28,18 @@ import torch.nn.functional as F
 NATIVE = 0  # the scale value meaning "the map's own grid"
 
 
-class _SumOfSquares(torch.autograd.Function):
-    """``sum(x^2)`` over ``dim`` (all dims if None), accumulated in float32 straight from ``x``'s dtype.
-
-    Autograd's ``vector_norm(x).square()`` gives the same value but a slow backward (it divides by the norm and
-    multiplies it back, with a guard for zero norms); here the backward is one multiply, ``2 g x``, in ``x``'s
-    dtype and memory format. Only ``x`` is saved for backward.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, dim: int | None) -> torch.Tensor:  # noqa: D102
-        ctx.save_for_backward(x)
-        ctx.dim = dim
-        accumulate = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return torch.linalg.vector_norm(x, 2, dim=dim, dtype=accumulate).square()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
-        (x,) = ctx.saved_tensors
-        scale = 2.0 * grad if ctx.dim is None else (2.0 * grad).unsqueeze(ctx.dim)
-        return x * scale.to(x.dtype), None
-
-
-def sum_of_squares(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """``(x ** 2).sum(dim)`` in float32 (float64 for float64 ``x``) without a float32 copy of ``x``; see
-    ``_SumOfSquares``."""
-    return _SumOfSquares.apply(x, dim)
-
-
 def ndam_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """``mean_c |F_c|^p``: a (B, H, W) map of where the layer is active, in float32 (float64 for float64 input).
 
-    The sum over channels is accumulated in float32 straight from the features' dtype (bf16 under autocast): no
-    float32 copy of the features is made or saved, and the map is never rounded to bf16. Rounding it would cost
-    ~2^-9 relative per position, which is most of the signal once the student's map is close to the teacher's
-    (the L2 of two nearly equal normalised maps). For p = 2 (the default) the sum of squares has its own
-    one-multiply backward (``sum_of_squares``).
+    The sum over channels is taken by ``vector_norm`` with a float32 accumulator straight from the features'
+    dtype (bf16 under autocast): no float32 copy of the features is made or saved, and the map is never rounded
+    to bf16. Rounding it would cost ~2^-9 relative per position, which is most of the signal once the student's
+    map is close to the teacher's (the L2 of two nearly equal normalised maps).
     """
     channels = feat.shape[1]
-    if p == 2:
-        return sum_of_squares(feat, 1) / channels
     accumulate = torch.float64 if feat.dtype == torch.float64 else torch.float32
-    return torch.linalg.vector_norm(feat, ord=p, dim=1, dtype=accumulate).pow(p) / channels
+    norm = torch.linalg.vector_norm(feat, ord=p, dim=1, dtype=accumulate)
+    return (norm.square() if p == 2 else norm.pow(p)) / channels
 
 
 def _common_grid(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

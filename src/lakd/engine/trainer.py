@@ -300,9 +300,12 @@ class Trainer:
         correct = seen = first_step = 0
         elapsed_before = 0.0
         if self.partial is not None and self.partial["epoch"] == epoch:  # continue a mid-epoch checkpoint
-            first_step, sums = int(self.partial["step"]), dict(self.partial["sums"])
-            correct, seen = int(self.partial["correct"]), int(self.partial["seen"])
+            first_step = int(self.partial["step"])
             elapsed_before = float(self.partial["elapsed"])
+            # The saved sums are over every rank (see the stop below): one rank carries them, the others add theirs
+            if self.dist.is_main:
+                sums = dict(self.partial["sums"])
+                correct, seen = int(self.partial["correct"]), int(self.partial["seen"])
         self.partial = None
         if self.runtime.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.runtime.device)
@@ -323,10 +326,12 @@ class Trainer:
                                                   autocast=self.runtime.autocast, **extra)
             values = {name: float(v.detach()) for name, v in losses.items()}
             bad = [(name, v) for name, v in values.items() if not math.isfinite(v)]
+            stop_now = self.stop_signal is not None
             if self.dist.enabled:  # every rank must agree to stop (signal or NaN), or the others would hang
-                stop_any, bad_any = all_reduce_sum([float(self.stop_signal is not None), float(bool(bad))],
-                                                   self.runtime.device)
-                if stop_any and self.stop_signal is None:
+                stop_any, bad_any = all_reduce_sum([float(stop_now), float(bool(bad))], self.runtime.device)
+                # the agreed answer, not this rank's flag: a signal landing after the agreement waits a step
+                stop_now = bool(stop_any)
+                if stop_now and self.stop_signal is None:
                     self.stop_signal = signal.SIGTERM
                 if bad_any and not bad:
                     bad = [("(on another rank)", float("nan"))]
@@ -345,10 +350,16 @@ class Trainer:
             seen += len(y)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{sum(values.values()):.3f}", acc=f"{100 * correct / seen:.1f}")
-            if self.stop_signal is not None and step + 1 < steps:
+            if stop_now and step + 1 < steps:
                 bar.close()
-                partial = {"epoch": epoch, "step": step + 1, "sums": sums, "correct": correct, "seen": seen,
-                           "elapsed": elapsed_before + time.perf_counter() - start}
+                part_sums, part_correct, part_seen = sums, correct, seen
+                if self.dist.enabled:  # every rank's partial sums, so the resumed epoch's metrics are the same
+                    names = sorted(sums)
+                    reduced = all_reduce_sum([*(sums[n] for n in names), correct, seen], self.runtime.device)
+                    part_sums = dict(zip(names, reduced, strict=False))
+                    part_correct, part_seen = int(reduced[-2]), int(reduced[-1])
+                partial = {"epoch": epoch, "step": step + 1, "sums": part_sums, "correct": part_correct,
+                           "seen": part_seen, "elapsed": elapsed_before + time.perf_counter() - start}
                 self._save(epoch, is_best=False, partial=partial)
                 raise TrainingStopped(self.stop_signal, self.out_dir / "last.pt" if self.out_dir else None,
                                       f"at epoch {epoch + 1}, step {step + 1}/{steps}")
@@ -385,11 +396,10 @@ class Trainer:
         for epoch in range(self.start_epoch, end):
             row: dict[str, Any] = {"epoch": epoch + 1}
             row.update(self.train_epoch(epoch))
-            eval_start = time.perf_counter()
-            if not self.dist.is_main:  # rank 0 evaluates and writes; the others go on to the next epoch
-                if self.stop_signal is not None and epoch + 1 < end:
-                    raise TrainingStopped(self.stop_signal, None, f"after epoch {epoch + 1}")
+            if not self.dist.is_main:  # rank 0 evaluates and writes; the others wait to agree on stopping
+                self._stop_at_epoch_end(epoch, end, None)
                 continue
+            eval_start = time.perf_counter()
             if self.splits.val is not None:
                 for k, v in evaluate(student, self.splits.val, self.splits.mean, self.splits.std, self.runtime,
                                      cfg.data.eval_batch_size, cfg.data.workers).items():
@@ -407,9 +417,19 @@ class Trainer:
             self.metrics.append(row)
             self._save(epoch + 1, is_best)
             self.log(self._format_row(row))
-            if self.stop_signal is not None and epoch + 1 < end:
-                raise TrainingStopped(self.stop_signal, self.out_dir / "last.pt" if self.out_dir else None,
-                                      f"after epoch {epoch + 1}")
+            self._stop_at_epoch_end(epoch, end, self.out_dir / "last.pt" if self.out_dir else None)
+
+    def _stop_at_epoch_end(self, epoch: int, end: int, checkpoint: Path | None) -> None:
+        """Stop after this epoch (its checkpoint saved) if any rank was asked to: a signal that reaches one rank
+        between two steps' agreement (e.g. while rank 0 evaluates) must stop every rank, or the others hang."""
+        stop = self.stop_signal is not None
+        if self.dist.enabled:
+            (asked,) = all_reduce_sum([float(stop)], self.runtime.device)
+            stop = bool(asked)
+            if stop and self.stop_signal is None:
+                self.stop_signal = signal.SIGTERM
+        if stop and epoch + 1 < end:
+            raise TrainingStopped(self.stop_signal, checkpoint, f"after epoch {epoch + 1}")
 
     def summary(self) -> dict[str, Any]:
         rows = self.metrics.rows
