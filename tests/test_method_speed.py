@@ -1,0 +1,48 @@
+"""benchmarks/method_speed.py: each protocol method's exact command, cut to two short epochs (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "method_speed.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("method_speed", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_measure_runs_the_protocol_command_cut_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    ms = _load()
+    seen: dict[str, list[str]] = {}
+
+    class Failed:
+        returncode, stderr = 2, "lakd: error: no data here"
+
+    def fake_run(cmd: list[str], **_kw: object) -> Failed:
+        seen["cmd"] = cmd
+        return Failed()
+
+    monkeypatch.setattr(ms.subprocess, "run", fake_run)
+    command = ["distill", "-c", "configs/cifar10_strong.yaml", "-c", "configs/methods/dkd.yaml", "--seed", "0",
+               "--out", "runs/x", "--no-progress"]
+    assert ms._batch_size(command) == 128  # what the protocol's config says
+    result = ms.measure(command, steps=7, batch=128, compile_choice="true")
+    assert result["status"] == "failed" and "no data here" in result["reason"]
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--out") + 1] != "runs/x"  # never the protocol's own run folder
+    assert "data.train_limit=896" in cmd and "--epochs" in cmd and cmd[cmd.index("--epochs") + 1] == "2"
+    assert "distill.compile=true" in cmd and "configs/methods/dkd.yaml" in cmd
+
+
+def test_unknown_method_is_a_usage_error() -> None:
+    ms = _load()
+    with pytest.raises(SystemExit):
+        ms.main(["cifar10-strong", "--methods", "kdd"])
