@@ -5,6 +5,13 @@
 #
 #   LAKD_DATA=../shared/data setsid nohup bash benchmarks/cifar10_strong_queue.sh >> runs/queue.log 2>&1 &
 #
+# Every run of the comparison uses the code of one commit, 67a8b2f, so later changes (speed work, fixes elsewhere)
+# cannot change what its runs compute or how fast they run. Run it from a worktree of that commit, sharing runs/:
+#   git worktree add ../benchtree 67a8b2f && ln -s "$PWD/runs" ../benchtree/runs
+#   cd ../benchtree && PYTHONPATH=$PWD/src LAKD_DATA=/abs/path/to/data setsid nohup \
+#       bash benchmarks/cifar10_strong_queue.sh >> runs/queue.log 2>&1 &
+# and copy each new benchmarks/results/cifar10-strong*/ JSON from the worktree into this checkout to commit it.
+#
 # Stop it with SIGTERM to its process group (the running `lakd distill` checkpoints before it exits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
