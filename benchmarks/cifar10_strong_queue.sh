@@ -8,6 +8,8 @@
 # Every run of the comparison uses the code of one commit, 67a8b2f, so later changes (speed work, fixes elsewhere)
 # cannot change what its runs compute or how fast they run. Run it from a worktree of that commit, sharing runs/:
 #   git worktree add ../benchtree 67a8b2f && ln -s "$PWD/runs" ../benchtree/runs
+#   cp -r benchmarks/results/cifar10-strong* ../benchtree/benchmarks/results/   # the finished runs: skipped
+#   cp -r benchmarks/studies/results/. ../benchtree/benchmarks/studies/results/
 #   cd ../benchtree && PYTHONPATH=$PWD/src LAKD_DATA=/abs/path/to/data setsid nohup \
 #       bash benchmarks/cifar10_strong_queue.sh >> runs/queue.log 2>&1 &
 # and copy each new benchmarks/results/cifar10-strong*/ JSON from the worktree into this checkout to commit it.
