@@ -286,3 +286,21 @@ def test_ctrl_c_while_decoding_leaves_no_cache_no_run_and_no_traceback(npz_root:
     assert not out.exists()
     cache = decoded_cache_dir(npz_root)
     assert not cache.exists() or not [p for p in cache.iterdir() if p.is_file()]  # no torn cache, no temp file
+
+
+def test_a_full_disk_for_the_decode_cache_is_a_note_not_a_failure(npz_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    import lakd.atomic
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(lakd.atomic.os, "fsync", full)
+    arrays = load_cifar("cifar10", npz_root, "train")
+    assert arrays.x.shape == (60, 32, 32, 3)
+    err = capsys.readouterr().err
+    assert "could not write the decode cache" in err and "No space left on device" in err
+    cache = decoded_cache_dir(npz_root)
+    assert not cache.exists() or not list(cache.iterdir())  # no torn cache, no temp file

@@ -63,7 +63,9 @@ def prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
     existing = out.is_dir() and any(out.iterdir())
     if resume:
         if not (out / "last.pt").is_file() and not (out / "last.prev.pt").is_file():
-            raise LakdError(f"--resume: no '{out / 'last.pt'}' to resume from")
+            started = " (the run stopped before its first checkpoint)" if out.is_dir() and any(out.iterdir()) else ""
+            raise LakdError(f"--resume: no '{out / 'last.pt'}' to resume from{started}; start the run again with "
+                            "--force (or a new --out)")
         return
     if out.exists() and not out.is_dir():
         raise LakdError(f"--out '{out}' exists and is not a folder")

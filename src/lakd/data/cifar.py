@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,8 +147,9 @@ def _cached(root: Path, tag: str, source: Path, decode) -> ImageArrays:  # noqa:
         arrays = decode()
         try:
             _save_cache(cache, arrays, key)
-        except OSError:
-            pass  # a read-only cache location only costs a re-decode next time
+        except OSError as exc:  # a full or read-only cache location only costs a re-decode next time
+            print(f"lakd: note: could not write the decode cache '{cache}' ({exc.strerror or exc}); the images "
+                  "are decoded again next time", file=sys.stderr)
     return arrays
 
 
