@@ -173,3 +173,33 @@ def test_atomic_save_gives_a_normal_file_mode(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
     assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
+class Payload:
+    """Unpickling this would call print: a stand-in for a malicious checkpoint."""
+
+    def __reduce__(self) -> tuple:
+        return (print, ("pwned",))
+
+
+def test_a_refused_checkpoint_is_explained_without_torchs_advice(tmp_path, capsys) -> None:
+    import collections
+    import pickle
+
+    from lakd.engine import load_checkpoint
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"model": Payload()}))
+    other = tmp_path / "other.pt"
+    torch.save({"model": {}, "x": collections.OrderedDict(a=Payload)}, other)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    for path in (evil, other):
+        with pytest.raises(LakdError) as info:
+            load_checkpoint(path)
+        message = str(info.value)
+        assert "can run code" in message and "weights_only" not in message and "\x1b" not in message
+    with pytest.raises(LakdError, match="ends early"):
+        load_checkpoint(empty)
+    captured = capsys.readouterr()
+    assert "pwned" not in captured.out and "pickle protocol" not in captured.err

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from lakd.atomic import atomic_write, atomic_write_text
-from lakd.errors import LakdError, did_you_mean, short_repr
+from lakd.errors import LakdError, did_you_mean, first_line, short_repr
 from lakd.report import load_run, plot_accuracy_vs_speed, plot_curves
 from lakd.resources import configs_dir, shipped
 
@@ -152,7 +152,7 @@ def load_protocol(name_or_path: str) -> Protocol:
         raw = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         raise LakdError(f"protocol '{path}' is not readable YAML ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+                        f"{first_line(exc)})") from None
     if not isinstance(raw, dict):
         raise LakdError(f"protocol '{path}' must be a mapping with keys name, configs, methods, seeds")
     allowed = {"name", "configs", "methods", "default_methods", "seeds", "pairs"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import reprlib
 from collections.abc import Iterable
 
@@ -38,3 +39,26 @@ def short_repr(value: object) -> str:
     """
     text = _BOUNDED.repr(value)
     return text if len(text) <= 100 else text[:97] + "..."
+
+
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``exc``'s message without terminal colour codes, bounded; its type name when
+    the message is empty (an ``EOFError()`` from a 0-byte file)."""
+    text = _TERMINAL_CODES.sub("", str(exc))
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return (line or type(exc).__name__)[:limit]
+
+
+def refused_load(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in our words: torch's own advice for a refused pickle (to
+    load it with ``weights_only=False``) is exactly what must not be done with an untrusted file."""
+    if "Weights only load failed" in str(exc):
+        return ("it holds pickled Python objects, not only tensors and plain containers; lakd refuses to load "
+                "those, since loading them can run code")
+    if isinstance(exc, EOFError):
+        return "the file ends early (EOFError): it is empty or cut short"
+    line = first_line(exc)
+    return line if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"

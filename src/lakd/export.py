@@ -31,7 +31,7 @@ from torch import nn
 from lakd import __version__
 from lakd.atomic import atomic_write
 from lakd.engine.checkpoint import check_meta_fields, checkpoint_meta, load_checkpoint, model_from_checkpoint
-from lakd.errors import LakdError
+from lakd.errors import LakdError, first_line
 
 EXPORT_FORMATS = ("safetensors", "onnx")
 ONNX_OPSET = 17
@@ -122,7 +122,7 @@ def _onnx_bytes(model: nn.Module, metadata: dict[str, str], image_size: int, wha
                 do_constant_folding=True, **legacy,
             )
     except Exception as exc:
-        raise LakdError(f"{what}: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        raise LakdError(f"{what}: ONNX export failed ({type(exc).__name__}: {first_line(exc)})") from exc
     proto = onnx.load_from_string(buf.getvalue())
     onnx.helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto)
@@ -204,7 +204,7 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
         raise LakdError(f"export '{path}' cannot be read as safetensors ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'corrupt file'})") from None
+                        f"{first_line(exc)})") from None
     meta = _decode_meta(raw, path)
     model = model_from_checkpoint({"model": tensors}, meta, f"export '{path}'")
     return model.eval(), meta

@@ -8,13 +8,14 @@ teachers need nothing else. Training state (optimizer, epoch, RNG) rides along f
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lakd.atomic import atomic_write
-from lakd.errors import LakdError
+from lakd.errors import LakdError, first_line, refused_load
 
 CHECKPOINT_FORMAT = 1
 
@@ -28,7 +29,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         try:
             torch.save(obj, f)
         except RuntimeError as exc:  # torch's writer reports a full disk as "unexpected pos ..."
-            raise OSError(28, f"write failed inside torch.save ({str(exc).splitlines()[0][:120]}); is the disk "
+            raise OSError(28, f"write failed inside torch.save ({first_line(exc, 120)}); is the disk "
                               "full?") from None
 
     atomic_write(Path(path), save)
@@ -43,10 +44,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise LakdError(f"checkpoint '{path}' does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol of a foreign file is not ours to show
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise LakdError(
-            f"checkpoint '{path}' cannot be loaded safely ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+            f"checkpoint '{path}' cannot be loaded safely ({refused_load(exc)}). "
             "It is corrupt/truncated, or not a lakd checkpoint (lakd never unpickles arbitrary objects)"
         ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -117,5 +120,5 @@ def model_from_checkpoint(ckpt: dict[str, Any], meta: dict[str, Any], what: str)
     try:
         user_model(model).load_state_dict(ckpt["model"])  # a hooked model's checkpoint has its module's own keys
     except RuntimeError as exc:
-        raise LakdError(f"{what}: weights do not fit architecture '{arch}': {str(exc).splitlines()[0]}") from None
+        raise LakdError(f"{what}: weights do not fit architecture '{arch}': {first_line(exc)}") from None
     return model

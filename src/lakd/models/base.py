@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lakd.errors import LakdError
+from lakd.errors import LakdError, first_line
 
 
 class StagedModel(nn.Module):
@@ -110,7 +110,7 @@ def check_input_size(model: StagedModel, role: str, input_shape: tuple[int, int,
         model.stage_shapes(input_shape)
         return
     except RuntimeError as err:
-        reason = str(err).splitlines()[0]
+        reason = first_line(err)
     sides = [*range(1, 65), 96, 128, 192, 256, 384, 512]  # small models at small sizes: a few ms each
     smallest = next((side for side in sides if _accepts(model, side, channels)), None)
     hint = (f"use images of at least {smallest}x{smallest} pixels, or a model made for small images" if smallest

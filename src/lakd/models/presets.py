@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lakd.errors import LakdError
+from lakd.errors import LakdError, first_line
 from lakd.models.adapter import HookedModel, StageSpec
 
 LIBRARIES = ("torchvision", "timm")
@@ -112,7 +112,7 @@ def build_library_model(library: str, name: str, num_classes: int, stages: list[
         else:
             model = lib.get_model(name, weights=None, num_classes=num_classes, **options)
     except (ValueError, RuntimeError, TypeError, KeyError) as exc:
-        raise LakdError(f"cannot build {library} model '{name}': {str(exc).splitlines()[0][:300]}") from None
+        raise LakdError(f"cannot build {library} model '{name}': {first_line(exc, 300)}") from None
     spec = StageSpec(tuple(stages), source=f"{library}:{name} (given)") if stages else spec_for(model, library, name)
     return HookedModel(model, spec, name=f"{library}:{name}")
 

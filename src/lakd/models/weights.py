@@ -11,13 +11,14 @@ left over or of the wrong shape is one clear error that lists them.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lakd.errors import LakdError
+from lakd.errors import LakdError, first_line, refused_load
 
 # Key maps of released checkpoints, as ordered [regex, replacement] rules applied to every key in turn.
 KEY_MAP_PRESETS: dict[str, list[tuple[str, str]]] = {
@@ -50,13 +51,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raw: object = load_file(str(path), device="cpu")
         except Exception as exc:
             raise LakdError(f"weights file '{path}' is not a readable safetensors file "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                            f"({type(exc).__name__}: {first_line(exc)})") from None
     else:
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's note on a foreign pickle protocol is not ours to show
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise LakdError(f"weights file '{path}' cannot be loaded safely ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200]}); lakd reads only tensors and plain containers, "
+            raise LakdError(f"weights file '{path}' cannot be loaded safely ({refused_load(exc)}); lakd reads only "
+                            "tensors and plain containers, "
                             "never pickled objects — re-save it as a plain state_dict or as .safetensors") from None
     state = _unwrap(raw, path)
     if all(k.startswith("module.") for k in state):
