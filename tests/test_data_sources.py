@@ -460,3 +460,34 @@ def test_restricted_unpickler_bounds_allocations_by_the_file(tmp_path: Path, pay
     with pytest.raises((UnsafePickleError, CifarFormatError)):
         safe_load_pickle(path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing near 3 GB
+
+
+@pytest.mark.parametrize("fault", ["read-only root", "disk full while writing"])
+def test_download_on_a_failing_disk_is_one_line_and_leaves_nothing(tmp_path: Path, server, fault: str,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    import lakd.data.download as download
+    from lakd.cli import main
+
+    name, md5, _ = _archive(tmp_path, server.served)
+    root = tmp_path / "root"
+    root.mkdir()
+    if fault == "read-only root":
+        def refuse(*_a: object, **_k: object) -> None:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(root))
+        monkeypatch.setattr(download.tempfile, "mkstemp", refuse)
+    else:
+        real_fetch = download._fetch
+
+        def fill_up(url: str, out: object, *a: object, **k: object) -> None:
+            real_fetch(url, out, *a, **k)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(download, "_fetch", fill_up)
+    rc = main(["data", "download", "cifar10", "--root", str(root), "--url", f"{server.url}/{name}", "--md5", md5])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert ("Read-only file system" if fault == "read-only root" else "No space left on device") in err
+    assert len([line for line in err.strip().splitlines() if line.startswith("lakd: error")]) == 1
+    assert os.listdir(root) == []  # no partial archive, no extract folder
