@@ -18,8 +18,12 @@ import torch
 from lakd.cli import main
 from lakd.engine import load_checkpoint
 
+# One intra-op thread in every run, in-process and subprocess alike: float results depend on the thread count, and
+# the module-scoped reference runs before conftest's per-test thread setting (so OMP_NUM_THREADS=1 in the
+# environment used to give it another count than the runs it is compared with).
 ARGS = ["train", "--model", "resnet8", "--dataset", "synthetic", "--epochs", "3", "--no-progress",
-        "--precision", "fp32", "data.synthetic_size=640", "data.val_size=64", "data.batch_size=32"]
+        "--precision", "fp32", "data.synthetic_size=640", "data.val_size=64", "data.batch_size=32",
+        "train.threads=1"]
 METRICS = ("train_loss", "train_top1", "val_top1", "val_loss", "test_top1", "lr")
 
 
