@@ -203,3 +203,21 @@ def test_a_refused_checkpoint_is_explained_without_torchs_advice(tmp_path, capsy
         load_checkpoint(empty)
     captured = capsys.readouterr()
     assert "pwned" not in captured.out and "pickle protocol" not in captured.err
+
+
+def test_a_state_dict_mismatch_names_the_keys(tmp_path) -> None:
+    from lakd.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
+    from lakd.models import build_model
+
+    state = build_model("resnet8", 10).state_dict()
+    state.pop("head.fc.weight")
+    state["extra.w"] = torch.zeros(1)
+    state["stem.0.weight"] = torch.zeros(3, 3, 3, 3)
+    path = tmp_path / "mismatch.pt"
+    torch.save({"model": state, "meta": {"arch": "resnet8", "num_classes": 10}}, path)
+    ckpt = load_checkpoint(path)
+    with pytest.raises(LakdError) as info:
+        model_from_checkpoint(ckpt, checkpoint_meta(ckpt, path), "checkpoint")
+    message = str(info.value)
+    assert "missing: head.fc.weight" in message and "unexpected: extra.w" in message
+    assert "wrong shape: stem.0.weight (3, 3, 3, 3) vs" in message and "\n" not in message

@@ -14,6 +14,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -120,25 +121,33 @@ def remap_keys(state: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str
     return out
 
 
+def state_dict_mismatch(own: dict[str, torch.Tensor], state: dict[str, Any]) -> tuple[str, bool]:
+    """``(what differs between a model's state_dict and a loaded one, keys look renamed)``; ``""`` if they fit.
+
+    Lists the missing, unexpected and wrong-shape keys (a few of each, with counts), not PyTorch's multi-line
+    message, whose first line names no key. BatchNorm's step counter may be absent (older PyTorch).
+    """
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(getattr(state[k], 'shape', ()))} vs {tuple(own[k].shape)}" for k in own
+             if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if keys:
+            shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+            parts.append(f"{label}: {shown}")
+    return "; ".join(parts), bool(missing and unexpected)
+
+
 def load_weights_into(
     model: nn.Module, path: str | Path, key_map: str | Sequence[Sequence[str]] | None = None, what: str = "model"
 ) -> None:
     """Load a foreign weights file into ``model`` strictly; every mismatch is listed in one error."""
     state = remap_keys(read_state_dict(path), resolve_key_map(key_map))
     own = model.state_dict()
-    # BatchNorm's step counter is absent from checkpoints of older PyTorch; it only matters for momentum=None
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
+    mismatch, renamed = state_dict_mismatch(own, state)
+    if mismatch:
         arch = getattr(model, "arch_name", None) or type(model).__name__
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-                parts.append(f"{label}: {shown}")
-        hint = (" — pass a key map (model.init_key_map=akamaster, or [[regex, replacement], ...])"
-                if missing and unexpected else "")
-        raise LakdError(f"weights '{path}' do not fit the {what} '{arch}': {'; '.join(parts)}{hint}")
+        hint = " — pass a key map (model.init_key_map=akamaster, or [[regex, replacement], ...])" if renamed else ""
+        raise LakdError(f"weights '{path}' do not fit the {what} '{arch}': {mismatch}{hint}")
     model.load_state_dict({k: (state[k] if k in state else own[k]).to(own[k].dtype) for k in own})
