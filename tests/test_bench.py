@@ -175,3 +175,39 @@ def test_protocols_of_the_wrong_shape_get_one_clear_error(body: str, message: st
     path.write_bytes(body.encode("latin-1"))
     with pytest.raises(LakdError, match=re.escape(message)):
         load_protocol(str(path))
+
+
+def test_a_full_disk_at_every_write_of_bench(tiny_protocol: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """bench's own writes (the result JSON, the tables, the plots) failing in turn: one error line, exit 2, no
+    temp file, and the results already there untouched (its runs' writes are lakd distill's, tested apart)."""
+    import errno
+    import os
+    import stat
+
+    import lakd.atomic
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    args = ["bench", str(tiny_protocol), "--runs-dir", str(runs), "--results-dir", str(results), "--no-progress",
+            "--methods", "vanilla", "--seeds", "0"]
+    assert main(args) == 0
+    folder = results / "tiny"
+    kept = (folder / "vanilla-s0.json").read_bytes()
+    real_fsync = os.fsync
+    for n in range(1, 5):  # summary.md, summary.json, two plots: what a call with every run finished writes
+        count = {"n": 0}
+
+        def fsync(fd: int, count: dict = count, n: int = n) -> None:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                count["n"] += 1
+                if count["n"] == n:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_fsync(fd)
+
+        with monkeypatch.context() as m:
+            m.setattr(lakd.atomic.os, "fsync", fsync)
+            rc = main(args)
+        err = capsys.readouterr().err
+        assert rc == 2 and "No space left on device" in err and "Traceback" not in err, (n, err)
+        assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+        assert (folder / "vanilla-s0.json").read_bytes() == kept
