@@ -4,7 +4,6 @@ lakd-side torchdistill glue (teacher key renaming, the per-sample dataset)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -14,16 +13,11 @@ import pytest
 import torch
 
 from lakd.models import build_model
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "peer_comparison.py"
+from tests.scripts import load_script
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("peer_comparison", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("peer_comparison.py")
 
 
 def _arrays(n: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -154,12 +148,7 @@ def test_main_records_not_run_torchdistill_ways(tmp_path: Path, monkeypatch: pyt
 
 
 def _glue() -> ModuleType:
-    path = SCRIPT.parent / "torchdistill" / "glue_lakd.py"
-    spec = importlib.util.spec_from_file_location("glue_lakd", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("torchdistill/glue_lakd.py")
 
 
 def test_teacher_keys_map_onto_torchdistill_resnet_names() -> None:

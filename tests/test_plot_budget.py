@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "plot_budget.py"
+from tests.scripts import load_script
 
 
-def _load():  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location("plot_budget", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _load() -> ModuleType:
+    return load_script("plot_budget.py")
 
 
 def _result(folder: Path, name: str, epochs: int, top1: float) -> None:
