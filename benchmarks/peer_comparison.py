@@ -3,7 +3,9 @@
 (a) lakd itself: ``lakd distill`` in a subprocess, read from metrics.jsonl: KD at its defaults
     (``train.precision=auto``: bf16 autocast + channels_last where the CPU has AMX / AVX512-BF16), KD at
     ``--precision fp32`` (channels_last still auto), KD at fp32 with ``train.channels_last=false`` (NCHW), and
-    LAKD at its defaults (for the LAKD/KD ratio).
+    LAKD at its defaults (for the LAKD/KD ratio) — all as a one-epoch run's defaults, which do not compile —
+    and KD (bf16, fp32) and LAKD with ``distill.compile=true``, what a run of 1,000+ steps does: two epochs, the
+    second reported (the first holds the compilation; its extra seconds are recorded as ``compile_s``).
 (b) torchdistill, in its own venv (``bash benchmarks/make_torchdistill_venv.sh`` makes benchmarks/.venv-torchdistill;
     without it these ways are recorded as ``not run`` with the reason): benchmarks/torchdistill/run_kd.py drives
     torchdistill's DistillationBox from a YAML the way its examples/torchvision/image_classification.py does,
