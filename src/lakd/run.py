@@ -63,7 +63,7 @@ def prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
     existing = out.is_dir() and any(out.iterdir())
     if resume:
         if not (out / "last.pt").is_file() and not (out / "last.prev.pt").is_file():
-            started = " (the run stopped before its first checkpoint)" if out.is_dir() and any(out.iterdir()) else ""
+            started = " (the run stopped before its first checkpoint)" if existing else ""
             raise LakdError(f"--resume: no '{out / 'last.pt'}' to resume from{started}; start the run again with "
                             "--force (or a new --out)")
         return
