@@ -55,7 +55,13 @@ def decode_jpeg_npz(path: Path) -> ImageArrays:
             missing = {"jpeg", "offsets", "y"} - set(d.files)
             if missing:
                 raise LakdError(f"{path}: not an npz-of-JPEG file, missing keys {sorted(missing)}")
-            buf, offsets, y = d["jpeg"], d["offsets"], d["y"].astype(np.int64)
+            buf, offsets, y = d["jpeg"], d["offsets"], d["y"]
+            wrong = [f"'{k}' ({a.dtype}, {a.ndim}-d)" for k, a in (("jpeg", buf), ("offsets", offsets), ("y", y))
+                     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer)]
+            if wrong:
+                raise LakdError(f"{path}: {', '.join(wrong)} must be 1-d integer arrays (JPEG bytes, their "
+                                "offsets, labels); the file is corrupt or not an npz-of-JPEG file")
+            y = y.astype(np.int64)
             classes = [str(c) for c in d["class_names"]] if "class_names" in d.files else []
     except LakdError:
         raise

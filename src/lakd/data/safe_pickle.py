@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lakd.errors import LakdError
+from lakd.errors import LakdError, first_line
 
 try:  # numpy >= 2 (numpy 1.26 also ships this alias)
     from numpy._core import multiarray as _multiarray
@@ -169,7 +169,9 @@ def safe_load_pickle(path: str | Path) -> object:
     :class:`CifarFormatError` when the file is not a complete pickle.
     """
     path = Path(path)
-    with open(path, "rb") as f:
+    # From memory, not the file: a length field in the pickle (bytes, strings) then cannot make the reader
+    # allocate more than the file holds; a crafted one just reads short and fails as a truncated pickle.
+    with io.BytesIO(path.read_bytes()) as f:
         try:
             return _RestrictedUnpickler(f, str(path)).load()
         except UnsafePickleError as exc:
@@ -177,8 +179,8 @@ def safe_load_pickle(path: str | Path) -> object:
                 raise
             raise UnsafePickleError(f"{path}: {exc}") from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-                IndexError, KeyError, struct.error) as exc:
-            raise CifarFormatError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); the file "
+                IndexError, KeyError, struct.error, MemoryError, OverflowError) as exc:
+            raise CifarFormatError(f"{path}: not a readable pickle ({type(exc).__name__}: {first_line(exc)}); the file "
                                    "is corrupt or truncated — delete it and download it again") from exc
 
 
