@@ -14,23 +14,41 @@ import torch
 class EpochBatches:
     """What every loader shares: the epoch's sample order, the step count and the DDP sharding rule.
 
-    Subclasses set ``batch_size, shuffle, drop_last, seed, rank, world_size, epoch`` and ``num_images``.
+    Subclasses call ``__init__`` with the settings every loader has and define ``num_images`` and ``iter_from``.
     """
 
-    batch_size: int
-    shuffle: bool
-    drop_last: bool
-    seed: int
-    rank: int
-    world_size: int
-    epoch: int
-
-    @staticmethod
-    def _check(batch_size: int, world_size: int, drop_last: bool) -> None:
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        shuffle: bool,
+        augment: bool,
+        drop_last: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        return_index: bool,
+        pin_memory: bool,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if world_size > 1 and not drop_last:
             raise ValueError("a sharded loader (world_size > 1) needs drop_last=True so every rank runs the same steps")
+        self.labels = labels
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self.shuffle = shuffle
+        self.augment = augment
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.return_index = return_index  # also yield each sample's index in the split (CRD's memory bank)
+        self.pin_memory = pin_memory  # page-locked batches: the host->GPU copy can overlap compute (CUDA only)
 
     @property
     def num_images(self) -> int:

@@ -43,23 +43,11 @@ class BatchLoader(EpochBatches):
         return_index: bool = False,
         pin_memory: bool = False,
     ) -> None:
-        self._check(batch_size, world_size, drop_last)
+        super().__init__(torch.from_numpy(arrays.y.astype(np.int64)), batch_size, mean, std, shuffle, augment,
+                         drop_last, seed, rank, world_size, return_index, pin_memory)
         # HWC uint8 -> CHW view; kept as one tensor so batch gathers are a single index_select.
         self.images = torch.from_numpy(np.ascontiguousarray(arrays.x)).permute(0, 3, 1, 2)
-        self.labels = torch.from_numpy(arrays.y.astype(np.int64))
-        self.batch_size = batch_size
-        self.mean = torch.tensor(mean, dtype=torch.float32)
-        self.std = torch.tensor(std, dtype=torch.float32)
-        self.shuffle = shuffle
-        self.augment = augment
         self.crop_padding = crop_padding
-        self.drop_last = drop_last
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.return_index = return_index  # also yield each sample's index in ``arrays`` (CRD's memory bank)
-        self.pin_memory = pin_memory  # page-locked batches: the host->GPU copy can overlap compute (CUDA only)
 
     @property
     def num_images(self) -> int:

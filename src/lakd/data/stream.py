@@ -108,24 +108,12 @@ class StreamLoader(EpochBatches):
         workers: int | None = None,
         prefetch: int = 2,
     ) -> None:
-        self._check(batch_size, world_size, drop_last)
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        super().__init__(torch.from_numpy(files.y.astype(np.int64)), batch_size, mean, std, shuffle, augment,
+                         drop_last, seed, rank, world_size, return_index, pin_memory)
         self.files = files
-        self.labels = torch.from_numpy(files.y.astype(np.int64))
         self.image_size = files.image_size
-        self.batch_size = batch_size
-        self.mean = torch.tensor(mean, dtype=torch.float32)
-        self.std = torch.tensor(std, dtype=torch.float32)
-        self.shuffle = shuffle
-        self.augment = augment
-        self.drop_last = drop_last
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.return_index = return_index
-        self.pin_memory = pin_memory
         self.workers = workers or default_workers()
         self.prefetch = max(1, prefetch)
         # (x / 255 - mean) / std as one multiply-add over whole NHWC rows: per-channel factors tiled along a row
