@@ -119,6 +119,21 @@ def check_input_size(model: StagedModel, role: str, input_shape: tuple[int, int,
     raise LakdError(f"{who} '{model.arch_name}' cannot take {height}x{width} images ({reason}); {hint}")
 
 
+def forward_stage_with_preact(stage: nn.Sequential, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a stage's modules in order -> ``(output, pre-activation)``.
+
+    The last module decides the pre-activation: a block with ``forward_with_preact`` gives its own, a final ReLU
+    gives its input; anything else has none, so the output stands for both.
+    """
+    *body, last = stage
+    for module in body:
+        h = module(h)
+    if hasattr(last, "forward_with_preact"):
+        return last.forward_with_preact(h)
+    out = last(h)
+    return out, (h if isinstance(last, nn.ReLU) else out)
+
+
 class ClassifierHead(nn.Module):
     """Global average pool + flatten + linear: the usual head of every zoo family."""
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.base import ClassifierHead, StagedModel, forward_stage_with_preact
 from lakd.models.registry import register_model
 from lakd.models.resnet_cifar import init_conv_bn
 
@@ -106,11 +106,7 @@ class MobileNetV2(StagedModel):
         nn.init.zeros_(self.head.fc.bias)
 
     def _stage_forward(self, index: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        *body, last = self.stages[index]
-        for module in body:
-            h = module(h)
-        out = last(h)
-        return out, (h if isinstance(last, nn.ReLU) else out)
+        return forward_stage_with_preact(self.stages[index], h)
 
 
 @register_model()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.base import ClassifierHead, StagedModel, forward_stage_with_preact
 from lakd.models.registry import register_model
 
 
@@ -74,14 +74,6 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad, self.pad)) if self.pad else x
 
 
-def forward_blocks_with_preact(stage: nn.Sequential, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a stage of residual blocks; the last block (with ``forward_with_preact``) also gives its pre-ReLU."""
-    *body, last = stage
-    for block in body:
-        h = block(h)
-    return last.forward_with_preact(h)
-
-
 def init_conv_bn(model: nn.Module) -> None:
     """He init (fan_out) for convs and unit/zero BN, the initialisation the benchmark teachers were trained with."""
     for m in model.modules():
@@ -125,7 +117,7 @@ class CifarResNet(StagedModel):
         init_conv_bn(self)
 
     def _stage_forward(self, index: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return forward_blocks_with_preact(self.stages[index], h)
+        return forward_stage_with_preact(self.stages[index], h)
 
 
 _NARROW = (16, 16, 32, 64)

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.base import ClassifierHead, StagedModel, forward_stage_with_preact
 from lakd.models.registry import register_model
-from lakd.models.resnet_cifar import BasicBlock, forward_blocks_with_preact, init_conv_bn, projection_shortcut
+from lakd.models.resnet_cifar import BasicBlock, init_conv_bn, projection_shortcut
 
 
 class Bottleneck(nn.Module):
@@ -82,7 +82,7 @@ class ImageNetResNet(StagedModel):
                     nn.init.zeros_(m.bn2.weight)
 
     def _stage_forward(self, index: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return forward_blocks_with_preact(self.stages[index], h)
+        return forward_stage_with_preact(self.stages[index], h)
 
 
 @register_model(input_size=224)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.base import ClassifierHead, StagedModel, forward_stage_with_preact
 from lakd.models.registry import register_model
 
 
@@ -91,10 +91,7 @@ class ShuffleNetV1(StagedModel):
         self.head = ClassifierHead(in_channels, num_classes)
 
     def _stage_forward(self, index: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        *body, last = self.stages[index]
-        for block in body:
-            h = block(h)
-        return last.forward_with_preact(h)
+        return forward_stage_with_preact(self.stages[index], h)
 
 
 class ShuffleV2DownUnit(nn.Module):
@@ -185,12 +182,7 @@ class ShuffleNetV2(StagedModel):
         self.head = ClassifierHead(final_channels, num_classes)
 
     def _stage_forward(self, index: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        *body, last = self.stages[index]
-        for module in body:
-            h = module(h)
-        if isinstance(last, nn.ReLU):
-            return last(h), h
-        return last.forward_with_preact(h)
+        return forward_stage_with_preact(self.stages[index], h)
 
 
 @register_model()

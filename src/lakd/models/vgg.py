@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lakd.models.base import ClassifierHead, StagedModel
+from lakd.models.base import ClassifierHead, StagedModel, forward_stage_with_preact
 from lakd.models.registry import register_model
 from lakd.models.resnet_cifar import init_conv_bn
 
@@ -70,10 +70,7 @@ class VGG(StagedModel):
         nn.init.zeros_(self.head.fc.bias)
 
     def _stage_forward(self, index: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        *body, last_relu = self.stages[index]
-        for module in body:
-            h = module(h)
-        return last_relu(h), h
+        return forward_stage_with_preact(self.stages[index], h)
 
 
 @register_model(local_modules=[[0, 1], [2], [3, 4]])
