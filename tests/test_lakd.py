@@ -15,7 +15,7 @@ from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss
 from lakd.distill.lakd import LAKD, feature_loss, pyramid_feature_loss
 from lakd.distill.lakd import Params as LakdParams
-from lakd.distill.ndam import coarse, ndam_loss, ndam_map, similarity, spatial_weights
+from lakd.distill.ndam import coarse, ndam_loss, ndam_map, pool_map, similarity, spatial_weights
 from lakd.engine.memory import SavedTensorMeter
 from lakd.errors import LakdError
 from lakd.models import build_model
@@ -113,6 +113,18 @@ def test_ndam_across_grids_and_channels() -> None:
     w = spatial_weights(ft, (4, 4))
     assert w.shape == (2, 1, 4, 4) and torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(2))
     assert similarity(ft, ft * 2).allclose(torch.ones(2))
+
+
+@pytest.mark.parametrize(("shape", "size"), [((3, 32, 32), (4, 4)), ((2, 8, 8), (2, 2)), ((2, 6, 9), (3, 3)),
+                                           ((2, 7, 7), (4, 4)), ((2, 4, 4), (4, 4)), ((1, 8, 4), (2, 1))])
+def test_pool_map_is_adaptive_average_pooling(shape: tuple[int, ...], size: tuple[int, int]) -> None:
+    """The fixed-window path (grids that divide) and the fallback (7 -> 4) give adaptive pooling's values,
+    the blocks by hand for one case."""
+    m = torch.rand(shape)
+    assert torch.equal(pool_map(m, size), torch.nn.functional.adaptive_avg_pool2d(m[:, None], size)[:, 0])
+    assert torch.equal(pool_map(m[:1], size), pool_map(m, size)[:1])  # a sample's value is the batch's
+    by_hand = torch.tensor([[[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]])  # (1, 2, 4) -> (1, 1, 2)
+    torch.testing.assert_close(pool_map(by_hand, (1, 2)), torch.tensor([[[3.5, 5.5]]]))
 
 
 # -- modules, isolation, backward modes -------------------------------------------------------------------

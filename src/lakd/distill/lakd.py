@@ -96,6 +96,31 @@ def pyramid_feature_loss(
     return total / len(scales)
 
 
+def local_loss_terms(
+    feat: torch.Tensor, s: torch.Tensor, t_feat: torch.Tensor, t_target: torch.Tensor,
+    feat_on: bool, form: str, spatial: bool, feat_scales: list[int],
+    ndam_on: bool, p: float, ndam_scales: list[int], mode: str, tau: float,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One module's unweighted feature loss (``s``, the projected ``feat``, against ``t_target``) and NDAM loss
+    (``feat`` against ``t_feat``); ``None`` for a term that is off.
+
+    Both in one function so that, compiled, one graph reads each feature once for both terms and writes one
+    gradient for it (separately compiled, the two passes and the sum of their gradients cost ~1.4x as much).
+    """
+    feat_term = nd_term = None
+    if feat_on:
+        h, w = min(s.shape[-2], t_target.shape[-2]), min(s.shape[-1], t_target.shape[-1])
+        if s.shape[-2:] != (h, w):
+            s = F.adaptive_avg_pool2d(s, (h, w))
+        if t_target.shape[-2:] != (h, w):
+            t_target = F.adaptive_avg_pool2d(t_target, (h, w))
+        weights = spatial_weights(t_feat, (h, w), p) if spatial else None
+        feat_term = pyramid_feature_loss(s, t_target, form, weights, feat_scales)
+    if ndam_on:
+        nd_term = ndam_loss(feat, t_feat, p, ndam_scales, mode, tau)
+    return feat_term, nd_term
+
+
 # A module is a list of pieces (stage index, first block, end block); ``None`` bounds = the whole stage.
 Piece = tuple[int, int | None, int | None]
 
@@ -329,9 +354,8 @@ class LAKD(Distiller):
         arch: str | None = None,
     ) -> None:
         super().__init__(student, teacher, params, input_shape, total_epochs)
-        # the loss functions, replaced by compiled ones by compile_losses()
-        self._ndam_loss: Callable[..., torch.Tensor] = ndam_loss
-        self._feature_loss: Callable[..., torch.Tensor] = pyramid_feature_loss
+        # the local losses, replaced by a compiled function by compile_losses()
+        self._local_loss_terms: Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]] = local_loss_terms
         # One implementation for both methods: a core Params is read as StudyParams at the variants' defaults.
         self.opts: StudyParams = (self.params if isinstance(self.params, StudyParams)
                                   else StudyParams(**dataclasses.asdict(self.params)))
@@ -477,31 +501,27 @@ class LAKD(Distiller):
         ramp = self.ramp(k, progress)
         losses: dict[str, torch.Tensor] = {}
         # Features stay in their dtype (bf16 under autocast); each loss accumulates in float32 itself.
-        if p.feat_weight > 0 and k in self.feat_module_set:
-            s = self.projectors[k](feat)
-            t = t_feat if t_target is None else t_target
-            h, w = min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1])
-            if s.shape[-2:] != (h, w):
-                s = F.adaptive_avg_pool2d(s, (h, w))
-            if t.shape[-2:] != (h, w):
-                t = F.adaptive_avg_pool2d(t, (h, w))
-            weights = spatial_weights(t_feat, (h, w), p.ndam_p) if p.feat_spatial_weighting else None
-            loss = self._feature_loss(s, t, p.feat_form, weights, p.feat_scales)
-            losses[f"feat{k}"] = weighted(p.feat_weight * ramp, loss)
-        if p.ndam_weight > 0:
-            scales = [NATIVE if s == 0 else s for s in p.ndam_scales]
-            nd = self._ndam_loss(feat, t_feat, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
-            losses[f"ndam{k}"] = weighted(p.ndam_weight * ramp, nd)
+        feat_on = p.feat_weight > 0 and k in self.feat_module_set
+        ndam_on = p.ndam_weight > 0
+        if feat_on or ndam_on:
+            s = self.projectors[k](feat) if feat_on else feat
+            scales = [NATIVE if g == 0 else g for g in p.ndam_scales]
+            feat_term, nd_term = self._local_loss_terms(
+                feat, s, t_feat, t_feat if t_target is None else t_target, feat_on, p.feat_form,
+                p.feat_spatial_weighting, p.feat_scales, ndam_on, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
+            if feat_term is not None:
+                losses[f"feat{k}"] = weighted(p.feat_weight * ramp, feat_term)
+            if nd_term is not None:
+                losses[f"ndam{k}"] = weighted(p.ndam_weight * ramp, nd_term)
         if p.aux_weight > 0 and k < self.num_modules - 1:
             aux_logits = self.teacher_tail(k, feat) if p.aux_head == "teacher_tail" else self.aux_heads[k](feat)
             losses[f"aux{k}"] = weighted(p.aux_weight, F.cross_entropy(aux_logits.float(), y))
         return losses
 
     def compile_losses(self) -> bool:
-        """NDAM and the feature loss are many small ops per module (maps, pools, normalisations): compiled, they
-        cost about half (docs/benchmarks.md)."""
-        self._ndam_loss = Compiled(ndam_loss, "LAKD's NDAM loss")
-        self._feature_loss = Compiled(pyramid_feature_loss, "LAKD's feature loss")
+        """NDAM and the feature loss are many small ops per module (maps, pools, normalisations): compiled into
+        one graph, they cost about a third of their eager time (docs/benchmarks.md)."""
+        self._local_loss_terms = Compiled(local_loss_terms, "LAKD's local losses")
         return True
 
     def teacher_source(self, x: torch.Tensor, keep_preact: bool) -> _TeacherInLockstep | _TeacherAllAtOnce:

@@ -42,14 +42,27 @@ def ndam_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return (norm.square() if p == 2 else norm.pow(p)) / channels
 
 
+def pool_map(map_: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Average-pool a (B, H, W) map to ``size``.
+
+    Where the grid divides evenly this is a fixed-window ``avg_pool2d``: the same values as adaptive pooling (to
+    the bit, eager), but compiled it costs ~0.7x as much. Not a reshape + mean: its sums are ordered by the batch
+    size, so two processes with half the batch each would drift from one process by rounding.
+    """
+    h, w = map_.shape[-2:]
+    if h % size[0] == 0 and w % size[1] == 0:
+        return F.avg_pool2d(map_[:, None], (h // size[0], w // size[1]))[:, 0]
+    return F.adaptive_avg_pool2d(map_[:, None], size)[:, 0]
+
+
 def _common_grid(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Average-pool the finer of two (B, H, W) maps to the coarser one's grid."""
     h = min(a.shape[-2], b.shape[-2])
     w = min(a.shape[-1], b.shape[-1])
     if a.shape[-2:] != (h, w):
-        a = F.adaptive_avg_pool2d(a[:, None], (h, w))[:, 0]
+        a = pool_map(a, (h, w))
     if b.shape[-2:] != (h, w):
-        b = F.adaptive_avg_pool2d(b[:, None], (h, w))[:, 0]
+        b = pool_map(b, (h, w))
     return a, b
 
 
@@ -58,7 +71,7 @@ def coarse(map_: torch.Tensor, scale: int) -> torch.Tensor:
     if scale != NATIVE:
         size = (min(scale, map_.shape[-2]), min(scale, map_.shape[-1]))
         if map_.shape[-2:] != size:
-            map_ = F.adaptive_avg_pool2d(map_[:, None], size)[:, 0]
+            map_ = pool_map(map_, size)
     return map_.flatten(1)
 
 
@@ -92,7 +105,7 @@ def spatial_weights(feat_t: torch.Tensor, size: tuple[int, int], p: float = 2.0)
     """Teacher NDAM as per-position weights (B, 1, H, W) with mean 1: where the teacher is active counts more."""
     a = ndam_map(feat_t, p)
     if a.shape[-2:] != size:
-        a = F.adaptive_avg_pool2d(a[:, None], size)[:, 0]
+        a = pool_map(a, size)
     a = a / a.flatten(1).mean(dim=1).clamp_min(1e-12)[:, None, None]
     return a[:, None]
 
