@@ -55,6 +55,9 @@ def test_bench_runs_collects_tabulates_and_skips_finished(
     result = json.loads((folder / "kd-s1.json").read_text())
     assert result["seed"] == 1 and result["method"] == "kd" and result["distill_method"] == "kd"
     assert result["config"]["train"]["seed"] == 1
+    # the method's parameters as resolved: the defaults nobody wrote down are in the result too
+    assert result["config"]["distill"]["params"] == {}
+    assert result["distill"]["params"]["temperature"] == 4.0 and result["distill"]["params"]["ce_weight"] == 0.1
     assert len(result["epochs"]) == 1 and "val_top1" in result["epochs"][0]
     for key in ("last_test_top1", "best_test_top1", "img_per_s", "peak_mem_mb", "wall_s"):
         assert isinstance(result[key], float), key

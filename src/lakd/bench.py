@@ -291,7 +291,7 @@ def collect(run: BenchRun, data_root: str | None, bench_command: str) -> dict[st
         "distill_method": (s.get("config") or {}).get("distill", {}).get("method"), "seed": run.seed,
         "command": _display(run.command(data_root, progress=False)), "bench_command": bench_command,
         "run_dir": str(run.run_dir), "config": s.get("config"), "environment": s.get("environment"),
-        "env": s.get("env"), "data": s.get("data"), "epochs": record.epochs,
+        "env": s.get("env"), "data": s.get("data"), "distill": s.get("distill"), "epochs": record.epochs,
         "last_test_top1": s.get("last_test_top1"), "last_val_top1": s.get("last_val_top1"),
         "best_val_epoch": s.get("best_epoch"), "best_val_top1": s.get("best_val_top1"),
         "best_test_top1": s.get("best_test_top1"), "img_per_s": s.get("train_img_per_s"),

@@ -359,6 +359,8 @@ def _train_in_process(
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
                              "test": len(splits.test)}}
+        if distill is not None:  # the method's parameters as resolved (defaults included), not only the overrides
+            run_info["distill"] = meta["distill"]
         atomic_write_text(out / "run.json", json.dumps(run_info, indent=2))
         what = "training "
         if distill is not None:
