@@ -40,3 +40,20 @@ def test_unknown_method_is_a_usage_error() -> None:
     ms = _load()
     with pytest.raises(SystemExit):
         ms.main(["cifar10-strong", "--methods", "kdd"])
+
+
+def test_median_round_keeps_every_round_and_fails_on_any_failure() -> None:
+    ms = _load()
+    rounds = [{"status": "ok", "img_per_s": v, "peak_mem_mb": 1.0} for v in (900.0, 980.0, 950.0)]
+    chosen = ms.median_round(rounds)
+    assert chosen["img_per_s"] == 950.0 and chosen["img_per_s_rounds"] == [900.0, 980.0, 950.0]
+    assert ms.median_round(rounds[:2])["img_per_s"] == 900.0  # even count: the lower middle
+    assert "img_per_s_rounds" not in ms.median_round(rounds[:1])
+    failed = {"status": "failed", "exit_code": 1, "reason": "x", "command": "lakd distill"}
+    assert ms.median_round([rounds[0], failed])["status"] == "failed"
+
+
+def test_repeats_must_be_positive() -> None:
+    ms = _load()
+    with pytest.raises(SystemExit):
+        ms.main(["cifar10-strong", "--methods", "kd", "--repeats", "0"])
