@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lakd.bench import load_protocol, plan_runs
+from lakd.bench import command_config, load_protocol, plan_runs
 from lakd.run import environment_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,11 +112,7 @@ def median_round(measured: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _batch_size(command: list[str]) -> int:
     """The run's training batch size as the config loader resolves its ``-c`` files and overrides."""
-    from lakd.config import DistillRunConfig, build_config
-
-    files = [command[i + 1] for i, a in enumerate(command) if a == "-c"]
-    overrides = [a for a in command if "=" in a and not a.startswith("-")]
-    return int(build_config(DistillRunConfig, files, overrides, {}).data.batch_size)
+    return int(command_config(command).data.batch_size)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,32 @@ def test_bench_variant_overrides_and_epochs_label(tiny_protocol: Path, tmp_path:
     assert runs[0].result_path == tmp_path / "results" / "tiny-e2" / "kd-t2-s3.json"
 
 
+def test_a_result_made_with_other_parameters_stops_the_bench(
+    tiny_protocol: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A finished result whose recorded parameters differ from what its entry gives now (a default changed) is
+    not counted as done: the bench says which and what differs, runs nothing and writes nothing."""
+    from lakd.distill import make_params, params_as_dict
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    folder = results / "tiny"
+    folder.mkdir(parents=True)
+    current = params_as_dict(make_params("kd", {}))
+    (folder / "kd-s0.json").write_text(json.dumps({"method": "kd", "seed": 0,
+                                                   "distill": {"params": {**current, "temperature": 2.0}}}))
+    args = ["bench", str(tiny_protocol), "--methods", "kd", "--seeds", "0", "--runs-dir", str(runs),
+            "--results-dir", str(results), "--no-progress"]
+    assert main([*args, "--dry-run"]) == 0
+    assert "stale" in capsys.readouterr().out
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "kd seed 0" in err and "temperature: 2.0 -> 4.0" in err and "Move each result" in err
+    assert not runs.exists() and sorted(p.name for p in folder.iterdir()) == ["kd-s0.json"]
+    # recorded and equal -> done (nothing to run); not recorded (older results) -> done as before
+    (folder / "kd-s0.json").write_text(json.dumps({"method": "kd", "seed": 0, "distill": {"params": current}}))
+    assert main([*args, "--dry-run"]) == 0 and "    done" in capsys.readouterr().out
+
+
 def test_bench_bad_input(tiny_protocol: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cases = [
         (["bench", str(tiny_protocol), "--methods", "kdd"], "has no method 'kdd' (did you mean 'kd'?)"),

@@ -241,6 +241,35 @@ def run_state(run: BenchRun) -> str:
     return "new"
 
 
+def command_config(command: list[str]) -> Any:
+    """The ``DistillRunConfig`` a ``lakd distill`` argument list's ``-c`` files and overrides give (no flags)."""
+    from lakd.config import DistillRunConfig, build_config
+
+    files = [command[i + 1] for i, a in enumerate(command) if a == "-c"]
+    overrides = [a for a in command if "=" in a and not a.startswith("-")]
+    return build_config(DistillRunConfig, files, overrides, {})
+
+
+def planned_params(run: BenchRun) -> dict[str, Any]:
+    """The method parameters ``run``'s command resolves to now (its configs and overrides, defaults included)."""
+    from lakd.distill import make_params, params_as_dict
+
+    cfg = command_config(run.command(None, progress=False))
+    return params_as_dict(make_params(cfg.distill.method, cfg.distill.resolved_params()))
+
+
+def stale_difference(run: BenchRun) -> str | None:
+    """For a finished run whose result records its parameters: how they differ from what its command gives now
+    (``None`` when they agree or the result does not record them, as results written before they were)."""
+    recorded = (json.loads(run.result_path.read_text()).get("distill") or {}).get("params")
+    if recorded is None:
+        return None
+    now = planned_params(run)
+    changed = [f"{k}: {short_repr(recorded.get(k, '(absent)'))} -> {short_repr(now.get(k, '(absent)'))}"
+               for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
+    return ", ".join(changed) or None
+
+
 def _display(args: list[str]) -> str:
     return "lakd " + " ".join(shlex.quote(a) for a in args)
 
@@ -386,8 +415,16 @@ def run_bench(
     runs = plan_runs(protocol, methods, seeds, pairs, epochs, Path(runs_dir), Path(results_dir), extra)
     if dry_run:
         for run in runs:
-            print(f"{run_state(run):>8}  {_display(run.command(data_root, progress))}")
+            state = run_state(run)
+            state = "stale" if state == "done" and stale_difference(run) else state
+            print(f"{state:>8}  {_display(run.command(data_root, progress))}")
         return 0
+    stale = [f"{run.label} ({run.result_path}: {diff})" for run in runs
+             if run_state(run) == "done" and (diff := stale_difference(run))]
+    if stale:  # a table must not mix parameters under one name; nothing has run or been written yet
+        raise LakdError("finished results made with other parameters than the protocol now gives: "
+                        + "; ".join(stale) + ". Move each result (and its run folder) away to rerun it with the "
+                        "current parameters, or give the protocol an entry with the old ones")
     order = {"done": 0, "collect": 1, "resume": 2, "restart": 3, "new": 4}
     failed = []
     for run in sorted(runs, key=lambda r: order[run_state(r)]):
