@@ -105,7 +105,7 @@ def local_loss_terms(
     (``feat`` against ``t_feat``); ``None`` for a term that is off.
 
     Both in one function so that, compiled, one graph reads each feature once for both terms and writes one
-    gradient for it (separately compiled, the two passes and the sum of their gradients cost ~1.4x as much).
+    gradient for it instead of two passes and a sum of their gradients.
     """
     feat_term = nd_term = None
     if feat_on:

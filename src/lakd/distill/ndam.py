@@ -46,7 +46,7 @@ def pool_map(map_: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Average-pool a (B, H, W) map to ``size``.
 
     Where the grid divides evenly this is a fixed-window ``avg_pool2d``: the same values as adaptive pooling (to
-    the bit, eager), but compiled it costs ~0.7x as much. Not a reshape + mean: its sums are ordered by the batch
+    the bit, eager), but cheaper once compiled. Not a reshape + mean: its sums are ordered by the batch
     size, so two processes with half the batch each would drift from one process by rounding.
     """
     h, w = map_.shape[-2:]
