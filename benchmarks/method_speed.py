@@ -7,7 +7,7 @@ two epochs of ``--steps`` steps each, the second one reported (the first holds s
 compilation). Each method runs in its own process, as in the protocol.
 
 Run:  LAKD_DATA=../shared/data python benchmarks/method_speed.py cifar10-strong [--steps 100]
-          [--methods kd lakd ...] [--compile true] [--repeats 3]
+          [--methods kd lakd ...] [--compile true] [--repeats 3] [--vary train.malloc=auto,system]
           [--out benchmarks/results/method_speed_cifar10-strong.json]
 """
 
@@ -29,14 +29,16 @@ from lakd.run import environment_info
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure(command: list[str], steps: int, batch: int, compile_choice: str) -> dict[str, Any]:
-    """Two short epochs of ``lakd distill`` ``command`` (its ``--out`` replaced); the second epoch's numbers."""
+def measure(command: list[str], steps: int, batch: int, compile_choice: str, extra: tuple[str, ...] = ()
+            ) -> dict[str, Any]:
+    """Two short epochs of ``lakd distill`` ``command`` (its ``--out`` replaced) with ``extra`` overrides; the
+    second epoch's numbers."""
     with tempfile.TemporaryDirectory(prefix="method-speed-") as tmp:
         out = Path(tmp) / "run"
         args = list(command)
         args[args.index("--out") + 1] = str(out)
         args += ["--epochs", "2", f"data.train_limit={steps * batch}", "train.eval_test=false",
-                 "data.test_limit=500", f"distill.compile={compile_choice}", "--no-progress"]
+                 "data.test_limit=500", f"distill.compile={compile_choice}", *extra, "--no-progress"]
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "lakd", *args], cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -63,8 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds over the methods, interleaved (A B C A B C ...); the median round is "
                              "reported and every round is kept")
+    parser.add_argument("--vary", default=None, metavar="KEY=V1,V2,...",
+                        help="measure every method once per value of this config key, interleaved in each round "
+                             "(an A/B of a setting, back to back); results are named 'method KEY=V'")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    variants: list[tuple[str, tuple[str, ...]]] = [("", ())]
+    if args.vary:
+        key, sep, values = args.vary.partition("=")
+        if not sep or not key or not values:
+            parser.error(f"--vary {args.vary!r}: expected KEY=V1,V2 (e.g. train.malloc=auto,system)")
+        variants = [(f" {key}={v}", (f"{key}={v}",)) for v in values.split(",")]
     protocol = load_protocol(args.protocol)
     methods = args.methods or list(protocol.methods)
     unknown = [m for m in methods if m not in protocol.methods]
@@ -75,18 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         runs = plan_runs(protocol, methods, [0], None, None, Path(tmp), Path(tmp), [])
     data_root = os.environ.get("LAKD_DATA")
-    rounds: dict[str, list[dict[str, Any]]] = {run.method: [] for run in runs}
+    rounds: dict[str, list[dict[str, Any]]] = {run.method + name: [] for run in runs for name, _ in variants}
     for round_index in range(args.repeats):
-        for run in runs:  # one after another: never two on the CPU at once
+        for run, (name, extra) in ((run, v) for run in runs for v in variants):  # never two on the CPU at once
             command = run.command(data_root, progress=False)
-            print(f"{run.method} (round {round_index + 1}/{args.repeats}) ...", flush=True)
-            r = measure(command, args.steps, _batch_size(command), args.compile)
-            rounds[run.method].append(r)
+            print(f"{run.method}{name} (round {round_index + 1}/{args.repeats}) ...", flush=True)
+            r = measure(command, args.steps, _batch_size(command), args.compile, extra)
+            rounds[run.method + name].append(r)
             print(f"  {r['img_per_s']:.0f} img/s, peak {r['peak_mem_mb']:.0f} MB" if r["status"] == "ok"
                   else f"  failed: {r['reason'][-200:]}", flush=True)
     results = {method: median_round(measured) for method, measured in rounds.items()}
     record = {"benchmark": "method_speed", "protocol": protocol.name, "steps_per_epoch": args.steps,
-              "compile": args.compile, "repeats": args.repeats,
+              "compile": args.compile, "repeats": args.repeats, "vary": args.vary,
               "timing": "second of two epochs of --steps steps, each method in its own process, back to back; "
                         "with --repeats, rounds interleaved and the median round reported",
               "environment": {**environment_info(), "loadavg_end": os.getloadavg()}, "methods": results}

@@ -35,6 +35,8 @@ def test_train_then_eval_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["train", "--model", "resnet8", "--out", str(out), *TINY]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 1 and "environment" in summary and summary["config"]["model"]["name"] == "resnet8"
+    # what train.malloc did is on record (here: glibc's thresholds set, or why not)
+    assert json.loads((out / "run.json").read_text())["environment"]["malloc"].startswith(("glibc", "system ("))
     capsys.readouterr()
     assert main(["eval", "--ckpt", str(out / "best.pt"), "--json", "--precision", "fp32"]) == 0
     result = json.loads(capsys.readouterr().out)

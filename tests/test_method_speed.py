@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -57,3 +59,26 @@ def test_repeats_must_be_positive() -> None:
     ms = _load()
     with pytest.raises(SystemExit):
         ms.main(["cifar10-strong", "--methods", "kd", "--repeats", "0"])
+
+
+def test_vary_measures_each_value_interleaved(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ms = _load()
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def fake_measure(command: list[str], steps: int, batch: int, compile_choice: str,
+                     extra: tuple[str, ...] = ()) -> dict[str, object]:
+        calls.append((command[command.index("-c", 3) + 1], extra))
+        return {"status": "ok", "img_per_s": 100.0 + len(calls), "peak_mem_mb": 1.0}
+
+    monkeypatch.setattr(ms, "measure", fake_measure)
+    out = tmp_path / "speed.json"
+    assert ms.main(["cifar10-strong", "--methods", "kd", "vanilla", "--vary", "train.malloc=auto,system",
+                    "--repeats", "2", "--out", str(out)]) == 0
+    extras = [extra for _, extra in calls]
+    assert extras == [("train.malloc=auto",), ("train.malloc=system",)] * 4  # A B per method, every round
+    methods = json.loads(out.read_text())["methods"]
+    assert set(methods) == {"kd train.malloc=auto", "kd train.malloc=system", "vanilla train.malloc=auto",
+                            "vanilla train.malloc=system"}
+    assert methods["kd train.malloc=auto"]["img_per_s_rounds"] == [101.0, 105.0]
+    with pytest.raises(SystemExit):
+        ms.main(["cifar10-strong", "--methods", "kd", "--vary", "train.malloc"])

@@ -76,6 +76,7 @@ class TrainConfig:
     channels_last: str = "auto"  # auto | true | false
     label_smoothing: float = 0.0
     threads: int | None = None  # torch intra-op threads on CPU (None: torch default)
+    malloc: str = "auto"  # auto (glibc: keep freed host memory for the next step; engine.host_memory) | system
     progress: bool = True
     eval_test: bool = True  # also evaluate on test every epoch (selection always uses val)
     tensorboard: bool = False  # also write TensorBoard event files to <out>/tb (needs the tensorboard package)
@@ -136,6 +137,7 @@ CHOICES = {
     "schedule.name": ("cosine", "step", "constant"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "train.channels_last": ("auto", "true", "false"),
+    "train.malloc": ("auto", "system"),
     "distill.compile": ("auto", "true", "false"),
 }
 

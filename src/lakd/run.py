@@ -106,8 +106,8 @@ def _clear_run_files(out: Path) -> None:
 
 
 # Keys a resumed run may change: they do not change what is computed, only how it is shown or run.
-RESUME_MAY_CHANGE = ("train.progress", "train.threads", "train.tensorboard", "data.workers", "data.root", "out",
-                     "distill.compile")  # how the teacher and the losses run, not what they compute
+RESUME_MAY_CHANGE = ("train.progress", "train.threads", "train.malloc", "train.tensorboard", "data.workers",
+                     "data.root", "out", "distill.compile")  # how the teacher and the losses run, not what they compute
 
 
 def check_resume_config(cfg: Any, saved: Path) -> None:
@@ -253,6 +253,7 @@ def _train_in_process(
     from lakd.config import dump_yaml
     from lakd.data import load_splits
     from lakd.engine import SupervisedTask, Trainer, seed_everything
+    from lakd.engine.host_memory import keep_freed_host_memory
     from lakd.engine.trainer import TrainingStopped
     from lakd.models import build_model
     from lakd.models.base import check_input_size
@@ -260,6 +261,8 @@ def _train_in_process(
     main_rank = dist_env.is_main
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    malloc = keep_freed_host_memory(cfg.train.malloc) if runtime.device.type == "cpu" else \
+        f"system (train.malloc applies to CPU training; this run is on {runtime.device.type})"
     d = cfg.data
     splits = load_splits(d.dataset, d.root, d.val_size, d.split_seed, d.path, d.synthetic_size,
                          d.synthetic_classes, d.train_limit, d.test_limit, stream=d.stream, image_size=d.image_size)
@@ -355,7 +358,8 @@ def _train_in_process(
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
         run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
                     "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
-                    "environment": {**environment_info(runtime), "world_size": dist_env.world_size},
+                    "environment": {**environment_info(runtime), "world_size": dist_env.world_size,
+                                    "malloc": malloc},
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
                              "test": len(splits.test)}}
