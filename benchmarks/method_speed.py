@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,9 +40,12 @@ def measure(command: list[str], steps: int, batch: int, compile_choice: str, ext
         args[args.index("--out") + 1] = str(out)
         args += ["--epochs", "2", f"data.train_limit={steps * batch}", "train.eval_test=false",
                  "data.test_limit=500", f"distill.compile={compile_choice}", *extra, "--no-progress"]
+        faults_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "lakd", *args], cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - start
+        # the whole process's (start-up, compilation and evaluation included): for an A/B of the allocator
+        faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults_before
         if proc.returncode != 0:
             return {"status": "failed", "exit_code": proc.returncode, "reason": proc.stderr.strip()[-500:],
                     "command": " ".join(["lakd", *args])}
@@ -50,7 +54,8 @@ def measure(command: list[str], steps: int, batch: int, compile_choice: str, ext
     first, last = rows[0], rows[-1]
     return {"status": "ok", "img_per_s": last["img_per_s"], "peak_mem_mb": last["peak_mem_mb"],
             "train_s": last["train_time_s"], "first_epoch_extra_s": first["train_time_s"] - last["train_time_s"],
-            "steps": steps, "wall_s": wall, "device": meta.get("device"), "torch_threads": meta.get("torch_threads"),
+            "steps": steps, "wall_s": wall, "minor_page_faults": faults, "malloc": meta.get("malloc"),
+            "device": meta.get("device"), "torch_threads": meta.get("torch_threads"),
             "command": " ".join(["lakd", *args])}
 
 

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from lakd.data import load_splits
 from lakd.engine import load_checkpoint
 from lakd.engine.checkpoint import checkpoint_meta
+from lakd.engine.host_memory import MMAP_THRESHOLD, TRIM_THRESHOLD
 from lakd.models import build_model
 from lakd.run import environment_info
 
@@ -76,8 +77,18 @@ LAKD_WAYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "lakd_kd_compiled": ("kd", COMPILED),
     "lakd_kd_fp32_compiled": ("kd", ("--precision", "fp32", *COMPILED)),
     "lakd_lakd_compiled": ("lakd", COMPILED),
+    # what train.malloc (glibc thresholds, lakd.engine.host_memory) is worth on its own: lakd with it off
+    "lakd_kd_fp32_compiled_system_malloc": ("kd", ("--precision", "fp32", *COMPILED, "train.malloc=system")),
 }
-TD_WAYS = {"torchdistill": "train", "torchdistill_teacher_eval": "eval"}  # way -> run_kd.py --teacher-mode
+# The glibc settings train.malloc=auto makes through mallopt, as environment variables for a process that is not
+# lakd's: torchdistill given the same allocator, so that a ratio can be read with the allocator taken out.
+KEPT_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+# way -> (run_kd.py --teacher-mode, extra environment)
+TD_WAYS: dict[str, tuple[str, dict[str, str]]] = {
+    "torchdistill": ("train", {}), "torchdistill_teacher_eval": ("eval", {}),
+    "torchdistill_kept_malloc": ("train", KEPT_MALLOC_ENV),
+}
+TD_DEFAULT_WAYS = ("torchdistill", "torchdistill_teacher_eval")  # torchdistill as a user runs it
 WAYS = (*LAKD_WAYS, *TD_WAYS, "plain")
 LAKD_KD_WAYS = ("lakd_kd", "lakd_kd_fp32", "lakd_kd_fp32_nchw", "lakd_kd_compiled", "lakd_kd_fp32_compiled")
 # ratio -> (numerator, denominator, target or None, what it compares); a tuple of ways means the fastest of those
@@ -85,11 +96,11 @@ LAKD_KD_WAYS = ("lakd_kd", "lakd_kd_fp32", "lakd_kd_fp32_nchw", "lakd_kd_compile
 RATIOS: dict[str, tuple[str | tuple[str, ...], str | tuple[str, ...], float | None, str]] = {
     "lakd_kd_over_torchdistill": ("lakd_kd", "torchdistill", 3.0,
                                   "defaults: lakd precision=auto vs torchdistill's example as it runs"),
-    "lakd_best_over_torchdistill_best": (LAKD_KD_WAYS, tuple(TD_WAYS), 3.0,
+    "lakd_best_over_torchdistill_best": (LAKD_KD_WAYS, TD_DEFAULT_WAYS, 3.0,
                                          "each side's fastest KD way on this CPU"),
     "lakd_kd_fp32_over_torchdistill": ("lakd_kd_fp32", "torchdistill", 1.5,
                                        "fp32 vs fp32 (lakd channels_last auto), torchdistill as its example runs"),
-    "lakd_kd_fp32_over_torchdistill_best": ("lakd_kd_fp32", tuple(TD_WAYS), 1.5,
+    "lakd_kd_fp32_over_torchdistill_best": ("lakd_kd_fp32", TD_DEFAULT_WAYS, 1.5,
                                             "fp32 vs fp32, against torchdistill's faster teacher mode"),
     "lakd_kd_fp32_nchw_over_torchdistill": ("lakd_kd_fp32_nchw", "torchdistill", None,
                                             "fp32 NCHW on both sides: only the data path and the loop differ"),
@@ -98,8 +109,13 @@ RATIOS: dict[str, tuple[str | tuple[str, ...], str | tuple[str, ...], float | No
                                            "lakd defaults of a long run (compiled teacher) vs torchdistill's example"),
     "lakd_kd_fp32_compiled_over_torchdistill": ("lakd_kd_fp32_compiled", "torchdistill", 1.5,
                                                 "fp32 vs fp32, lakd's compiled teacher (a long run's default)"),
-    "lakd_kd_fp32_compiled_over_torchdistill_best": ("lakd_kd_fp32_compiled", tuple(TD_WAYS), 1.5,
+    "lakd_kd_fp32_compiled_over_torchdistill_best": ("lakd_kd_fp32_compiled", TD_DEFAULT_WAYS, 1.5,
                                                      "fp32 vs fp32, compiled teacher vs torchdistill's faster mode"),
+    "lakd_kd_fp32_compiled_over_torchdistill_kept_malloc": (
+        "lakd_kd_fp32_compiled", "torchdistill_kept_malloc", None,
+        "fp32 vs fp32 with the same glibc malloc settings on both sides: the allocator taken out of the ratio"),
+    "lakd_kd_fp32_compiled_malloc_gain": ("lakd_kd_fp32_compiled", "lakd_kd_fp32_compiled_system_malloc", None,
+                                          "lakd's train.malloc=auto over train.malloc=system, fp32 compiled"),
     "lakd_lakd_compiled_over_lakd_kd_compiled": ("lakd_lakd_compiled", "lakd_kd_compiled", 0.95,
                                                  "LAKD vs KD, both with a long run's compiled teacher"),
     "lakd_kd_over_plain": ("lakd_kd", "plain", 2.0, "lakd defaults vs a plain per-sample fp32 loop"),
@@ -262,11 +278,12 @@ def plain_way(data_root: Path, teacher_path: Path, workers: int, steps: int | No
 
 # -- (b) torchdistill, in its own venv -------------------------------------------------------------------------
 def run_torchdistill(teacher_mode: str, data_root: Path, teacher: Path, workers: int, steps: int | None,
-                     python: Path | None = None) -> dict[str, Any]:
+                     python: Path | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One epoch of torchdistill's DistillationBox (benchmarks/torchdistill/run_kd.py) with the peer venv's python.
 
     No venv -> ``status: not run`` with how to make it; a failing run -> ``status: failed`` with its stderr tail
-    (the other ways are still recorded). ``python`` defaults to the peer venv's."""
+    (the other ways are still recorded). ``python`` defaults to the peer venv's; ``env`` is added to the
+    environment (and recorded)."""
     python = python or PEER_PYTHON
     if not python.is_file():
         return {"status": "not run", "teacher_mode_requested": teacher_mode,
@@ -280,9 +297,10 @@ def run_torchdistill(teacher_mode: str, data_root: Path, teacher: Path, workers:
         cmd = [str(python), str(TD_DRIVER), *flags, "--out", str(out)]
         load = os.getloadavg()[0]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
         wall = time.perf_counter() - start
-        command = " ".join([str(python.relative_to(REPO)) if python.is_relative_to(REPO) else str(python),
+        command = " ".join([*(f"{k}={v}" for k, v in (env or {}).items()),
+                            str(python.relative_to(REPO)) if python.is_relative_to(REPO) else str(python),
                             str(TD_DRIVER.relative_to(REPO)), *flags])
         if proc.returncode != 0 or not out.is_file():
             return {"status": "failed", "exit_code": proc.returncode, "teacher_mode_requested": teacher_mode,
@@ -294,7 +312,8 @@ def run_torchdistill(teacher_mode: str, data_root: Path, teacher: Path, workers:
 
 def torchdistill_way(name: str, data_root: Path, teacher: Path, workers: int, steps: int | None,
                      python: Path | None = None) -> dict[str, Any]:
-    return run_torchdistill(TD_WAYS[name], data_root, teacher, workers, steps, python)
+    mode, env = TD_WAYS[name]
+    return run_torchdistill(mode, data_root, teacher, workers, steps, python, env)
 
 
 # -- report ------------------------------------------------------------------------------------------------

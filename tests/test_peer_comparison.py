@@ -132,6 +132,18 @@ def test_torchdistill_failure_is_recorded_not_raised(tmp_path: Path) -> None:
     assert "--steps 2" in out["command"] and "--out" not in out["command"]
 
 
+def test_kept_malloc_way_gives_torchdistill_lakds_allocator_settings(tmp_path: Path) -> None:
+    pc = _load()
+    fake = tmp_path / "python"  # fails after printing the allocator variables it was given
+    fake.write_text("#!/bin/sh\necho \"mmap=$MALLOC_MMAP_THRESHOLD_ trim=$MALLOC_TRIM_THRESHOLD_\" >&2\nexit 3\n")
+    fake.chmod(0o755)
+    out = pc.torchdistill_way("torchdistill_kept_malloc", tmp_path, tmp_path / "t.pt", 0, 2, python=fake)
+    assert out["reason"] == f"mmap={32 << 20} trim={1 << 30}"  # the values lakd.engine.host_memory sets
+    assert out["command"].startswith(f"MALLOC_MMAP_THRESHOLD_={32 << 20} MALLOC_TRIM_THRESHOLD_={1 << 30} ")
+    plain = pc.torchdistill_way("torchdistill", tmp_path, tmp_path / "t.pt", 0, 2, python=fake)
+    assert plain["reason"] == "mmap= trim="  # the default way runs torchdistill's process as it comes
+
+
 def test_main_records_not_run_torchdistill_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pc = _load()
     monkeypatch.setattr(pc, "PEER_PYTHON", tmp_path / "missing" / "python")
