@@ -292,7 +292,7 @@ def test_forward_train_losses_and_gradients(method: str, params: dict) -> None:
     logits, losses = d.forward_train(x, y, progress=1.0)
     assert logits.shape == (4, 10) and set(losses) == LOSS_NAMES[method]
     assert all(v.dtype == torch.float32 and v.dim() == 0 and torch.isfinite(v) for v in losses.values())
-    assert all(float(v) > 0 for k, v in losses.items()), {k: float(v) for k, v in losses.items()}
+    assert all(float(v.detach()) > 0 for v in losses.values()), {k: float(v.detach()) for k, v in losses.items()}
     sum(losses.values()).backward()
     assert all(p.grad is None for p in d.teacher.parameters())
     grads = [p.grad for p in d.learnable_parameters()]
