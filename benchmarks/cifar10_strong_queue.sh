@@ -21,8 +21,8 @@ cd "$(dirname "$0")/.."
 bench() { echo "[queue] $(date -u +%H:%M) lakd bench $*"; lakd bench "$@" --no-progress; }
 
 # The order puts the answers that take least compute first: LAKD's seeds (they decide its default), the 3-epoch
-# points and the strongest baselines' seeds before CRD (its 16,384-negative recipe is ~6x the time of any other
-# run) and the local-module study.
+# points, the local-module study (a winning variant needs its own seeds), the strongest baselines' seeds, and CRD
+# last (its 16,384-negative recipe is ~6x the time of any other run).
 strongest() {  # the three strongest baselines by mean validation top-1 among the runs finished so far
     python - <<'EOF'
 import json
@@ -39,13 +39,31 @@ bench cifar10-strong --seeds 0 1 2 --methods lakd-local lakd
 # 3. vanilla, and the short-budget point for the accuracy-vs-budget plot (the old protocol's 3 epochs)
 bench cifar10-strong --seeds 0 --methods vanilla
 bench cifar10-strong --epochs 3 --seeds 0 --methods kd fitnet dkd lakd lakd-local
-# 4. seeds 1 and 2 of the three strongest baselines by mean validation top-1
+# 4. LAKD's local modules: one local objective added per entry, selected on validation (the study's `local` is
+#    the protocol's lakd-local run, compared from its JSON rather than trained twice). Before the baselines' seeds:
+#    a local variant that wins needs seeds of its own (step 5).
+study() { bench benchmarks/studies/lakd_local_cifar10_strong.yaml --results-dir benchmarks/studies/results \
+    --runs-dir runs/study "$@"; }
+study --seeds 0 --methods local-tail local-linear-aux local-kd local-teacher-inputs
+# 5. the rule written down before the study ran (docs/benchmarks.md): the local variant with the highest seed-0
+#    validation top-1 (lakd-local included) is the best local-module variant; if it is a study entry, it gets
+#    seeds 1 and 2 as well
+best_local() {
+    python - <<'EOF'
+import json
+from pathlib import Path
+vals = {"lakd-local": json.load(open("benchmarks/results/cifar10-strong/lakd-local-s0.json"))["best_val_top1"]}
+for path in Path("benchmarks/studies/results/lakd-local-cifar10-strong").glob("*-s0.json"):
+    vals[path.name[:-len("-s0.json")]] = json.load(open(path))["best_val_top1"]
+best = max(vals, key=lambda m: vals[m])
+print("" if best == "lakd-local" else best)
+EOF
+}
+best=$(best_local)
+if [ -n "$best" ]; then study --seeds 0 1 2 --methods "$best"; fi
+# 6. seeds 1 and 2 of the three strongest baselines by mean validation top-1
 bench cifar10-strong --seeds 0 1 2 --methods $(strongest)
-# 5. CRD's one seed, then seeds 1 and 2 for it too if it is now among the three strongest (finished runs skip)
+# 7. CRD's one seed, then seeds 1 and 2 for it too if it is now among the three strongest (finished runs skip)
 bench cifar10-strong --seeds 0 --methods crd
 bench cifar10-strong --seeds 0 1 2 --methods lakd-local lakd $(strongest)
-# 6. LAKD's local modules: one local objective added per entry, selected on validation (the study's `local` is
-#    the protocol's lakd-local run, compared from its JSON rather than trained twice)
-bench benchmarks/studies/lakd_local_cifar10_strong.yaml --results-dir benchmarks/studies/results \
-    --runs-dir runs/study --seeds 0 --methods local-tail local-linear-aux local-kd local-teacher-inputs
 echo "[queue] $(date -u +%H:%M) done"
