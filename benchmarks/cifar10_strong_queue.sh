@@ -12,7 +12,9 @@
 #   cp -r benchmarks/studies/results/. ../benchtree/benchmarks/studies/results/
 #   cd ../benchtree && PYTHONPATH=$PWD/src LAKD_DATA=/abs/path/to/data setsid nohup \
 #       bash benchmarks/cifar10_strong_queue.sh >> runs/queue.log 2>&1 &
-# and copy each new benchmarks/results/cifar10-strong*/ JSON from the worktree into this checkout to commit it.
+# and copy each new JSON of benchmarks/results/cifar10-strong*/ and benchmarks/studies/results/lakd-local-cifar10-strong/
+# from the worktree into this checkout to commit it. Replace this script in a running worktree only by `mv` of a new
+# file (bash reads a running script as it goes: an edit in place changes what it runs next).
 #
 # Stop it with SIGTERM to its process group (the running `lakd distill` checkpoints before it exits).
 set -euo pipefail
