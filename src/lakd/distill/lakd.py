@@ -38,6 +38,7 @@ from lakd.compiling import Compiled
 from lakd.distill.base import Distiller, DistillParams, linear_warmup, register, weighted
 from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss, standardise_logits
+from lakd.distill.local_losses import LocalTermsRequest, fused_backward, fused_forward, fused_local_terms
 from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
 from lakd.errors import LakdError, short_repr
 from lakd.models.adapter import check_gradient_isolation
@@ -65,7 +66,8 @@ def feature_loss(
     if form == "mse" and weights is None:
         # In the inputs' dtype (bf16 under autocast) with a float32 sum: the only tensor saved for backward is the
         # difference, no float32 copy of either side (F.mse_loss would make both under autocast).
-        return torch.linalg.vector_norm(s - t, dtype=torch.float32).square() / s.numel()
+        accumulate = torch.float64 if s.dtype == torch.float64 else torch.float32
+        return torch.linalg.vector_norm(s - t, dtype=accumulate).square() / s.numel()
     s, t = s.float(), t.float()
     if form == "channel_norm":
         s, t = channel_standardise(s), channel_standardise(t)
@@ -356,6 +358,10 @@ class LAKD(Distiller):
         super().__init__(student, teacher, params, input_shape, total_epochs)
         # the local losses, replaced by a compiled function by compile_losses()
         self._local_loss_terms: Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]] = local_loss_terms
+        self._fused_forward: Callable[..., Any] = fused_forward
+        self._fused_backward: Callable[..., Any] = fused_backward
+        # False: every form through autograd (the reference the fused losses are tested against)
+        self.fused_local_losses = True
         # One implementation for both methods: a core Params is read as StudyParams at the variants' defaults.
         self.opts: StudyParams = (self.params if isinstance(self.params, StudyParams)
                                   else StudyParams(**dataclasses.asdict(self.params)))
@@ -497,31 +503,67 @@ class LAKD(Distiller):
         ``t_feat`` is the teacher's stage output (NDAM, spatial weights); ``t_target`` what the feature loss
         matches (default ``t_feat``; the pre-activation output with ``feat_target: preact``).
         """
+        losses = self.local_terms([(k, feat, t_feat, t_target)], progress)
+        losses.update(self.aux_losses(k, feat, y))
+        return losses
+
+    def aux_losses(self, k: int, feat: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Module k's auxiliary-classifier CE (intermediate modules, ``aux_weight > 0``)."""
         p = self.opts
-        ramp = self.ramp(k, progress)
-        losses: dict[str, torch.Tensor] = {}
-        # Features stay in their dtype (bf16 under autocast); each loss accumulates in float32 itself.
-        feat_on = p.feat_weight > 0 and k in self.feat_module_set
-        ndam_on = p.ndam_weight > 0
-        if feat_on or ndam_on:
+        if p.aux_weight <= 0 or k >= self.num_modules - 1:
+            return {}
+        aux_logits = self.teacher_tail(k, feat) if p.aux_head == "teacher_tail" else self.aux_heads[k](feat)
+        return {f"aux{k}": weighted(p.aux_weight, F.cross_entropy(aux_logits.float(), y))}
+
+    def local_terms(
+        self, modules: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]], progress: float
+    ) -> dict[str, torch.Tensor]:
+        """The weighted feature and NDAM losses of several modules, each ``(k, feat, t_feat, t_target)``.
+
+        Features stay in their dtype (bf16 under autocast); each loss accumulates in float32 itself. The forms
+        LAKD uses go through the fused losses (lakd.distill.local_losses: every module in one call, one
+        elementwise backward per feature); the study's other forms through autograd (``local_loss_terms``).
+        """
+        p = self.opts
+        scales = [NATIVE if g == 0 else g for g in p.ndam_scales]
+        fusable_form = (self.fused_local_losses and p.feat_form == "mse" and not p.feat_spatial_weighting
+                        and list(p.feat_scales) == [NATIVE])
+        fused: list[tuple[int, LocalTermsRequest]] = []
+        terms: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        for k, feat, t_feat, t_target in modules:
+            feat_on = p.feat_weight > 0 and k in self.feat_module_set
+            ndam_on = p.ndam_weight > 0
+            if not (feat_on or ndam_on):
+                continue
+            target = t_feat if t_target is None else t_target
             s = self.projectors[k](feat) if feat_on else feat
-            scales = [NATIVE if g == 0 else g for g in p.ndam_scales]
-            feat_term, nd_term = self._local_loss_terms(
-                feat, s, t_feat, t_feat if t_target is None else t_target, feat_on, p.feat_form,
-                p.feat_spatial_weighting, p.feat_scales, ndam_on, p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
+            if fusable_form and (not feat_on or s.shape == target.shape):
+                fused.append((k, LocalTermsRequest(feat, s if s is not feat else None, target if feat_on else None,
+                                                   t_feat if ndam_on else None)))
+                continue
+            terms[k] = self._local_loss_terms(
+                feat, s, t_feat, target, feat_on, p.feat_form, p.feat_spatial_weighting, p.feat_scales, ndam_on,
+                p.ndam_p, scales, p.ndam_mode, p.ndam_tau)
+        if fused:
+            values = fused_local_terms([r for _, r in fused], p.ndam_p, scales, p.ndam_mode, p.ndam_tau,
+                                       self._fused_forward, self._fused_backward)
+            terms.update((k, v) for (k, _), v in zip(fused, values, strict=True))
+        losses: dict[str, torch.Tensor] = {}
+        for k in sorted(terms):
+            feat_term, nd_term = terms[k]
+            ramp = self.ramp(k, progress)
             if feat_term is not None:
                 losses[f"feat{k}"] = weighted(p.feat_weight * ramp, feat_term)
             if nd_term is not None:
                 losses[f"ndam{k}"] = weighted(p.ndam_weight * ramp, nd_term)
-        if p.aux_weight > 0 and k < self.num_modules - 1:
-            aux_logits = self.teacher_tail(k, feat) if p.aux_head == "teacher_tail" else self.aux_heads[k](feat)
-            losses[f"aux{k}"] = weighted(p.aux_weight, F.cross_entropy(aux_logits.float(), y))
         return losses
 
     def compile_losses(self) -> bool:
-        """NDAM and the feature loss are many small ops per module (maps, pools, normalisations): compiled into
-        one graph, they cost about a third of their eager time (docs/benchmarks.md)."""
-        self._local_loss_terms = Compiled(local_loss_terms, "LAKD's local losses")
+        """NDAM and the feature loss are many small ops per module (maps, pools, normalisations): compiled,
+        the fused losses are one forward and one backward graph a step (docs/benchmarks.md)."""
+        self._fused_forward = Compiled(fused_forward, "LAKD's local losses")
+        self._fused_backward = Compiled(fused_backward, "LAKD's local loss gradients")
+        self._local_loss_terms = Compiled(local_loss_terms, "LAKD's study loss forms")
         return True
 
     def teacher_source(self, x: torch.Tensor, keep_preact: bool) -> _TeacherInLockstep | _TeacherAllAtOnce:
@@ -573,6 +615,10 @@ class LAKD(Distiller):
         if not self.student_model.runs_stage_by_stage:
             return self._forward_hooked(x, y, progress, backward, ctx, teacher, detach)
         losses: dict[str, torch.Tensor] = {}
+        # Joint backward: every module's feature and NDAM losses are computed together after the last module (one
+        # fused call instead of one per module); local backward needs each module's at once.
+        deferred: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        per_module: list[dict[str, torch.Tensor]] = []
         h = x
         logits = None
         for k in range(self.num_modules):
@@ -583,7 +629,11 @@ class LAKD(Distiller):
                 t_target = teacher.preact(self.teacher_index[k]) if p.feat_target == "preact" else None
                 inp = h.detach() if (k > 0 and detach and not teacher_fed) else h
                 feat = self.run_module(k, inp)
-                module_losses = self.module_losses(k, feat, t_feat, y, progress, t_target)
+                if backward is None:
+                    deferred.append((k, feat, t_feat, t_target))
+                    module_losses = self.aux_losses(k, feat, y)
+                else:
+                    module_losses = self.module_losses(k, feat, t_feat, y, progress, t_target)
                 if k == self.num_modules - 1:
                     logits = self.student_model.head(feat)
                     module_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
@@ -597,9 +647,18 @@ class LAKD(Distiller):
                 backward(sum(module_losses.values()))
                 module_losses = {name: v.detach() for name, v in module_losses.items()}
                 feat = feat.detach()
-            losses.update(module_losses)
+            per_module.append(module_losses)
             h = feat
         assert logits is not None
+        if deferred:
+            with ctx():
+                local = self.local_terms(deferred, progress)
+            del deferred
+        else:
+            local = {}
+        for k, module_losses in enumerate(per_module):  # the same order as module by module: feat, ndam, aux...
+            losses.update((name, v) for name, v in local.items() if name in (f"feat{k}", f"ndam{k}"))
+            losses.update(module_losses)
         return logits, losses
 
     def _forward_hooked(

@@ -85,7 +85,22 @@ def ndam_loss(
     weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """NDAM distance between student and teacher features (any channel counts, any grids)."""
-    a_s, a_t = _common_grid(ndam_map(feat_s, p), ndam_map(feat_t, p))
+    return map_loss(ndam_map(feat_s, p), ndam_map(feat_t, p), scales, mode, tau, weights)
+
+
+def map_loss(
+    a_s: torch.Tensor,
+    a_t: torch.Tensor,
+    scales: Sequence[int] = (NATIVE, 4, 2),
+    mode: str = "l2",
+    tau: float = 1.0,
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """The NDAM distance between two (B, H, W) maps (each on its own grid): ``ndam_loss`` after the maps.
+
+    Apart so that the fused local losses (lakd.distill.local_losses) can differentiate it on the small maps alone.
+    """
+    a_s, a_t = _common_grid(a_s, a_t)
     total = a_s.new_zeros(())
     for i, scale in enumerate(scales):
         vs, vt = coarse(a_s, scale), coarse(a_t, scale)
