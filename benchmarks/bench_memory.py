@@ -29,7 +29,7 @@ CONFIGS = {
     "lakd detached, joint backward": ("lakd", {"detach_until": 1.0, "backward": "joint"}),
     "lakd local modules (lakd-local)": ("lakd", LOCAL),
     "lakd local + teacher-tail aux": ("lakd", {**LOCAL, "aux_weight": 1.0, "aux_head": "teacher_tail"}),
-    "lakd local, block split": ("lakd", {**LOCAL, "split": "block"}),
+    "lakd local, block split": ("lakd-study", {**LOCAL, "split": "block"}),  # a study variant
 }
 
 
