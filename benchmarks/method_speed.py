@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,11 +102,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['img_per_s']:.0f} img/s, peak {r['peak_mem_mb']:.0f} MB" if r["status"] == "ok"
                   else f"  failed: {r['reason'][-200:]}", flush=True)
     results = {method: median_round(measured) for method, measured in rounds.items()}
+    base = next(iter(rounds))
     record = {"benchmark": "method_speed", "protocol": protocol.name, "steps_per_epoch": args.steps,
               "compile": args.compile, "repeats": args.repeats, "vary": args.vary,
               "timing": "second of two epochs of --steps steps, each method in its own process, back to back; "
                         "with --repeats, rounds interleaved and the median round reported",
-              "environment": {**environment_info(), "loadavg_end": os.getloadavg()}, "methods": results}
+              "environment": {**environment_info(), "loadavg_end": os.getloadavg()}, "methods": results,
+              "paired_speed": {"base": base, "ratios": paired_ratios(rounds, base)}}
+    for method, ratio in record["paired_speed"]["ratios"].items():
+        print(f"{method}: {ratio:.3f}x {base} (median over rounds of the within-round ratio)")
     out = args.out or REPO / "benchmarks" / "results" / f"method_speed_{protocol.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
@@ -124,6 +129,20 @@ def median_round(measured: list[dict[str, Any]]) -> dict[str, Any]:
     if len(measured) > 1:
         chosen["img_per_s_rounds"] = [r["img_per_s"] for r in measured]
     return chosen
+
+
+def paired_ratios(rounds: dict[str, list[dict[str, Any]]], base: str) -> dict[str, float | None]:
+    """Per method, the median over rounds of its img/s divided by ``base``'s in the same round: on a machine whose
+    speed drifts, a ratio within one round (minutes apart) is steadier than a ratio of medians. ``None`` where a
+    round failed."""
+    ratios: dict[str, float | None] = {}
+    for method, measured in rounds.items():
+        pairs = list(zip(rounds[base], measured, strict=True))
+        if any(a["status"] != "ok" or b["status"] != "ok" for a, b in pairs):
+            ratios[method] = None
+            continue
+        ratios[method] = statistics.median(b["img_per_s"] / a["img_per_s"] for a, b in pairs)
+    return ratios
 
 
 def _batch_size(command: list[str]) -> int:

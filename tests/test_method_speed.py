@@ -82,3 +82,13 @@ def test_vary_measures_each_value_interleaved(monkeypatch: pytest.MonkeyPatch, t
     assert methods["kd train.malloc=auto"]["img_per_s_rounds"] == [101.0, 105.0]
     with pytest.raises(SystemExit):
         ms.main(["cifar10-strong", "--methods", "kd", "--vary", "train.malloc"])
+
+
+def test_paired_ratios_by_hand() -> None:
+    ms = _load()
+    ok = [{"status": "ok", "img_per_s": v} for v in (1000.0, 500.0, 1000.0)]  # the machine halves in round 2
+    other = [{"status": "ok", "img_per_s": v} for v in (900.0, 450.0, 800.0)]
+    ratios = ms.paired_ratios({"kd": ok, "lakd": other}, "kd")
+    assert ratios["kd"] == 1.0 and ratios["lakd"] == pytest.approx(0.9)  # median of 0.9, 0.9, 0.8
+    failed = [*other[:2], {"status": "failed"}]
+    assert ms.paired_ratios({"kd": ok, "lakd": failed}, "kd")["lakd"] is None
