@@ -47,8 +47,10 @@ bench cifar10-strong --epochs 3 --seeds 0 --methods kd fitnet dkd lakd lakd-loca
 study() { bench benchmarks/studies/lakd_local_cifar10_strong.yaml --results-dir benchmarks/studies/results \
     --runs-dir runs/study "$@"; }
 # local-tail last: its teacher tail is recomputed and backpropagated through every step (many times a normal step
-# on this CPU), so the three cheap entries answer first
-study --seeds 0 --methods local-linear-aux local-kd local-teacher-inputs local-tail
+# on this CPU), so the three cheap entries answer first. Two calls: `lakd bench` resumes a started run of the
+# methods it is given before anything else, and local-tail was started first.
+study --seeds 0 --methods local-linear-aux local-kd local-teacher-inputs
+study --seeds 0 --methods local-tail
 # 5. the rule written down before the study ran (docs/benchmarks.md): the local variant with the highest seed-0
 #    validation top-1 (lakd-local included) is the best local-module variant; if it is a study entry, it gets
 #    seeds 1 and 2 as well
