@@ -9,7 +9,9 @@ docs/method.md.
 * **Local losses.** Module k is taught by the teacher's matching stage: a feature MSE (through a 1x1 conv + BN
   projector where channels differ, pooled to the coarser grid where resolutions differ; optionally weighted
   per position by the teacher's NDAM map) and an NDAM loss (see ndam.py). Optional auxiliary classifiers on
-  intermediate modules. The last module also has ``ce_weight * CE`` and a logit-KD term.
+  intermediate modules. The last module also has ``ce_weight * CE`` and a logit-KD term. The feature MSE and
+  NDAM terms are computed by local_losses.py (a hand-derived backward, every module in one call end to end);
+  the study's other forms by ``local_loss_terms`` through autograd.
 * **Progressive, shallow -> deep.** Module k's distillation weight ramps linearly from 0 to 1 over a window that
   starts ``ramp_stagger * k`` of the way into training and lasts ``ramp_length`` (fractions of training).
 * **Teacher-fed inputs (optional, ``teacher_inputs_until``).** Early in training module k > 0 may run on the
