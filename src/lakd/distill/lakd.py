@@ -41,7 +41,7 @@ from lakd.distill.base import Distiller, DistillParams, linear_warmup, register,
 from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss, standardise_logits
 from lakd.distill.local_losses import LocalTermsRequest, fused_backward, fused_forward, fused_local_terms
-from lakd.distill.ndam import NATIVE, ndam_loss, spatial_weights
+from lakd.distill.ndam import NATIVE, accumulator, ndam_loss, spatial_weights
 from lakd.errors import LakdError, short_repr
 from lakd.models.adapter import check_gradient_isolation
 from lakd.models.base import StagedModel
@@ -68,8 +68,7 @@ def feature_loss(
     if form == "mse" and weights is None:
         # In the inputs' dtype (bf16 under autocast) with a float32 sum: the only tensor saved for backward is the
         # difference, no float32 copy of either side (F.mse_loss would make both under autocast).
-        accumulate = torch.float64 if s.dtype == torch.float64 else torch.float32
-        return torch.linalg.vector_norm(s - t, dtype=accumulate).square() / s.numel()
+        return torch.linalg.vector_norm(s - t, dtype=accumulator(s)).square() / s.numel()
     s, t = s.float(), t.float()
     if form == "channel_norm":
         s, t = channel_standardise(s), channel_standardise(t)
@@ -652,12 +651,10 @@ class LAKD(Distiller):
             per_module.append(module_losses)
             h = feat
         assert logits is not None
+        local: dict[str, torch.Tensor] = {}
         if deferred:
             with ctx():
                 local = self.local_terms(deferred, progress)
-            del deferred
-        else:
-            local = {}
         for k, module_losses in enumerate(per_module):  # the same order as module by module: feat, ndam, aux...
             losses.update((name, v) for name, v in local.items() if name in (f"feat{k}", f"ndam{k}"))
             losses.update(module_losses)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from lakd.distill.ndam import NATIVE, ndam_map, pool_map
+from lakd.distill.ndam import accumulator, coarse_size, common_grid, ndam_map, pool_map
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,6 @@ class LocalTermsRequest:
         return self.t_feat is not None
 
 
-def _accumulator(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 def _pool_backward(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The gradient with respect to ``like`` (B, H, W) of ``pool_map(like, grad.shape[-2:])``, given ``grad``."""
     (b, h, w), (gh, gw) = like.shape, grad.shape[-2:]
@@ -64,11 +60,6 @@ def _pool_backward(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         kh, kw = h // gh, w // gw
         return grad[:, :, None, :, None].expand(b, gh, kh, gw, kw).reshape(b, h, w) / (kh * kw)
     return torch.ops.aten._adaptive_avg_pool2d_backward(grad[:, None].contiguous(), like[:, None])[:, 0]
-
-
-def _coarse_size(map_: torch.Tensor, scale: int) -> tuple[int, int]:
-    h, w = map_.shape[-2:]
-    return (h, w) if scale == NATIVE else (min(scale, h), min(scale, w))
 
 
 def map_loss_and_grad(
@@ -82,16 +73,15 @@ def map_loss_and_grad(
     Pooling's gradient spreads each cell's back over its window.
     """
     eps = 1e-12  # F.normalize's
-    h, w = min(a_s.shape[-2], a_t.shape[-2]), min(a_s.shape[-1], a_t.shape[-1])
-    common_s = pool_map(a_s, (h, w)) if a_s.shape[-2:] != (h, w) else a_s
-    common_t = pool_map(a_t, (h, w)) if a_t.shape[-2:] != (h, w) else a_t
+    common_s, common_t = common_grid(a_s, a_t)
+    grid = tuple(common_s.shape[-2:])
     batch = a_s.shape[0]
     total = a_s.new_zeros(())
     grad_common = torch.zeros_like(common_s)
     for scale in scales:
-        size = _coarse_size(common_s, scale)
-        ps = pool_map(common_s, size) if size != (h, w) else common_s
-        pt = pool_map(common_t, size) if size != (h, w) else common_t
+        size = coarse_size(common_s, scale)
+        ps = pool_map(common_s, size) if size != grid else common_s
+        pt = pool_map(common_t, size) if size != grid else common_t
         vs, vt = ps.flatten(1), pt.flatten(1)
         if mode == "l2":
             norm_s = vs.norm(dim=1, keepdim=True)
@@ -126,7 +116,7 @@ def fused_forward(
         feat_term = nd_term = map_grad = None
         if target is not None:
             s = feat if projected is None else projected
-            acc = _accumulator(s)  # the difference too (no graph to save it for: it is never materialised compiled)
+            acc = accumulator(s)  # the difference too (no graph to save it for: it is never materialised compiled)
             feat_term = torch.linalg.vector_norm(s.to(acc) - target.to(acc)).square() / s.numel()
         if t_feat is not None:
             nd_term, map_grad = map_loss_and_grad(ndam_map(feat, p), ndam_map(t_feat, p), scales, mode, tau)
@@ -143,7 +133,7 @@ def fused_backward(
     ``c_*`` are the gradients arriving at the two loss values (their weights)."""
     out: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
     for feat, projected, target, map_grad, c_feat, c_ndam in items:
-        acc = _accumulator(feat)
+        acc = accumulator(feat)
         g_feat = g_projected = None
         if map_grad is not None:
             f = feat.to(acc)

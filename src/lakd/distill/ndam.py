@@ -28,6 +28,11 @@ import torch.nn.functional as F
 NATIVE = 0  # the scale value meaning "the map's own grid"
 
 
+def accumulator(t: torch.Tensor) -> torch.dtype:
+    """The dtype sums over ``t`` accumulate in: float64 for float64 input, else float32 (bf16 / fp16 / fp32)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def ndam_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """``mean_c |F_c|^p``: a (B, H, W) map of where the layer is active, in float32 (float64 for float64 input).
 
@@ -37,8 +42,7 @@ def ndam_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     map is close to the teacher's (the L2 of two nearly equal normalised maps).
     """
     channels = feat.shape[1]
-    accumulate = torch.float64 if feat.dtype == torch.float64 else torch.float32
-    norm = torch.linalg.vector_norm(feat, ord=p, dim=1, dtype=accumulate)
+    norm = torch.linalg.vector_norm(feat, ord=p, dim=1, dtype=accumulator(feat))
     return (norm.square() if p == 2 else norm.pow(p)) / channels
 
 
@@ -55,7 +59,7 @@ def pool_map(map_: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(map_[:, None], size)[:, 0]
 
 
-def _common_grid(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def common_grid(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Average-pool the finer of two (B, H, W) maps to the coarser one's grid."""
     h = min(a.shape[-2], b.shape[-2])
     w = min(a.shape[-1], b.shape[-1])
@@ -66,12 +70,17 @@ def _common_grid(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return a, b
 
 
+def coarse_size(map_: torch.Tensor, scale: int) -> tuple[int, int]:
+    """The grid ``coarse`` pools a (B, H, W) map to at ``scale``: ``scale`` x ``scale`` capped by the map's own."""
+    h, w = map_.shape[-2:]
+    return (h, w) if scale == NATIVE else (min(scale, h), min(scale, w))
+
+
 def coarse(map_: torch.Tensor, scale: int) -> torch.Tensor:
     """Pool a (B, H, W) map to ``scale`` x ``scale`` (never up-sampling); ``NATIVE`` keeps it; -> (B, N)."""
-    if scale != NATIVE:
-        size = (min(scale, map_.shape[-2]), min(scale, map_.shape[-1]))
-        if map_.shape[-2:] != size:
-            map_ = pool_map(map_, size)
+    size = coarse_size(map_, scale)
+    if map_.shape[-2:] != size:
+        map_ = pool_map(map_, size)
     return map_.flatten(1)
 
 
@@ -100,7 +109,7 @@ def map_loss(
 
     Apart so that the fused local losses (lakd.distill.local_losses) can differentiate it on the small maps alone.
     """
-    a_s, a_t = _common_grid(a_s, a_t)
+    a_s, a_t = common_grid(a_s, a_t)
     total = a_s.new_zeros(())
     for i, scale in enumerate(scales):
         vs, vt = coarse(a_s, scale), coarse(a_t, scale)
@@ -127,5 +136,5 @@ def spatial_weights(feat_t: torch.Tensor, size: tuple[int, int], p: float = 2.0)
 
 def similarity(feat_s: torch.Tensor, feat_t: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Cosine similarity of student and teacher NDAM maps per sample (B,), on the common grid (for explain)."""
-    a_s, a_t = _common_grid(ndam_map(feat_s, p), ndam_map(feat_t, p))
+    a_s, a_t = common_grid(ndam_map(feat_s, p), ndam_map(feat_t, p))
     return F.cosine_similarity(a_s.flatten(1), a_t.flatten(1), dim=1)
