@@ -10,6 +10,12 @@ training steps on random data with the real student/teacher architectures. Two n
 
 Run:  python benchmarks/bench_memory.py --batch-size 128 --teacher resnet56_a --out benchmarks/results/memory_cpu.json
 (the step times are only meaningful on an otherwise idle machine; the saved-tensor peaks are exact counts)
+
+With ``--protocol NAME`` the configurations are instead every method of a ``lakd bench`` protocol, each with the
+parameters its protocol command resolves to (method file, per-pair settings, overrides) and the protocol's student
+and batch size, so a comparison table can put each method's activation memory beside its accuracy:
+      python benchmarks/bench_memory.py --protocol cifar10-strong --teacher resnet56_a \
+          --out benchmarks/results/memory_cifar10-strong.json
 """
 
 from __future__ import annotations
@@ -37,6 +43,35 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def protocol_configs(protocol_name: str, methods: list[str] | None) -> tuple[dict, str, int]:
+    """(name -> (method, params)), student and batch size of every method of a bench protocol, as its commands
+    resolve them (the first pair of a protocol with pairs)."""
+    from pathlib import Path
+
+    from lakd.bench import command_config, load_protocol, plan_runs
+
+    protocol = load_protocol(protocol_name)
+    pairs = protocol.pairs[:1] if protocol.pairs else None
+    runs = plan_runs(protocol, methods, [0], pairs, None, Path("runs"), Path("results"))
+    configs, students, batches = {}, set(), set()
+    for run in runs:
+        cfg = command_config(run.command(None, progress=False))
+        configs[run.method] = (cfg.distill.method, cfg.distill.resolved_params())
+        students.add(cfg.model.name)
+        batches.add(cfg.data.batch_size)
+    if len(students) != 1 or len(batches) != 1:
+        raise SystemExit(f"protocol {protocol_name}: methods differ in student or batch size ({students}, {batches})")
+    return configs, students.pop(), batches.pop()
+
+
+def resolved_params(configs: dict) -> dict:
+    """Each configuration's method and its fully resolved parameters (defaults included), for the record."""
+    from lakd.distill import make_params, params_as_dict
+
+    return {name: {"method": method, **params_as_dict(make_params(method, params))}
+            for name, (method, params) in configs.items()}
+
+
 def run_one(method: str, params: dict, student: str, teacher: str, batch: int, steps: int) -> dict:
     import torch
 
@@ -45,17 +80,21 @@ def run_one(method: str, params: dict, student: str, teacher: str, batch: int, s
     from lakd.models import build_model
 
     torch.manual_seed(0)
-    d = build_distiller(method, build_model(student, 10), build_model(teacher, 10), params, total_epochs=10)
+    n_train = 50 * batch  # a memory bank's size (CRD) does not change what a step saves for backward
+    labels = torch.arange(n_train) % 10
+    d = build_distiller(method, build_model(student, 10), build_model(teacher, 10), params, total_epochs=10,
+                        train_labels=labels)
     d.train()
     opt = torch.optim.SGD(d.learnable_parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    batch_extra = {"index": torch.randperm(n_train)[:batch]} if d.needs_index else {}
     meter = SavedTensorMeter()
     base = rss_mb()
     start = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         with meter.track():
-            d.train_step(x, y, 0.5, backward=lambda loss: loss.backward())  # half-way through training
+            d.train_step(x, y, 0.5, backward=lambda loss: loss.backward(), **batch_extra)  # half-way through
         opt.step()
     elapsed = time.perf_counter() - start
     return {"saved_peak_mb": meter.peak_mb, "rss_peak_mb": rss_mb(), "rss_delta_mb": rss_mb() - base,
@@ -69,6 +108,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--protocol", default=None, help="measure every method of this lakd bench protocol")
+    parser.add_argument("--methods", nargs="+", default=None, help="with --protocol: only these methods")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "PARAMS_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -76,22 +117,29 @@ def main() -> None:
                          args.batch_size, args.steps)
         print(json.dumps(result))
         return
+    configs, reference, e2e_name = CONFIGS, "kd (end-to-end)", "lakd end to end (default)"
+    if args.protocol:
+        configs, args.student, args.batch_size = protocol_configs(args.protocol, args.methods)
+        reference, e2e_name = "kd", "lakd"
     rows = {}
-    for name, (method, params) in CONFIGS.items():
+    for name, (method, params) in configs.items():
         cmd = [sys.executable, __file__, "--student", args.student, "--teacher", args.teacher, "--batch-size",
                str(args.batch_size), "--steps", str(args.steps), "--worker", method, json.dumps(params)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{name:18s} " + "  ".join(f"{k} {v:.1f}" for k, v in rows[name].items()), flush=True)
-    ref, e2e = rows["kd (end-to-end)"], rows["lakd end to end (default)"]
+    ref, e2e = rows.get(reference), rows.get(e2e_name)
     for row in rows.values():
-        row["saved_vs_kd"] = row["saved_peak_mb"] / ref["saved_peak_mb"]
-        row["saved_vs_lakd_end_to_end"] = row["saved_peak_mb"] / e2e["saved_peak_mb"]
-        row["rss_delta_vs_kd"] = row["rss_delta_mb"] / ref["rss_delta_mb"]
+        if ref:
+            row["saved_vs_kd"] = row["saved_peak_mb"] / ref["saved_peak_mb"]
+            row["rss_delta_vs_kd"] = row["rss_delta_mb"] / ref["rss_delta_mb"]
+        if e2e:
+            row["saved_vs_lakd_end_to_end"] = row["saved_peak_mb"] / e2e["saved_peak_mb"]
     import torch
 
-    summary = {"benchmark": "memory", "student": args.student, "teacher": args.teacher,
-               "batch_size": args.batch_size, "steps": args.steps, "precision": "fp32", "results": rows,
+    summary = {"benchmark": "memory", "protocol": args.protocol, "student": args.student, "teacher": args.teacher,
+               "batch_size": args.batch_size, "steps": args.steps, "precision": "fp32",
+               "params": resolved_params(configs), "results": rows,
                "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                "command": " ".join(["python", "benchmarks/bench_memory.py", *sys.argv[1:]])}
     print(json.dumps(summary, indent=2))
