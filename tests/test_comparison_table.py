@@ -1,0 +1,35 @@
+"""benchmarks/comparison_table.py: accuracy from the runs, speed and memory from the clean measurements."""
+
+from __future__ import annotations
+
+from tests.scripts import load_script
+
+table = load_script("comparison_table.py").table
+
+
+def stat(mean: float, std: float | None = None) -> dict:
+    return {"mean": mean, "std": std}
+
+
+SUMMARY = {"methods": [
+    {"method": "kd", "seeds": [0], "best_test_top1": stat(85.0), "last_test_top1": stat(84.9),
+     "best_val_top1": stat(86.0)},
+    {"method": "lakd", "seeds": [0, 1, 2], "best_test_top1": stat(87.27, 0.08), "last_test_top1": stat(87.2, 0.1),
+     "best_val_top1": stat(87.9, 0.3)},
+    {"method": "crd", "seeds": [0], "best_test_top1": stat(85.5), "last_test_top1": stat(85.5),
+     "best_val_top1": stat(85.1)},
+]}
+SPEED = {"methods": {"kd": {"status": "ok", "img_per_s": 1000.0}, "lakd": {"status": "ok", "img_per_s": 950.0},
+                     "crd": {"status": "failed"}}}
+MEMORY = {"results": {"kd": {"saved_peak_mb": 200.0}, "lakd": {"saved_peak_mb": 120.0}}}
+
+
+def test_rows_sorted_by_validation_with_ratios_to_kd() -> None:
+    rows = table(SUMMARY, SPEED, MEMORY).splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["lakd", "kd", "crd"]  # by val, not by test
+    assert rows[0] == "| lakd | 0,1,2 | 87.27 ± 0.08 | 87.20 ± 0.10 | 87.90 ± 0.30 | 950 | 0.95× | 120.0 | 0.60× |"
+    assert rows[2].endswith("| 85.10 | – | – | – | – |")  # a failed speed run and an unmeasured memory: blank
+
+
+def test_without_measurements_accuracy_only() -> None:
+    assert table(SUMMARY, None, None).splitlines()[3].startswith("| kd | 0 | 85.00 | 84.90 | 86.00 | – |")
