@@ -10,13 +10,15 @@
 #   git worktree add ../benchtree 67a8b2f && ln -s "$PWD/runs" ../benchtree/runs
 #   cp -r benchmarks/results/cifar10-strong* ../benchtree/benchmarks/results/   # the finished runs: skipped
 #   cp -r benchmarks/studies/results/. ../benchtree/benchmarks/studies/results/
+#   bash benchmarks/inflight.sh restore   # a run stopped on another machine resumes where it stopped
 #   cd ../benchtree && PYTHONPATH=$PWD/src LAKD_DATA=/abs/path/to/data setsid nohup \
 #       bash benchmarks/cifar10_strong_queue.sh >> runs/queue.log 2>&1 &
 # and copy each new JSON of benchmarks/results/cifar10-strong*/ and benchmarks/studies/results/lakd-local-cifar10-strong/
 # from the worktree into this checkout to commit it. Replace this script in a running worktree only by `mv` of a new
 # file (bash reads a running script as it goes: an edit in place changes what it runs next).
 #
-# Stop it with SIGTERM to its process group (the running `lakd distill` checkpoints before it exits).
+# Stop it with SIGTERM to its process group (the running `lakd distill` checkpoints before it exits), then
+# `bash benchmarks/inflight.sh save` and commit benchmarks/inflight/, so the next machine resumes that run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${LAKD_DATA:?set LAKD_DATA to the folder holding cifar-10-batches-py (e.g. ../shared/data)}"

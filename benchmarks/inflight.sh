@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Carry an unfinished `lakd bench` run across machines: runs/ is not committed, so a run stopped at the end of a
+# session would restart from epoch 0 on the next machine. `save` copies every started-but-unfinished run folder
+# (it has last.pt, no summary.json) under runs/ into benchmarks/inflight/ (commit that folder); `restore` copies
+# them back into runs/ where runs/ lacks them, so `lakd bench` resumes them from their last checkpoint.
+#
+#   bash benchmarks/inflight.sh save      # after stopping the queue with SIGTERM (it checkpoints first)
+#   bash benchmarks/inflight.sh restore   # on a new machine, before starting the queue
+#
+# A run folder is small for these protocols (resnet20: ~4.4 MB with best.pt and last.pt). Finished runs are not
+# carried: their result JSON is committed and `lakd bench` skips them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+store=benchmarks/inflight/runs
+
+case "${1:-}" in
+save)
+    rm -rf benchmarks/inflight
+    find -L runs -name last.pt -type f | while read -r ckpt; do
+        dir=$(dirname "$ckpt")
+        [ -f "$dir/summary.json" ] && continue
+        rel=${dir#runs/}
+        mkdir -p "$store/$rel"
+        # plain files only (never a link), so a restore writes nothing outside runs/
+        find "$dir" -maxdepth 1 -type f -exec cp {} "$store/$rel/" \;
+        echo "saved runs/$rel"
+    done
+    ;;
+restore)
+    [ -d "$store" ] || { echo "nothing to restore (no $store)"; exit 0; }
+    find "$store" -name last.pt -type f | while read -r ckpt; do
+        rel=$(dirname "${ckpt#"$store"/}")
+        if [ -e "runs/$rel" ]; then
+            echo "kept runs/$rel (already here)"
+            continue
+        fi
+        mkdir -p "runs/$rel"
+        find "$store/$rel" -maxdepth 1 -type f -exec cp {} "runs/$rel/" \;
+        echo "restored runs/$rel"
+    done
+    ;;
+*)
+    echo "usage: bash benchmarks/inflight.sh save|restore" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,38 @@
+"""benchmarks/inflight.sh: an unfinished bench run folder survives a move to a new machine; finished ones are not
+carried, and a restore never replaces a run folder that is already there."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.scripts import BENCHMARKS
+
+
+def run(root: Path, action: str) -> str:
+    return subprocess.run(["bash", str(root / "benchmarks" / "inflight.sh"), action], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_save_then_restore_on_a_new_checkout(tmp_path: Path) -> None:
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copy(BENCHMARKS / "inflight.sh", tmp_path / "benchmarks")
+    unfinished = tmp_path / "runs/study/p/local-kd-s0"
+    finished = tmp_path / "runs/p/kd-s0"
+    for folder in (unfinished, finished):
+        folder.mkdir(parents=True)
+        (folder / "last.pt").write_bytes(b"checkpoint")
+        (folder / "metrics.jsonl").write_text("{}\n")
+    (finished / "summary.json").write_text("{}")
+    assert run(tmp_path, "save").split() == ["saved", "runs/study/p/local-kd-s0"]
+    stored = tmp_path / "benchmarks/inflight/runs/study/p/local-kd-s0"
+    assert sorted(p.name for p in stored.iterdir()) == ["last.pt", "metrics.jsonl"]
+    assert not (tmp_path / "benchmarks/inflight/runs/p").exists()
+
+    shutil.rmtree(tmp_path / "runs")  # the new machine
+    assert "restored runs/study/p/local-kd-s0" in run(tmp_path, "restore")
+    assert (unfinished / "last.pt").read_bytes() == b"checkpoint"
+    (unfinished / "last.pt").write_bytes(b"newer")  # the run went on here
+    assert "kept" in run(tmp_path, "restore")
+    assert (unfinished / "last.pt").read_bytes() == b"newer"
