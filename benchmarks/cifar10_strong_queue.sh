@@ -25,8 +25,8 @@ cd "$(dirname "$0")/.."
 bench() { echo "[queue] $(date -u +%H:%M) lakd bench $*"; lakd bench "$@" --no-progress; }
 
 # The order puts the answers that take least compute first: LAKD's seeds (they decide its default), the 3-epoch
-# points, the local-module study (a winning variant needs its own seeds), the strongest baselines' seeds, and CRD
-# last (its 16,384-negative recipe is ~6x the time of any other run).
+# points, the cheap local-module study entries, the strongest baselines' seeds, the costly study entry (a winning
+# variant needs its own seeds), and CRD last (its 16,384-negative recipe is ~6x the time of any other run).
 strongest() {  # the three strongest baselines by mean validation top-1 among the runs finished so far
     python - <<'EOF'
 import json
@@ -44,20 +44,30 @@ bench cifar10-strong --seeds 0 1 2 --methods lakd-local lakd
 bench cifar10-strong --seeds 0 --methods vanilla
 bench cifar10-strong --epochs 3 --seeds 0 --methods kd fitnet dkd lakd lakd-local
 # 4. LAKD's local modules: one local objective added per entry, selected on validation (the study's `local` is
-#    the protocol's lakd-local run, compared from its JSON rather than trained twice). Before the baselines' seeds:
-#    a local variant that wins needs seeds of its own (step 5).
+#    the protocol's lakd-local run, compared from its JSON rather than trained twice). A local variant that wins
+#    needs seeds of its own (step 6).
 study() { bench benchmarks/studies/lakd_local_cifar10_strong.yaml --results-dir benchmarks/studies/results \
     --runs-dir runs/study "$@"; }
-# local-tail last: its teacher tail is recomputed and backpropagated through every step (many times a normal step
-# on this CPU), so the three cheap entries answer first. Two calls: `lakd bench` resumes a started run of the
-# methods it is given before anything else, and local-tail was started first.
+# The three cheap entries first; local-tail (its teacher tail is recomputed and backpropagated through every step,
+# about 2.5x a lakd-local step) after the baselines' seeds, which the comparison itself needs. Separate calls:
+# `lakd bench` resumes a started run of the methods it is given before anything else, and local-tail was started
+# first (its checkpoint did not survive the move to a new machine; it restarts).
 study --seeds 0 --methods local-linear-aux local-kd local-teacher-inputs
+# 4b. a precision control: the comparison's runs span two machines, one with native bf16 (precision=auto: bf16
+#     autocast) and one without (auto: fp32). lakd-local seed 0 again, on a machine that trains in fp32, measures
+#     what the precision alone moves (its bf16 run is the protocol's lakd-local-s0). Only where auto means fp32.
+if ! grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then
+    bench cifar10-strong --seeds 0 --methods lakd-local --results-dir benchmarks/results/fp32-control \
+        --runs-dir runs/fp32-control
+fi
+# 5. seeds 1 and 2 of the three strongest baselines by mean validation top-1
+bench cifar10-strong --seeds 0 1 2 --methods $(strongest)
+# 6. the last study entry, then the rule written down before the study ran (docs/benchmarks.md): the local variant
+#    with the highest seed-0 validation top-1 (lakd-local included) is the best local-module variant; if it is a
+#    study entry, it gets seeds 1 and 2 as well
 study --seeds 0 --methods local-tail
-# 5. the rule written down before the study ran (docs/benchmarks.md): the local variant with the highest seed-0
-#    validation top-1 (lakd-local included) is the best local-module variant; if it is a study entry, it gets
-#    seeds 1 and 2 as well
 best_local() {
-    python - <<'EOF'
+    python - <<'PY'
 import json
 from pathlib import Path
 vals = {"lakd-local": json.load(open("benchmarks/results/cifar10-strong/lakd-local-s0.json"))["best_val_top1"]}
@@ -65,12 +75,10 @@ for path in Path("benchmarks/studies/results/lakd-local-cifar10-strong").glob("*
     vals[path.name[:-len("-s0.json")]] = json.load(open(path))["best_val_top1"]
 best = max(vals, key=lambda m: vals[m])
 print("" if best == "lakd-local" else best)
-EOF
+PY
 }
 best=$(best_local)
 if [ -n "$best" ]; then study --seeds 0 1 2 --methods "$best"; fi
-# 6. seeds 1 and 2 of the three strongest baselines by mean validation top-1
-bench cifar10-strong --seeds 0 1 2 --methods $(strongest)
 # 7. CRD's one seed, then seeds 1 and 2 for it too if it is now among the three strongest (finished runs skip)
 bench cifar10-strong --seeds 0 --methods crd
 bench cifar10-strong --seeds 0 1 2 --methods lakd-local lakd $(strongest)
