@@ -11,8 +11,12 @@ Ways: ``kd``, ``lakd`` (end to end, the default), ``lakd-local`` (local modules,
 way with ``-autograd`` appended: the same losses through autograd instead of the fused local losses
 (lakd.distill.local_losses).
 
+``--runtimes`` measures each way under several precisions / memory formats as well (``auto``, or ``fp32``, ``bf16``
+with ``+cl`` for channels_last): what ``precision=auto`` should pick on the machine at hand.
+
 Run:  LAKD_DATA=../shared/data python benchmarks/step_speed.py [--ways kd lakd lakd-autograd ...]
-          [--steps 20] [--rounds 8] [--compile true] [--out benchmarks/results/step_speed.json]
+          [--runtimes auto fp32 fp32+cl bf16+cl] [--steps 20] [--rounds 8] [--compile true]
+          [--out benchmarks/results/step_speed.json]
 """
 
 from __future__ import annotations
@@ -57,16 +61,27 @@ def real_batch(data_root: Path, batch: int) -> tuple[torch.Tensor, torch.Tensor]
     return x, torch.from_numpy(splits.train.y[:batch]).long()
 
 
-def build_way(name: str, x: torch.Tensor, y: torch.Tensor, compile_it: bool) -> tuple[Distiller, Callable[[], None]]:
+def runtime_of(spec: str) -> Any:
+    """``auto`` (what the trainer picks) or ``<fp32|bf16>[+cl]``: a precision, channels_last or not."""
+    if spec == "auto":
+        return resolve_runtime("cpu", "auto", "auto")
+    precision, _, layout = spec.partition("+")
+    if precision not in ("fp32", "bf16") or layout not in ("", "cl"):
+        raise SystemExit(f"error: runtime '{spec}' is not auto or fp32/bf16 with an optional +cl")
+    return resolve_runtime("cpu", precision, "true" if layout else "false")
+
+
+def build_way(name: str, x: torch.Tensor, y: torch.Tensor, compile_it: bool, runtime_spec: str = "auto"
+              ) -> tuple[Distiller, Callable[[], None]]:
     """Way ``name``'s distiller and one optimizer step of it as a closure (built once: model, teacher, optimizer,
-    batch)."""
+    batch), under ``runtime_spec`` (see ``runtime_of``)."""
     from lakd.engine import load_checkpoint
     from lakd.engine.checkpoint import checkpoint_meta, model_from_checkpoint
     from lakd.models.frozen import FrozenForward
     from lakd.run import prepare_teacher
 
     method, params, fused = WAYS[name]
-    runtime = resolve_runtime("cpu", "auto", "auto")
+    runtime = runtime_of(runtime_spec)
     ckpt = load_checkpoint(TEACHER)
     teacher, _ = prepare_teacher(model_from_checkpoint(ckpt, checkpoint_meta(ckpt, TEACHER), "teacher"), (3, 32, 32))
     torch.manual_seed(0)
@@ -111,6 +126,7 @@ def summarise(times: dict[str, list[float]], cpu: dict[str, list[float]], base: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
+    parser.add_argument("--runtimes", nargs="+", default=["auto"], help="auto, fp32, bf16, fp32+cl, bf16+cl")
     parser.add_argument("--steps", type=int, default=20, help="steps per way per round")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=5, help="steps per way before timing (compiles)")
@@ -121,12 +137,16 @@ def main() -> None:
     data_root = Path(os.environ.get("LAKD_DATA", REPO.parent / "shared/data"))
     malloc = keep_freed_host_memory("auto")
     x, y = real_batch(data_root, args.batch)
-    steps = {name: build_way(name, x, y, args.compile == "true")[1] for name in args.ways}
+    for spec in args.runtimes:
+        runtime_of(spec)  # a bad spec fails before anything is built
+    names = [(way, spec) for way in args.ways for spec in args.runtimes]
+    label = {(way, spec): way if len(args.runtimes) == 1 else f"{way}@{spec}" for way, spec in names}
+    steps = {label[n]: build_way(n[0], x, y, args.compile == "true", n[1])[1] for n in names}
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    times: dict[str, list[float]] = {name: [] for name in args.ways}
-    cpu: dict[str, list[float]] = {name: [] for name in args.ways}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(args.rounds):
         for name, step in steps.items():
             start, start_cpu = time.perf_counter(), time.process_time()
@@ -134,8 +154,8 @@ def main() -> None:
                 step()
             times[name].append((time.perf_counter() - start) / args.steps * 1000)
             cpu[name].append((time.process_time() - start_cpu) / args.steps * 1000)
-        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{n} {times[n][-1]:.1f}" for n in args.ways) + " ms/step")
-    base = args.ways[0]
+        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{n} {times[n][-1]:.1f}" for n in steps) + " ms/step")
+    base = next(iter(steps))
     results = summarise(times, cpu, base, args.batch)
     for name, r in results.items():
         print(f"{name:22s} {r['ms_per_step_median']:7.1f} ms/step  {r['img_per_s']:6.0f} img/s  "
@@ -144,7 +164,8 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"command": "python benchmarks/step_speed.py " + " ".join(
-            f"--ways {' '.join(args.ways)} --steps {args.steps} --rounds {args.rounds} --warmup {args.warmup} "
+            f"--ways {' '.join(args.ways)} --runtimes {' '.join(args.runtimes)} --steps {args.steps} "
+            f"--rounds {args.rounds} --warmup {args.warmup} "
             f"--compile {args.compile} --batch {args.batch}".split()), "results": results, "malloc": malloc,
             "threads": torch.get_num_threads(), "environment": environment_info()}, indent=2) + "\n")
         print(f"wrote {args.out}")

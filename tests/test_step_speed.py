@@ -29,3 +29,15 @@ def test_a_way_takes_one_optimizer_step_with_the_loss_path_it_names() -> None:
     before = {n: p.detach().clone() for n, p in task.student().named_parameters()}
     step()
     assert any(not torch.equal(before[n], p) for n, p in task.student().named_parameters())
+
+
+def test_runtime_specs() -> None:
+    ss = load_script("step_speed.py")
+    fp32 = ss.runtime_of("fp32")
+    assert fp32.amp_dtype is None and not fp32.channels_last
+    bf16_cl = ss.runtime_of("bf16+cl")
+    assert bf16_cl.amp_dtype is torch.bfloat16 and bf16_cl.channels_last
+    with pytest.raises(SystemExit, match="fp16"):
+        ss.runtime_of("fp16")
+    task, step = ss.build_way("kd", torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), False, "fp32+cl")
+    step()
