@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 bench() { echo "[queue] $(date -u +%H:%M) lakd bench $*"; lakd bench "$@" --no-progress; }
 
 # The order puts the answers that take least compute first: LAKD's seeds (they decide its default), the 3-epoch
-# points, the cheap local-module study entries, the strongest baselines' seeds, the costly study entry (a winning
+# points, the first local-module study entries, the strongest baselines' seeds, the rest of the study (a winning
 # variant needs its own seeds), and CRD last (its 16,384-negative recipe is ~6x the time of any other run).
 strongest() {  # the three strongest baselines by mean validation top-1 among the runs finished so far
     python - <<'EOF'
@@ -48,23 +48,26 @@ bench cifar10-strong --epochs 3 --seeds 0 --methods kd fitnet dkd lakd lakd-loca
 #    needs seeds of its own (step 6).
 study() { bench benchmarks/studies/lakd_local_cifar10_strong.yaml --results-dir benchmarks/studies/results \
     --runs-dir runs/study "$@"; }
-# The three cheap entries first; local-tail (its teacher tail is recomputed and backpropagated through every step,
-# about 2.5x a lakd-local step) after the baselines' seeds, which the comparison itself needs. Separate calls:
-# `lakd bench` resumes a started run of the methods it is given before anything else, and local-tail was started
-# first (its checkpoint did not survive the move to a new machine; it restarts).
-study --seeds 0 --methods local-linear-aux local-kd local-teacher-inputs
-# 4b. a precision control: the comparison's runs span two machines, one with native bf16 (precision=auto: bf16
-#     autocast) and one without (auto: fp32). lakd-local seed 0 again, on a machine that trains in fp32, measures
-#     what the precision alone moves (its bf16 run is the protocol's lakd-local-s0). Only where auto means fp32.
+# On a machine without native bf16 (machine C: fp32, about 6x machine B's step time) a run takes 2-3 hours, so
+# the order below puts what the comparison itself needs (the baselines' seeds) before the remaining study entries.
+# Separate calls: `lakd bench` resumes a started run of the methods it is given before anything else.
+study --seeds 0 --methods local-linear-aux local-kd
+# 4b. a precision control: the comparison's runs span machines with native bf16 (precision=auto: bf16 autocast)
+#     and without (auto: fp32). lakd-local seed 0 at the 3-epoch budget again, on a machine that trains in fp32,
+#     against its bf16 run (cifar10-strong-e3/lakd-local-s0.json): what the precision alone moves, at a fifth of a
+#     full run's cost. Only where auto means fp32.
 if ! grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then
-    bench cifar10-strong --seeds 0 --methods lakd-local --results-dir benchmarks/results/fp32-control \
+    bench cifar10-strong --epochs 3 --seeds 0 --methods lakd-local --results-dir benchmarks/results/fp32-control \
         --runs-dir runs/fp32-control
 fi
 # 5. seeds 1 and 2 of the three strongest baselines by mean validation top-1
 bench cifar10-strong --seeds 0 1 2 --methods $(strongest)
-# 6. the last study entry, then the rule written down before the study ran (docs/benchmarks.md): the local variant
-#    with the highest seed-0 validation top-1 (lakd-local included) is the best local-module variant; if it is a
-#    study entry, it gets seeds 1 and 2 as well
+# 6. the other study entries (local-tail last: its teacher tail is recomputed and backpropagated through every
+#    step, about 2.5x a lakd-local step; it was started on machine B and its checkpoint was lost with that
+#    machine), then the rule written down before the study ran (docs/benchmarks.md): the local variant with the
+#    highest seed-0 validation top-1 (lakd-local included) is the best local-module variant; if it is a study
+#    entry, it gets seeds 1 and 2 as well
+study --seeds 0 --methods local-teacher-inputs
 study --seeds 0 --methods local-tail
 best_local() {
     python - <<'PY'
