@@ -5,8 +5,13 @@ trained, so this table takes accuracy from the protocol's result JSONs (``lakd b
 ``summary.json``) and puts beside it img/s measured back to back (``benchmarks/method_speed.py``) and the
 activations each method holds for backward (``benchmarks/bench_memory.py --protocol``).
 
+Several ``--speed`` files may be given: a method's speed comes from the last file that measured it, and its ratio
+to KD from that same file (paired by round where the file has paired ratios), since img/s of two measurements are
+not comparable on a machine whose speed drifts; rows from a later file are marked and the file named below (the
+reference's own row stays the first file's).
+
 Run:  python benchmarks/comparison_table.py benchmarks/results/cifar10-strong \\
-          --speed benchmarks/results/method_speed_cifar10-strong.json \\
+          --speed benchmarks/results/method_speed_cifar10-strong.json [more.json ...] \\
           --memory benchmarks/results/memory_cifar10-strong.json [--out table.md]
 """
 
@@ -27,30 +32,54 @@ def _cell(entry: dict[str, Any], key: str) -> str:
     return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat.get("std") is not None else "")
 
 
-def table(summary: dict[str, Any], speed: dict[str, Any] | None, memory: dict[str, Any] | None,
-          reference: str = "kd") -> str:
+def speeds_from(files: list[tuple[str, dict[str, Any]]], reference: str) -> dict[str, tuple[float, float | None, int]]:
+    """method -> (img/s, speed relative to ``reference`` in the same file, index of the file): the last file that
+    measured a method wins, except for ``reference`` itself, whose row stays the first file's."""
+    out: dict[str, tuple[float, float | None, int]] = {}
+    for index, (_, data) in enumerate(files):
+        ok = {m: r["img_per_s"] for m, r in data.get("methods", {}).items() if r.get("status") == "ok"}
+        paired = (data.get("paired_speed") or {}).get("ratios", {})
+        for m, img in ok.items():
+            if m == reference and m in out:
+                continue
+            ratio = paired.get(m, img / ok[reference] if reference in ok else None)
+            out[m] = (img, ratio, index)
+    return out
+
+
+def table(summary: dict[str, Any], speed: dict[str, Any] | list[tuple[str, dict[str, Any]]] | None,
+          memory: dict[str, Any] | None, reference: str = "kd") -> str:
     """Markdown rows sorted by mean validation top-1 (the selection criterion), best first."""
-    speeds = {m: r["img_per_s"] for m, r in (speed or {}).get("methods", {}).items() if r.get("status") == "ok"}
+    files = speed if isinstance(speed, list) else [("speed", speed)] if speed else []
+    speeds = speeds_from(files, reference)
     saved = {m: r["saved_peak_mb"] for m, r in (memory or {}).get("results", {}).items()}
     lines = ["| method | seeds | test top-1 at best val | last-epoch test | val top-1 | img/s | vs KD | "
              "saved for backward (MB) | vs KD |", "|---|---|---|---|---|---|---|---|---|"]
     methods = sorted(summary["methods"], key=lambda e: -e["best_val_top1"]["mean"])
     for e in methods:
         m = e["method"]
-        img = f"{speeds[m]:.0f}" if m in speeds else "–"
-        img_ratio = f"{speeds[m] / speeds[reference]:.2f}×" if m in speeds and reference in speeds else "–"
+        img, img_ratio = "–", "–"
+        if m in speeds:
+            value, ratio, index = speeds[m]
+            mark = "†" * index
+            img = f"{value:.0f}{mark}"
+            img_ratio = f"{ratio:.2f}×{mark}" if ratio is not None else "–"
         mem = f"{saved[m]:.1f}" if m in saved else "–"
         mem_ratio = f"{saved[m] / saved[reference]:.2f}×" if m in saved and reference in saved else "–"
         lines.append(f"| {m} | {','.join(map(str, e['seeds']))} | {_cell(e, 'best_test_top1')} | "
                      f"{_cell(e, 'last_test_top1')} | {_cell(e, 'best_val_top1')} | {img} | {img_ratio} | {mem} | "
                      f"{mem_ratio} |")
-    return "\n".join(lines) + "\n"
+    used = {index for _, _, index in speeds.values()}
+    notes = [f"{'†' * i} speed from `{name}`, relative to its own KD (img/s of two measurements do not compare)"
+             for i, (name, _) in enumerate(files) if i and i in used]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, help="a protocol's results folder (holding summary.json)")
-    parser.add_argument("--speed", type=Path, help="method_speed.py JSON for the same protocol")
+    parser.add_argument("--speed", type=Path, nargs="+", default=[],
+                        help="method_speed.py JSON(s) for the same protocol; later files override earlier ones")
     parser.add_argument("--memory", type=Path, help="bench_memory.py --protocol JSON for the same protocol")
     parser.add_argument("--out", type=Path, help="write the table here as well as printing it")
     args = parser.parse_args()
@@ -58,7 +87,8 @@ def main() -> None:
     if not summary_path.is_file():
         raise SystemExit(f"error: no {summary_path}; run `lakd bench <protocol> --summary-only` first")
     load = lambda p: json.loads(p.read_text()) if p else None  # noqa: E731
-    text = table(json.loads(summary_path.read_text()), load(args.speed), load(args.memory))
+    speed = [(str(p), load(p)) for p in args.speed]
+    text = table(json.loads(summary_path.read_text()), speed, load(args.memory))
     print(text, end="")
     if args.out:
         atomic_write_text(args.out, text)

@@ -33,3 +33,14 @@ def test_rows_sorted_by_validation_with_ratios_to_kd() -> None:
 
 def test_without_measurements_accuracy_only() -> None:
     assert table(SUMMARY, None, None).splitlines()[3].startswith("| kd | 0 | 85.00 | 84.90 | 86.00 | – |")
+
+
+def test_a_later_speed_file_overrides_a_method_with_its_own_ratio() -> None:
+    later = {"methods": {"kd": {"status": "ok", "img_per_s": 400.0}, "lakd": {"status": "ok", "img_per_s": 390.0}},
+             "paired_speed": {"base": "kd", "ratios": {"kd": 1.0, "lakd": 0.97}}}
+    text = table(SUMMARY, [("first.json", SPEED), ("later.json", later)], MEMORY)
+    rows = {r.split("|")[1].strip(): r for r in text.splitlines()[2:5]}
+    assert "| 390† | 0.97×† |" in rows["lakd"]  # the later file's paired ratio, not 390 / 1000
+    assert "| 1000 | 1.00× |" in rows["kd"]  # the reference row stays the first file's
+    assert text.rstrip().endswith("speed from `later.json`, relative to its own KD (img/s of two measurements do "
+                                  "not compare)")
