@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lakd.distill import build_distiller, make_params
 from lakd.distill.crd import ContrastMemory, contrast_loss, momentum_update
@@ -122,6 +123,41 @@ def test_contrast_memory_scores_by_hand() -> None:
     # Z is estimated once: a second batch keeps it.
     mem(e_s, e_t, torch.tensor([1]), contrast_idx=torch.tensor([[1, 2, 3]]))
     assert float(mem.z_s) == pytest.approx(z)
+
+
+def test_contrast_memory_dense_scores_equal_gathered_ones_with_their_gradients() -> None:
+    """Scoring against the whole bank (one matmul) gives the released code's gathered-row scores, the same
+    gradients (taken against the banks as they were before the step's update) and the same updated banks."""
+    torch.manual_seed(0)
+    labels = torch.arange(40) % 4
+    dense = ContrastMemory(16, labels, nce_k=12, nce_t=0.07, momentum=0.5)
+    gathered = ContrastMemory(16, labels, nce_k=12, nce_t=0.07, momentum=0.5)
+    gathered.load_state_dict(dense.state_dict())
+    gathered.dense_bank_factor = 0  # the released code's way
+    assert dense.dense_scores(13) and not gathered.dense_scores(13)
+    for step in range(3):  # Z estimated on the first, banks moved by each
+        index = torch.randperm(40)[:6]
+        rows = dense.sample(index)
+        results = []
+        for memory in (dense, gathered):
+            e_s = F.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(step)), dim=1)
+            e_t = F.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(99 + step)), dim=1)
+            e_s.requires_grad_(), e_t.requires_grad_()
+            out_s, out_t = memory(e_s, e_t, index, contrast_idx=rows)
+            (contrast_loss(out_s, 40) + contrast_loss(out_t, 40)).backward()
+            results.append((out_s.detach(), out_t.detach(), e_s.grad, e_t.grad))
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(dense.memory_s, gathered.memory_s)
+        torch.testing.assert_close(dense.memory_t, gathered.memory_t)
+        assert float(dense.z_s) == pytest.approx(float(gathered.z_s), rel=1e-6)
+
+
+def test_contrast_memory_scores_densely_only_where_the_bank_is_small() -> None:
+    cifar = ContrastMemory(4, torch.arange(45000) % 10, nce_k=16384, nce_t=0.07, momentum=0.5)
+    assert cifar.dense_scores(16385)
+    imagenet_sized = ContrastMemory(1, torch.arange(1_281_167) % 1000, nce_k=16384, nce_t=0.07, momentum=0.5)
+    assert not imagenet_sized.dense_scores(16385)
 
 
 # -- CRD state -------------------------------------------------------------------------------------------
