@@ -9,7 +9,8 @@ rounds of the ratio within each round (paired: drift slower than one round cance
 
 Ways: ``kd``, ``lakd`` (end to end, the default), ``lakd-local`` (local modules, per-module backward), and each LAKD
 way with ``-autograd`` appended: the same losses through autograd instead of the fused local losses
-(lakd.distill.local_losses).
+(lakd.distill.local_losses); ``crd`` (its published recipe, scores against the whole bank) and ``crd-gathered``
+(the same scores from the gathered sampled rows, the released code's way).
 
 ``--runtimes`` measures each way under several precisions / memory formats as well (``auto``, or ``fp32``, ``bf16``
 with ``+cl`` for channels_last): what ``precision=auto`` should pick on the machine at hand.
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 
 from lakd.distill import Distiller, build_distiller
+from lakd.distill.crd import CRD
 from lakd.distill.lakd import LAKD
 from lakd.engine import resolve_runtime
 from lakd.engine.host_memory import keep_freed_host_memory
@@ -41,12 +43,14 @@ from lakd.run import environment_info
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = REPO / "benchmarks/teachers/cifar10_resnet56a_akamaster_ft20.pt"
-WAYS: dict[str, tuple[str, dict[str, Any], bool]] = {  # name: (method, params, fused local losses)
+WAYS: dict[str, tuple[str, dict[str, Any], bool]] = {  # name: (method, params, fast path: LAKD fused, CRD dense)
     "kd": ("kd", {}, True),
     "lakd": ("lakd", {}, True),
     "lakd-autograd": ("lakd", {}, False),
     "lakd-local": ("lakd", {"detach": True, "detach_until": 1.0, "backward": "local"}, True),
     "lakd-local-autograd": ("lakd", {"detach": True, "detach_until": 1.0, "backward": "local"}, False),
+    "crd": ("crd", {}, True),  # scores against the whole bank (CIFAR's bank is small enough)
+    "crd-gathered": ("crd", {}, False),  # scores from the gathered (B, K+1, D) rows, the released code's way
 }
 
 
@@ -89,6 +93,8 @@ def build_way(name: str, x: torch.Tensor, y: torch.Tensor, compile_it: bool, run
                            train_labels=torch.arange(45000) % 10).to(runtime.device)
     if isinstance(task, LAKD):
         task.fused_local_losses = fused
+    if isinstance(task, CRD) and not fused:
+        task.contrast.dense_bank_factor = 0
     if runtime.channels_last:
         task.student().to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
@@ -100,9 +106,11 @@ def build_way(name: str, x: torch.Tensor, y: torch.Tensor, compile_it: bool, run
                                 nesterov=True, weight_decay=5e-4)
     xb = runtime.to_input(x)
 
+    batch = {"index": torch.randperm(45000)[:x.shape[0]]} if task.needs_index else {}
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        task.train_step(xb, y, 0.5, backward=lambda loss: loss.backward(), autocast=runtime.autocast)
+        task.train_step(xb, y, 0.5, backward=lambda loss: loss.backward(), autocast=runtime.autocast, **batch)
         optimizer.step()
 
     return task, step

@@ -41,3 +41,12 @@ def test_runtime_specs() -> None:
         ss.runtime_of("fp16")
     task, step = ss.build_way("kd", torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), False, "fp32+cl")
     step()
+
+
+def test_crd_ways_score_the_two_ways() -> None:
+    ss = load_script("step_speed.py")
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    dense, step = ss.build_way("crd", x, y, compile_it=False)
+    gathered, _ = ss.build_way("crd-gathered", x, y, compile_it=False)
+    assert dense.contrast.dense_scores(16385) and not gathered.contrast.dense_scores(16385)
+    step()
