@@ -21,8 +21,8 @@ save)
         [ -f "$dir/summary.json" ] && continue
         rel=${dir#runs/}
         mkdir -p "$store/$rel"
-        # plain files only (never a link), so a restore writes nothing outside runs/
-        find "$dir" -maxdepth 1 -type f -exec cp {} "$store/$rel/" \;
+        # plain files only (never a link, so a restore writes nothing outside runs/), not the run's .lock
+        find "$dir" -maxdepth 1 -type f ! -name '.*' -exec cp {} "$store/$rel/" \;
         echo "saved runs/$rel"
     done
     ;;

@@ -24,6 +24,7 @@ def test_save_then_restore_on_a_new_checkout(tmp_path: Path) -> None:
         folder.mkdir(parents=True)
         (folder / "last.pt").write_bytes(b"checkpoint")
         (folder / "metrics.jsonl").write_text("{}\n")
+        (folder / ".lock").write_text("1")
     (finished / "summary.json").write_text("{}")
     assert run(tmp_path, "save").split() == ["saved", "runs/study/p/local-kd-s0"]
     stored = tmp_path / "benchmarks/inflight/runs/study/p/local-kd-s0"
