@@ -12,13 +12,7 @@
 # of 1e-7 in the first step to ~1e-4 in four.)
 #
 #   LAKD_DATA=../shared/data bash benchmarks/cifar10_strong_crd_check.sh
-set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-: "${LAKD_DATA:?set LAKD_DATA to the folder holding cifar-10-batches-py (e.g. ../shared/data)}"
-export LAKD_DATA="$(cd "$LAKD_DATA" && pwd)"
-scratch="$(mktemp -d)"
-trap 'for w in "$scratch"/wt-*; do git -C "$repo" worktree remove --force "$w" 2>/dev/null || true; done; rm -rf "$scratch"' EXIT
-pinned=67a8b2f
+source "$(dirname "$0")/scratch_worktrees.sh"
 change=4b241c3
 git -C "$repo" worktree add -q --detach "$scratch/wt-pinned" "$pinned"
 git -C "$repo" worktree add -q --detach "$scratch/wt-change" "$pinned"

@@ -5,13 +5,7 @@
 # are compared bit for bit. Prints one line per method; the worktrees and runs go to a scratch folder.
 #
 #   LAKD_DATA=../shared/data bash benchmarks/cifar10_strong_same_code_check.sh
-set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-: "${LAKD_DATA:?set LAKD_DATA to the folder holding cifar-10-batches-py (e.g. ../shared/data)}"
-export LAKD_DATA="$(cd "$LAKD_DATA" && pwd)"
-scratch="$(mktemp -d)"
-trap 'for w in "$scratch"/wt-*; do git -C "$repo" worktree remove --force "$w" 2>/dev/null || true; done; rm -rf "$scratch"' EXIT
-pinned=67a8b2f
+source "$(dirname "$0")/scratch_worktrees.sh"
 for pair in kd:6772e03 lakd:42c4dc6 lakd_local:dcfbba6 fitnet:5b900c2 reviewkd:55bd923 dkd:e5e2fb5; do
   method=${pair%%:*}; commit=${pair##*:}
   for c in "$commit" "$pinned"; do
