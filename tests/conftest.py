@@ -14,6 +14,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LAKD_TEST_SHARED_DATA", REPO.parent / "shared" / "data"))
 
+# Several pytest-xdist workers share the cores: each of them, and each process a test starts, gets one thread.
+# Two workers with two threads each on two cores would oversubscribe them, and OpenMP's barriers then make every
+# step many times slower. One process alone uses up to two threads.
+PARALLEL_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+TEST_THREADS = 1 if PARALLEL_WORKERS > 1 else min(2, os.cpu_count() or 1)
+if PARALLEL_WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core, at most 4 (each holds its own torch: about 0.5 GB)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,7 +35,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.delenv("LAKD_DATA", raising=False)
     monkeypatch.delenv("LAKD_CACHE", raising=False)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture
