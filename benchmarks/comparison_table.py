@@ -2,8 +2,9 @@
 
 A run's own img/s and peak memory (in ``lakd bench``'s summary) depend on what else shared the machine while it
 trained, so this table takes accuracy from the protocol's result JSONs (``lakd bench ... --summary-only`` writes
-``summary.json``) and puts beside it img/s measured back to back (``benchmarks/method_speed.py``) and the
-activations each method holds for backward (``benchmarks/bench_memory.py --protocol``).
+``summary.json``) and puts beside it img/s and peak process memory measured back to back
+(``benchmarks/method_speed.py``) and the activations each method holds for backward
+(``benchmarks/bench_memory.py --protocol``).
 
 Several ``--speed`` files may be given: a method's speed comes from the last file that measured it, and its ratio
 to KD from that same file (paired by round where the file has paired ratios), since img/s of two measurements are
@@ -32,18 +33,22 @@ def _cell(entry: dict[str, Any], key: str) -> str:
     return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat.get("std") is not None else "")
 
 
-def speeds_from(files: list[tuple[str, dict[str, Any]]], reference: str) -> dict[str, tuple[float, float | None, int]]:
-    """method -> (img/s, speed relative to ``reference`` in the same file, index of the file): the last file that
-    measured a method wins, except for ``reference`` itself, whose row stays the first file's."""
-    out: dict[str, tuple[float, float | None, int]] = {}
+Speed = tuple[float, float | None, float | None, int]
+
+
+def speeds_from(files: list[tuple[str, dict[str, Any]]], reference: str) -> dict[str, Speed]:
+    """method -> (img/s, speed relative to ``reference`` in the same file, peak resident MB, index of the file):
+    the last file that measured a method wins, except for ``reference`` itself, whose row stays the first file's."""
+    out: dict[str, Speed] = {}
     for index, (_, data) in enumerate(files):
-        ok = {m: r["img_per_s"] for m, r in data.get("methods", {}).items() if r.get("status") == "ok"}
+        ok = {m: r for m, r in data.get("methods", {}).items() if r.get("status") == "ok"}
         paired = (data.get("paired_speed") or {}).get("ratios", {})
-        for m, img in ok.items():
+        for m, run in ok.items():
             if m == reference and m in out:
                 continue
-            ratio = paired.get(m, img / ok[reference] if reference in ok else None)
-            out[m] = (img, ratio, index)
+            img = run["img_per_s"]
+            ratio = paired.get(m, img / ok[reference]["img_per_s"] if reference in ok else None)
+            out[m] = (img, ratio, run.get("peak_mem_mb"), index)
     return out
 
 
@@ -53,23 +58,24 @@ def table(summary: dict[str, Any], speed: dict[str, Any] | list[tuple[str, dict[
     files = speed if isinstance(speed, list) else [("speed", speed)] if speed else []
     speeds = speeds_from(files, reference)
     saved = {m: r["saved_peak_mb"] for m, r in (memory or {}).get("results", {}).items()}
-    lines = ["| method | seeds | test top-1 at best val | last-epoch test | val top-1 | img/s | vs KD | "
-             "saved for backward (MB) | vs KD |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | seeds | test top-1 at best val | last-epoch test | val top-1 | img/s | vs KD | peak MB | "
+             "saved for backward (MB) | vs KD |", "|---|---|---|---|---|---|---|---|---|---|"]
     methods = sorted(summary["methods"], key=lambda e: -e["best_val_top1"]["mean"])
     for e in methods:
         m = e["method"]
-        img, img_ratio = "–", "–"
+        img, img_ratio, peak = "–", "–", "–"
         if m in speeds:
-            value, ratio, index = speeds[m]
+            value, ratio, peak_mb, index = speeds[m]
             mark = "†" * index
             img = f"{value:.0f}{mark}"
             img_ratio = f"{ratio:.2f}×{mark}" if ratio is not None else "–"
+            peak = f"{peak_mb:.0f}{mark}" if peak_mb is not None else "–"
         mem = f"{saved[m]:.1f}" if m in saved else "–"
         mem_ratio = f"{saved[m] / saved[reference]:.2f}×" if m in saved and reference in saved else "–"
         lines.append(f"| {m} | {','.join(map(str, e['seeds']))} | {_cell(e, 'best_test_top1')} | "
-                     f"{_cell(e, 'last_test_top1')} | {_cell(e, 'best_val_top1')} | {img} | {img_ratio} | {mem} | "
-                     f"{mem_ratio} |")
-    used = {index for _, _, index in speeds.values()}
+                     f"{_cell(e, 'last_test_top1')} | {_cell(e, 'best_val_top1')} | {img} | {img_ratio} | {peak} | "
+                     f"{mem} | {mem_ratio} |")
+    used = {index for *_, index in speeds.values()}
     notes = [f"{'†' * i} speed from `{name}`, relative to its own KD (img/s of two measurements do not compare)"
              for i, (name, _) in enumerate(files) if i and i in used]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"

@@ -19,7 +19,8 @@ SUMMARY = {"methods": [
     {"method": "crd", "seeds": [0], "best_test_top1": stat(85.5), "last_test_top1": stat(85.5),
      "best_val_top1": stat(85.1)},
 ]}
-SPEED = {"methods": {"kd": {"status": "ok", "img_per_s": 1000.0}, "lakd": {"status": "ok", "img_per_s": 950.0},
+SPEED = {"methods": {"kd": {"status": "ok", "img_per_s": 1000.0, "peak_mem_mb": 770.4},
+                     "lakd": {"status": "ok", "img_per_s": 950.0, "peak_mem_mb": 790.6},
                      "crd": {"status": "failed"}}}
 MEMORY = {"results": {"kd": {"saved_peak_mb": 200.0}, "lakd": {"saved_peak_mb": 120.0}}}
 
@@ -27,8 +28,9 @@ MEMORY = {"results": {"kd": {"saved_peak_mb": 200.0}, "lakd": {"saved_peak_mb": 
 def test_rows_sorted_by_validation_with_ratios_to_kd() -> None:
     rows = table(SUMMARY, SPEED, MEMORY).splitlines()[2:]
     assert [r.split("|")[1].strip() for r in rows] == ["lakd", "kd", "crd"]  # by val, not by test
-    assert rows[0] == "| lakd | 0,1,2 | 87.27 ± 0.08 | 87.20 ± 0.10 | 87.90 ± 0.30 | 950 | 0.95× | 120.0 | 0.60× |"
-    assert rows[2].endswith("| 85.10 | – | – | – | – |")  # a failed speed run and an unmeasured memory: blank
+    assert rows[0] == ("| lakd | 0,1,2 | 87.27 ± 0.08 | 87.20 ± 0.10 | 87.90 ± 0.30 | 950 | 0.95× | 791 | 120.0 | "
+                       "0.60× |")
+    assert rows[2].endswith("| 85.10 | – | – | – | – | – |")  # a failed speed run and an unmeasured memory: blank
 
 
 def test_without_measurements_accuracy_only() -> None:
@@ -36,11 +38,12 @@ def test_without_measurements_accuracy_only() -> None:
 
 
 def test_a_later_speed_file_overrides_a_method_with_its_own_ratio() -> None:
-    later = {"methods": {"kd": {"status": "ok", "img_per_s": 400.0}, "lakd": {"status": "ok", "img_per_s": 390.0}},
+    later = {"methods": {"kd": {"status": "ok", "img_per_s": 400.0},
+                         "lakd": {"status": "ok", "img_per_s": 390.0, "peak_mem_mb": 811.0}},
              "paired_speed": {"base": "kd", "ratios": {"kd": 1.0, "lakd": 0.97}}}
     text = table(SUMMARY, [("first.json", SPEED), ("later.json", later)], MEMORY)
     rows = {r.split("|")[1].strip(): r for r in text.splitlines()[2:5]}
-    assert "| 390† | 0.97×† |" in rows["lakd"]  # the later file's paired ratio, not 390 / 1000
-    assert "| 1000 | 1.00× |" in rows["kd"]  # the reference row stays the first file's
+    assert "| 390† | 0.97×† | 811† |" in rows["lakd"]  # the later file's paired ratio, not 390 / 1000
+    assert "| 1000 | 1.00× | 770 |" in rows["kd"]  # the reference row stays the first file's
     assert text.rstrip().endswith("speed from `later.json`, relative to its own KD (img/s of two measurements do "
                                   "not compare)")
