@@ -70,6 +70,9 @@ bench cifar10-strong --seeds 0 1 2 --methods $(strongest)
 #    entry, it gets seeds 1 and 2 as well
 study --seeds 0 --methods local-teacher-inputs
 study --seeds 0 --methods local-tail
+# 6b. round 2 of the study (added 2026-12-02 before any of its runs): the short ramp, and the block split (NDAM and
+#     feature losses at 6 depths); the same rule below picks among every entry's seed 0
+study --seeds 0 --methods local-ramp-short local-block
 best_local() {
     python - <<'PY'
 import json
