@@ -23,6 +23,16 @@ COMMON = ["--epochs", "2", "--no-progress", "--precision", "fp32", "data.val_siz
 # by more than the 1e-5 this test allows; with equal thread counts the runs agree.
 
 
+def assert_same_up_to_rounding(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+    """Equal to float rounding, measured against the tensor's own scale: a batch split in two reorders the
+    weight-gradient reductions, and on an AVX-512 AMD EPYC that moved a 0.33-scale conv weight by 2.4e-6 after 4
+    steps (an element-wise 1e-6 + 1e-5 relative failed on near-zero entries). A wrong gradient average (a sum,
+    or one rank's gradient alone) changes every step's update by half or more: far above this bound."""
+    scale = float(expected.abs().max()) if expected.is_floating_point() else 0.0
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=max(1e-6, 1e-5 * scale),
+                               msg=lambda m: f"{name}: {m}")
+
+
 @pytest.fixture(scope="module")
 def noise_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random-noise images as an image folder. Noise keeps the comparison well conditioned: on smooth synthetic
@@ -83,10 +93,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(
     assert proc.stdout.count("distilling (") == 1  # only rank 0 prints
     a, b = load_checkpoint(single / "last.pt"), load_checkpoint(ddp / "last.pt")
     assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-5, atol=1e-6, msg=key)
-    for key in a["task"]:  # projectors / heads of the method too
-        torch.testing.assert_close(b["task"][key], a["task"][key], rtol=1e-5, atol=1e-6, msg=key)
+    for part in ("model", "task"):  # the student, and the method's projectors / heads
+        for key in a[part]:
+            assert_same_up_to_rounding(b[part][key], a[part][key], f"{part}.{key}")
     rows_a = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines()]
     for ra, rb in zip(rows_a, rows_b, strict=True):
