@@ -25,9 +25,10 @@ COMMON = ["--epochs", "2", "--no-progress", "--precision", "fp32", "data.val_siz
 
 def assert_same_up_to_rounding(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
     """Equal to float rounding, measured against the tensor's own scale: a batch split in two reorders the
-    weight-gradient reductions, and on an AVX-512 AMD EPYC that moved a 0.33-scale conv weight by 2.4e-6 after 4
-    steps (an element-wise 1e-6 + 1e-5 relative failed on near-zero entries). A wrong gradient average (a sum,
-    or one rank's gradient alone) changes every step's update by half or more: far above this bound."""
+    weight-gradient reductions, and on an AVX-512 AMD EPYC that moved a 0.33-scale conv weight by 2.4e-6 over
+    this test's two epochs (an element-wise 1e-6 + 1e-5 relative failed on near-zero entries). A wrong gradient
+    average (a sum doubles each update; one rank's gradient alone is a half-batch estimate) moves weights by far
+    more than this bound."""
     scale = float(expected.abs().max()) if expected.is_floating_point() else 0.0
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=max(1e-6, 1e-5 * scale),
                                msg=lambda m: f"{name}: {m}")
