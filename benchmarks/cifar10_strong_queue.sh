@@ -11,7 +11,7 @@
 #   cp -r benchmarks/results/cifar10-strong* ../benchtree/benchmarks/results/   # the finished runs: skipped
 #   cp -r benchmarks/studies/results/. ../benchtree/benchmarks/studies/results/
 #   bash benchmarks/inflight.sh restore   # a run stopped on another machine resumes where it stopped
-#   git worktree add ../benchtree-crd 67a8b2f && git -C ../benchtree-crd cherry-pick 4b241c3   # for CRD (step 7)
+#   git worktree add ../benchtree-crd 67a8b2f && git -C ../benchtree-crd cherry-pick 4b241c3   # for CRD (step 6a)
 #   cd ../benchtree && PYTHONPATH=$PWD/src LAKD_DATA=/abs/path/to/data setsid nohup \
 #       bash benchmarks/cifar10_strong_queue.sh >> runs/queue.log 2>&1 &
 # and copy each new JSON of benchmarks/results/cifar10-strong*/ and benchmarks/studies/results/lakd-local-cifar10-strong/
@@ -70,6 +70,17 @@ bench cifar10-strong --seeds 0 1 2 --methods $(strongest)
 #    entry, it gets seeds 1 and 2 as well
 study --seeds 0 --methods local-teacher-inputs
 study --seeds 0 --methods local-tail
+# 6a. CRD's one seed (moved ahead of round 2 on 2026-12-02: the comparison needs it, round 2 is optional; the rule
+#     below runs after every study entry either way). Seeds 1 and 2 for it too if it is then among the three
+#     strongest (step 7; finished runs skip).
+#     CRD runs the pinned code plus one change, 4b241c3 (its scores by one matmul against the whole bank: 5.4x
+#     faster steps, the same values to float rounding; benchmarks/cifar10_strong_crd_check.sh), from a second
+#     worktree whose src differs from the pin only in src/lakd/distill/crd.py, which no other method uses:
+#       git worktree add ../benchtree-crd 67a8b2f && git -C ../benchtree-crd cherry-pick 4b241c3
+crd_src="${LAKD_CRD_SRC:-$(pwd)/../benchtree-crd/src}"
+grep -q '^DENSE_BANK_FACTOR' "$crd_src/lakd/distill/crd.py" || {
+    echo "[queue] no CRD worktree with 4b241c3 at $crd_src (see step 6a of this script)"; exit 1; }
+PYTHONPATH="$crd_src" bench cifar10-strong --seeds 0 --methods crd
 # 6b. round 2 of the study (added 2026-12-02 before any of its runs): the short ramp, and the block split (NDAM and
 #     feature losses at 6 depths); the same rule below picks among every entry's seed 0
 study --seeds 0 --methods local-ramp-short local-block
@@ -86,14 +97,6 @@ PY
 }
 best=$(best_local)
 if [ -n "$best" ]; then study --seeds 0 1 2 --methods "$best"; fi
-# 7. CRD's one seed, then seeds 1 and 2 for it too if it is now among the three strongest (finished runs skip).
-#    CRD runs the pinned code plus one change, 4b241c3 (its scores by one matmul against the whole bank: 5.4x
-#    faster steps, the same values to float rounding; benchmarks/cifar10_strong_crd_check.sh), from a second
-#    worktree whose src differs from the pin only in src/lakd/distill/crd.py, which no other method uses:
-#      git worktree add ../benchtree-crd 67a8b2f && git -C ../benchtree-crd cherry-pick 4b241c3
-crd_src="${LAKD_CRD_SRC:-$(pwd)/../benchtree-crd/src}"
-grep -q '^DENSE_BANK_FACTOR' "$crd_src/lakd/distill/crd.py" || {
-    echo "[queue] no CRD worktree with 4b241c3 at $crd_src (see step 7 of this script)"; exit 1; }
-PYTHONPATH="$crd_src" bench cifar10-strong --seeds 0 --methods crd
+# 7. the final call: every seed of LAKD and the three strongest (CRD included if it is one); finished runs skip
 PYTHONPATH="$crd_src" bench cifar10-strong --seeds 0 1 2 --methods lakd-local lakd $(strongest)
 echo "[queue] $(date -u +%H:%M) done"
