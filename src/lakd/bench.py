@@ -258,10 +258,31 @@ def planned_params(run: BenchRun) -> dict[str, Any]:
     return params_as_dict(make_params(cfg.distill.method, cfg.distill.resolved_params()))
 
 
+def recorded_params(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The method parameters a result was made with: as it recorded them resolved, or, for results written before
+    runs recorded them, its recorded config's method and parameters resolved by today's defaults (so a preset
+    whose settings changed since is caught, a default that changed is not); ``None`` without either."""
+    from lakd.config import DistillConfig
+    from lakd.distill import make_params, params_as_dict
+
+    params = (result.get("distill") or {}).get("params")
+    if params is not None:
+        return params
+    section = (result.get("config") or {}).get("distill")
+    if not isinstance(section, dict) or "method" not in section:
+        return None
+    try:
+        given = DistillConfig(method=section["method"], params=section.get("params") or {},
+                              per_method=section.get("per_method") or {})
+        return params_as_dict(make_params(given.method, given.resolved_params()))
+    except LakdError as e:  # its method or parameters no longer exist: it cannot be what the command gives now
+        return {"(recorded config)": str(e)}
+
+
 def stale_difference(run: BenchRun) -> str | None:
     """For a finished run whose result records its parameters: how they differ from what its command gives now
-    (``None`` when they agree or the result does not record them, as results written before they were)."""
-    recorded = (json.loads(run.result_path.read_text()).get("distill") or {}).get("params")
+    (``None`` when they agree or the result records neither them nor its config)."""
+    recorded = recorded_params(json.loads(run.result_path.read_text()))
     if recorded is None:
         return None
     now = planned_params(run)
@@ -344,7 +365,9 @@ def summarise(results_root: Path, title: str | None = None) -> dict[str, Any]:
     rows: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(results_root.glob("*-s*.json")):
         result = json.loads(path.read_text())
-        rows.setdefault(result["method"], []).append(result)
+        # by the file's label: a result kept under the entry that reproduces it after a preset changed (its own
+        # "method" records the name it ran under)
+        rows.setdefault(path.stem.rsplit("-s", 1)[0], []).append(result)
     if not rows:
         raise LakdError(f"no results under '{results_root}' yet")
     methods = []

@@ -136,7 +136,7 @@ def _out_of_range(params: DistillParams, name: str, what: str) -> LakdError:
 class Params(DistillParams):
     """LAKD's core: every field is a part of the method in docs/method.md, with the default the evidence chose.
 
-    The study variants (other feature/NDAM/logit forms, finer module splits, teacher-fed inputs) are the
+    The study variants (other feature/NDAM/logit forms, finer module splits) are the
     ``lakd-study`` method's extra fields (:class:`StudyParams`): kept, runnable, but not part of LAKD's contract.
     """
 
@@ -158,6 +158,9 @@ class Params(DistillParams):
     detach: bool = True  # SDM: no gradient across module boundaries (false = end-to-end, same losses)
     detach_until: float = 0.0  # SDM for this fraction of training, then end-to-end (1 = always, 0 = never): issue 6
     backward: str = "local"  # local (per-module backward: one module's graph alive) | joint (one backward)
+    # block-wise start: module k > 0 runs on the teacher's stage k-1 output for this fraction of training (needs
+    # SDM for as long); 0.3 in lakd-local (issue 16's study: best validation with local modules)
+    teacher_inputs_until: float = 0.0
     # shallow -> deep
     progressive: bool = True  # module k's distillation weight ramps 0 -> 1, shallow modules first
     ramp_stagger: float = 0.1  # module k's ramp starts at k * ramp_stagger (fraction of training)
@@ -183,6 +186,13 @@ class Params(DistillParams):
             raise _out_of_range(self, "detach_until", "a fraction of training in [0, 1]")
         if not 0 <= self.ramp_stagger <= 1 or not 0 <= self.ramp_length <= 1:
             raise LakdError("distill.params.ramp_stagger and ramp_length are fractions of training: in [0, 1]")
+        if not 0 <= self.teacher_inputs_until <= 1:
+            raise _out_of_range(self, "teacher_inputs_until", "a fraction of training in [0, 1]")
+        if self.teacher_inputs_until > (self.detach_until if self.detach else 0.0):
+            raise LakdError(f"distill.params.teacher_inputs_until = {self.teacher_inputs_until} needs detached "
+                            f"modules for that long (detach = true, detach_until >= teacher_inputs_until; now "
+                            f"detach = {self.detach}, detach_until = {self.detach_until}): gradients cannot "
+                            "reach the teacher's features")
 
 
 @dataclass
@@ -203,7 +213,6 @@ class StudyParams(Params):
     ndam_mode: str = "l2"  # l2 | kl
     ndam_tau: float = 1.0  # spatial-softmax temperature (kl mode)
     split: str = "stage"  # stage (split table / one module per stage) | block (stages of >= 2 blocks cut in two)
-    teacher_inputs_until: float = 0.0  # module k > 0 runs on the teacher's stage k-1 output for this fraction
 
     def validate(self) -> None:
         super().validate()
@@ -226,13 +235,6 @@ class StudyParams(Params):
             raise _out_of_range(self, "ndam_mode", "'l2' or 'kl'")
         if self.split not in ("stage", "block"):
             raise _out_of_range(self, "split", "'stage' or 'block'")
-        if not 0 <= self.teacher_inputs_until <= 1:
-            raise _out_of_range(self, "teacher_inputs_until", "a fraction of training in [0, 1]")
-        if self.teacher_inputs_until > (self.detach_until if self.detach else 0.0):
-            raise LakdError(f"distill.params.teacher_inputs_until = {self.teacher_inputs_until} needs detached "
-                            f"modules for that long (detach = true, detach_until >= teacher_inputs_until; now "
-                            f"detach = {self.detach}, detach_until = {self.detach_until}): gradients cannot "
-                            "reach the teacher's features")
 
 
 def module_pieces(student: StagedModel, arch: str | None, split: str) -> list[list[Piece]]:
@@ -370,10 +372,6 @@ class LAKD(Distiller):
         self.pieces = module_pieces(student, arch or student.arch_name, p.split)
         assert teacher is not None
         if not student.runs_stage_by_stage:
-            if p.teacher_inputs_until > 0:
-                raise LakdError(f"distill.params.teacher_inputs_until feeds the teacher's features into the middle "
-                                f"of the student, which needs a zoo student; '{student.arch_name}' is a hooked "
-                                "model: leave teacher_inputs_until at 0")
             if p.detach and p.detach_until > 0:  # local modules at some point: they must be independent
                 check_gradient_isolation(student, input_shape)
         if not teacher.runs_stage_by_stage and p.aux_weight > 0 and p.aux_head == "teacher_tail":
@@ -614,7 +612,7 @@ class LAKD(Distiller):
         teacher_fed = self.teacher_fed(progress)
         teacher = self.teacher_source(x, keep_preact=p.feat_target == "preact")
         if not self.student_model.runs_stage_by_stage:
-            return self._forward_hooked(x, y, progress, backward, ctx, teacher, detach)
+            return self._forward_hooked(x, y, progress, backward, ctx, teacher, detach, teacher_fed)
         losses: dict[str, torch.Tensor] = {}
         # Joint backward: every module's feature and NDAM losses are computed together after the last module (one
         # fused call instead of one per module); local backward needs each module's at once.
@@ -662,11 +660,12 @@ class LAKD(Distiller):
 
     def _forward_hooked(
         self, x: torch.Tensor, y: torch.Tensor, progress: float, backward: Callable[[torch.Tensor], None] | None,
-        ctx: Callable[[], contextlib.AbstractContextManager], teacher: Any, detach: bool,
+        ctx: Callable[[], contextlib.AbstractContextManager], teacher: Any, detach: bool, teacher_fed: bool,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The same modules and losses on a hooked student: its own forward runs once, and at the last stage of
         each module a callback computes that module's losses (and, in local mode, backpropagates them at once,
-        before the next module runs); the module's output then continues detached."""
+        before the next module runs); the module's output then continues detached, or, while teacher-fed, the
+        teacher's feature at that module's stage goes on in its place."""
         p = self.opts
         last = self.num_modules - 1
         module_of_stage = {pieces[-1][0]: k for k, pieces in enumerate(self.pieces)}
@@ -692,8 +691,14 @@ class LAKD(Distiller):
         def cut(index: int) -> bool:
             return detach and module_of_stage.get(index, last) < last
 
+        def substitute(index: int) -> torch.Tensor | None:
+            k = module_of_stage.get(index, last)
+            if not teacher_fed or k >= last:
+                return None
+            return self.teacher_input(k + 1, teacher.feature(self.teacher_index[k]))
+
         with ctx():
-            logits = self.student_model.forward_cut(x, on_stage, cut)
+            logits = self.student_model.forward_cut(x, on_stage, cut, substitute)
             last_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
             if p.kd_weight > 0:
                 factor = p.kd_weight * linear_warmup(self.epochs_done(progress), p.logit_warmup_epochs)

@@ -146,14 +146,25 @@ class HookedModel(StagedModel):
                             f"(batch, channels, height, width) map; give layout 'tokens' for token models")
         return output.permute(0, 3, 1, 2) if layout == "nhwc" else output
 
+    def _from_map(self, feat: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """A (B, C, H, W) map in the layout of the stage ``output`` it replaces (tokens: after the stage's own
+        prefix tokens, detached), in the output's dtype."""
+        feat = feat.to(output.dtype)
+        if self.spec.layout == "tokens":
+            prefix = output[:, :self.spec.prefix_tokens].detach()
+            return torch.cat([prefix, feat.flatten(2).transpose(1, 2)], dim=1)
+        return feat.permute(0, 2, 3, 1) if self.spec.layout == "nhwc" else feat
+
     # -- forwards ------------------------------------------------------------------------------------------
     def forward_cut(self, x: torch.Tensor, on_stage: StageCallback | None = None,
-                    cut: Callable[[int], bool] | None = None) -> torch.Tensor:
-        """Logits of the model's own forward; after stage i, ``on_stage(i, map, map)`` and, if ``cut(i)``, the
-        stage's output continues detached (no gradient flows back through it)."""
+                    cut: Callable[[int], bool] | None = None,
+                    substitute: Callable[[int], torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Logits of the model's own forward; after stage i, ``on_stage(i, map, map)``; then, if ``substitute(i)``
+        gives a (B, C, H, W) map, the forward goes on from it (in the stage's own layout) wherever the stage's
+        output is used, else, if ``cut(i)``, the stage's output continues detached (no gradient flows back)."""
         if self._run is not None:
             raise LakdError(f"model '{self.arch_name}' is already running a hooked forward (re-entrant call)")
-        self._run = _Run(self, tuple(x.shape[-2:]), on_stage, cut)
+        self._run = _Run(self, tuple(x.shape[-2:]), on_stage, cut, substitute)
         # Hooks live only for this forward: the user's model is left as it was, and copies of it carry none.
         handles = [m.register_forward_hook(self._make_hook(i)) for i, m in enumerate(self._stage_modules)]
         try:
@@ -180,8 +191,8 @@ class _Run:
     """One hooked forward: checks the stages run once each, in order, and applies the callbacks."""
 
     def __init__(self, model: HookedModel, image: tuple[int, int], on_stage: StageCallback | None,
-                 cut: Callable[[int], bool] | None) -> None:
-        self.model, self.image, self.on_stage, self.cut = model, image, on_stage, cut
+                 cut: Callable[[int], bool] | None, substitute: Callable[[int], torch.Tensor | None] | None) -> None:
+        self.model, self.image, self.on_stage, self.cut, self.substitute = model, image, on_stage, cut, substitute
         self.next_index = 0
 
     def stage_done(self, index: int, output: Any) -> Any:
@@ -195,6 +206,12 @@ class _Run:
         feat = self.model._as_map(index, output, self.image)
         if self.on_stage is not None:
             self.on_stage(index, feat, feat)
+        replacement = self.substitute(index) if self.substitute is not None else None
+        if replacement is not None:
+            if tuple(replacement.shape) != tuple(feat.shape):
+                raise LakdError(f"model '{self.model.arch_name}': stage '{spec.stages[index]}' is replaced by a map of "
+                                f"shape {tuple(replacement.shape)}, but its own output reads as {tuple(feat.shape)}")
+            return self.model._from_map(replacement, output)
         if self.cut is not None and self.cut(index):
             return output.detach()
         return None

@@ -42,15 +42,21 @@ class StagedModel(nn.Module):
         self.stem = nn.Sequential(transform, self.stem)
 
     def forward_cut(self, x: torch.Tensor, on_stage: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-                    cut: Callable[[int], bool] | None = None) -> torch.Tensor:
-        """Logits; after stage i, ``on_stage(i, output, pre-activation output)`` and, if ``cut(i)``, the output
-        continues detached. The contract hooked models share (LAKD on any model, ReviewKD's levels)."""
+                    cut: Callable[[int], bool] | None = None,
+                    substitute: Callable[[int], torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Logits; after stage i, ``on_stage(i, output, pre-activation output)``; then, if ``substitute(i)`` gives
+        a map, the forward goes on from that map instead of the output (LAKD's teacher-fed inputs), else, if
+        ``cut(i)``, the output continues detached. The contract hooked models share (LAKD on any model,
+        ReviewKD's levels)."""
         h = self.stem(x)
         for i in range(len(self.stages)):
             h, pre = self._stage_forward(i, h)
             if on_stage is not None:
                 on_stage(i, h, pre)
-            if cut is not None and cut(i):
+            replacement = substitute(i) if substitute is not None else None
+            if replacement is not None:
+                h = replacement
+            elif cut is not None and cut(i):
                 h = h.detach()
         return self.head(h)
 
