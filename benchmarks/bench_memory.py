@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-LOCAL = {"detach_until": 1.0, "backward": "local"}  # configs/methods/lakd_local.yaml
+LOCAL = {"detach_until": 1.0, "backward": "local", "teacher_inputs_until": 0.3}  # configs/methods/lakd_local.yaml
 CONFIGS = {
     "kd (end-to-end)": ("kd", {}),
     "lakd end to end (default)": ("lakd", {}),
@@ -72,7 +72,7 @@ def resolved_params(configs: dict) -> dict:
             for name, (method, params) in configs.items()}
 
 
-def run_one(method: str, params: dict, student: str, teacher: str, batch: int, steps: int) -> dict:
+def run_one(method: str, params: dict, student: str, teacher: str, batch: int, steps: int, progress: float) -> dict:
     import torch
 
     from lakd.distill import build_distiller
@@ -94,7 +94,7 @@ def run_one(method: str, params: dict, student: str, teacher: str, batch: int, s
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         with meter.track():
-            d.train_step(x, y, 0.5, backward=lambda loss: loss.backward(), **batch_extra)  # half-way through
+            d.train_step(x, y, progress, backward=lambda loss: loss.backward(), **batch_extra)
         opt.step()
     elapsed = time.perf_counter() - start
     return {"saved_peak_mb": meter.peak_mb, "rss_peak_mb": rss_mb(), "rss_delta_mb": rss_mb() - base,
@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--teacher", default="resnet56")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--progress", type=float, default=0.5,
+                        help="the point of training the steps are taken at (0.1: lakd-local's teacher-fed start)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--protocol", default=None, help="measure every method of this lakd bench protocol")
     parser.add_argument("--methods", nargs="+", default=None, help="with --protocol: only these methods")
@@ -114,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         result = run_one(args.worker[0], json.loads(args.worker[1]), args.student, args.teacher,
-                         args.batch_size, args.steps)
+                         args.batch_size, args.steps, args.progress)
         print(json.dumps(result))
         return
     configs, reference, e2e_name = CONFIGS, "kd (end-to-end)", "lakd end to end (default)"
@@ -124,7 +126,8 @@ def main() -> None:
     rows = {}
     for name, (method, params) in configs.items():
         cmd = [sys.executable, __file__, "--student", args.student, "--teacher", args.teacher, "--batch-size",
-               str(args.batch_size), "--steps", str(args.steps), "--worker", method, json.dumps(params)]
+               str(args.batch_size), "--steps", str(args.steps), "--progress", str(args.progress),
+               "--worker", method, json.dumps(params)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{name:18s} " + "  ".join(f"{k} {v:.1f}" for k, v in rows[name].items()), flush=True)
@@ -138,7 +141,7 @@ def main() -> None:
     import torch
 
     summary = {"benchmark": "memory", "protocol": args.protocol, "student": args.student, "teacher": args.teacher,
-               "batch_size": args.batch_size, "steps": args.steps, "precision": "fp32",
+               "batch_size": args.batch_size, "steps": args.steps, "progress": args.progress, "precision": "fp32",
                "params": resolved_params(configs), "results": rows,
                "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                "command": " ".join(["python", "benchmarks/bench_memory.py", *sys.argv[1:]])}

@@ -106,13 +106,15 @@ def test_hooked_forward_matches_the_model_and_leaves_it_untouched() -> None:
     copy.deepcopy(hooked)(x)  # a copy works on its own
 
 
-@pytest.mark.parametrize("backward", ["local", "joint"])
-def test_lakd_on_a_hooked_model_has_the_zoo_gradients(backward: str) -> None:
+@pytest.mark.parametrize(("backward", "teacher_inputs_until"), [("local", 0.0), ("joint", 0.0), ("local", 0.6)])
+def test_lakd_on_a_hooked_model_has_the_zoo_gradients(backward: str, teacher_inputs_until: float) -> None:
     """The same student and teacher, once as zoo models and once as foreign modules through hooks: LAKD's losses
-    and every gradient agree (local modules, per-module backward, NDAM, feature projectors, KD)."""
+    and every gradient agree (local modules, per-module backward, NDAM, feature projectors, KD, and, at step
+    progress 0.5 < teacher_inputs_until, modules > 0 fed the teacher's features through the hooks)."""
     torch.manual_seed(0)
     student, teacher = build_model("resnet8", 10), build_model("resnet14", 10)
-    params = {"detach_until": 1.0, "backward": backward, "kd_weight": 0.5, "feat_projector": "always"}
+    params = {"detach_until": 1.0, "backward": backward, "kd_weight": 0.5, "feat_projector": "always",
+              "teacher_inputs_until": teacher_inputs_until}
     torch.manual_seed(1)
     zoo = build_distiller("lakd-study", student, teacher, params, input_shape=SHAPE, total_epochs=2)
     torch.manual_seed(1)
@@ -150,6 +152,55 @@ def test_local_modules_of_a_hooked_model_are_isolated_by_gradients() -> None:
         k = int(name[-1]) if name[-1].isdigit() else 2  # ce / kd belong to the last module
         assert touched, name
         assert all(t.startswith(owners[k]) for t in touched), (name, sorted(touched))
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "tokens"])
+def test_teacher_fed_inputs_on_a_hooked_student_keep_its_layout_and_isolation(layout: str) -> None:
+    """A teacher feature replaces a hooked student's stage output in the stage's own layout (channels-last, or
+    patch tokens after the student's own class token); module 1's losses then reach neither module 0 nor the
+    teacher, and module 1 trains."""
+    torch.manual_seed(0)
+    if layout == "tokens":
+        student: nn.Module = TinyViT(dim=16, depth=3)
+        spec = StageSpec(("blocks.0", "blocks.1", "blocks.2"), layout="tokens", prefix_tokens=1, patch_size=4)
+        owner0, owner1 = ("patch.", "cls", "blocks.0."), ("blocks.1.",)
+    else:
+        student = ChannelsLast(PlainCNN())
+        spec = StageSpec(("cnn.nhwc1", "cnn.nhwc2", "cnn.nhwc3"), layout="nhwc")
+        owner0, owner1 = ("cnn.stem.", "cnn.layer1."), ("cnn.layer2.",)
+    d = lakd.distiller("lakd", student, PlainCNN(), student_stages=spec, teacher_stages=PLAIN_STAGES,
+                       input_shape=SHAPE, epochs=1, detach_until=1.0, teacher_inputs_until=0.5)
+    x, y = batch()
+    own_inputs = copy.deepcopy(d)
+    own_inputs.opts.teacher_inputs_until = 0.0  # the same modules on the student's own chain
+    _, own = own_inputs.forward_train(x, y, 0.2)
+    _, losses = d.forward_train(x, y, 0.2)
+    torch.testing.assert_close(losses["feat0"], own["feat0"])  # module 0 runs on the image either way
+    assert not torch.allclose(losses["feat1"], own["feat1"])  # module 1 ran on the teacher's feature
+    d.zero_grad(set_to_none=True)
+    (losses["feat1"] + losses["ndam1"]).backward()
+    touched = {n.removeprefix("student_model.model.") for n, g in grads(d).items()
+               if n.startswith("student_model.") and g.abs().sum() > 0}
+    assert touched and all(t.startswith(owner1) for t in touched), sorted(touched)
+    assert not any(t.startswith(owner0) for t in touched)
+    assert torch.isfinite(d.step(x, y, 0.2)) and torch.isfinite(d.step(x, y, 0.8))
+
+
+class ChannelsLast(nn.Module):
+    """PlainCNN whose stages hand on channels-last (B, H, W, C) outputs, as Swin's do."""
+
+    def __init__(self, cnn: nn.Module) -> None:
+        super().__init__()
+        self.cnn = cnn
+        for i in (1, 2, 3):
+            setattr(cnn, f"nhwc{i}", nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.cnn
+        h = c.stem(x)
+        for i in (1, 2, 3):
+            h = getattr(c, f"nhwc{i}")(getattr(c, f"layer{i}")(h).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return c.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
 def test_every_method_trains_a_hooked_pair() -> None:

@@ -139,6 +139,35 @@ def test_a_result_made_with_other_parameters_stops_the_bench(
     assert main([*args, "--dry-run"]) == 0 and "    done" in capsys.readouterr().out
 
 
+def test_an_older_result_is_judged_by_its_recorded_config(
+    tiny_protocol: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A result written before runs recorded resolved parameters is checked through its recorded config: a preset
+    whose settings changed since makes it stale; one kept under a label whose entry reproduces it is done and is
+    tabulated under that label (its own "method" records the name it ran under)."""
+    from lakd.bench import summarise
+
+    results = tmp_path / "results"
+    folder = results / "tiny"
+    folder.mkdir(parents=True)
+    old = {"method": "kd", "seed": 0, "best_test_top1": 50.0, "last_test_top1": 49.0, "best_val_top1": 51.0,
+           "epochs": [{"epoch": 1, "val_top1": 51.0, "test_top1": 49.0}],
+           "config": {"distill": {"method": "kd", "params": {"temperature": 2}}}}
+    (folder / "kd-s0.json").write_text(json.dumps(old))
+    args = ["bench", str(tiny_protocol), "--seeds", "0", "--runs-dir", str(tmp_path / "runs"),
+            "--results-dir", str(results), "--no-progress", "--dry-run"]
+    assert main([*args, "--methods", "kd"]) == 0
+    assert "   stale  " in capsys.readouterr().out  # the kd entry now gives temperature 4
+    (folder / "kd-s0.json").rename(folder / "kd-t2-s0.json")
+    assert main([*args, "--methods", "kd-t2"]) == 0
+    assert "    done  " in capsys.readouterr().out
+    assert [m["method"] for m in summarise(folder)["methods"]] == ["kd-t2"]
+    old["config"]["distill"]["method"] = "no-such-method"  # what it recorded cannot be read today: stale too
+    (folder / "kd-t2-s0.json").write_text(json.dumps(old))
+    assert main([*args, "--methods", "kd-t2"]) == 0
+    assert "   stale  " in capsys.readouterr().out
+
+
 def test_bench_bad_input(tiny_protocol: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cases = [
         (["bench", str(tiny_protocol), "--methods", "kdd"], "has no method 'kdd' (did you mean 'kd'?)"),

@@ -28,5 +28,5 @@ def test_protocol_configurations_are_what_the_protocol_commands_resolve_to() -> 
 
 
 def test_a_method_that_needs_sample_indices_is_measured() -> None:
-    row = load_script("bench_memory.py").run_one("crd", {"nce_k": 16}, "resnet8", "resnet8", 4, 1)
+    row = load_script("bench_memory.py").run_one("crd", {"nce_k": 16}, "resnet8", "resnet8", 4, 1, 0.5)
     assert row["saved_peak_mb"] > 0
