@@ -13,7 +13,7 @@ reference's own row stays the first file's).
 
 Run:  python benchmarks/comparison_table.py benchmarks/results/cifar10-strong \\
           --speed benchmarks/results/method_speed_cifar10-strong.json [more.json ...] \\
-          --memory benchmarks/results/memory_cifar10-strong.json [--out table.md]
+          --memory benchmarks/results/memory_cifar10-strong.json [more.json ...] [--out table.md]
 """
 
 from __future__ import annotations
@@ -53,11 +53,13 @@ def speeds_from(files: list[tuple[str, dict[str, Any]]], reference: str) -> dict
 
 
 def table(summary: dict[str, Any], speed: dict[str, Any] | list[tuple[str, dict[str, Any]]] | None,
-          memory: dict[str, Any] | None, reference: str = "kd") -> str:
-    """Markdown rows sorted by mean validation top-1 (the selection criterion), best first."""
+          memory: dict[str, Any] | list[dict[str, Any]] | None, reference: str = "kd") -> str:
+    """Markdown rows sorted by mean validation top-1 (the selection criterion), best first. Several memory files:
+    a method's count comes from the last that measured it (saved-tensor counts are exact, so files compare)."""
     files = speed if isinstance(speed, list) else [("speed", speed)] if speed else []
     speeds = speeds_from(files, reference)
-    saved = {m: r["saved_peak_mb"] for m, r in (memory or {}).get("results", {}).items()}
+    memories = memory if isinstance(memory, list) else [memory] if memory else []
+    saved = {m: r["saved_peak_mb"] for data in memories for m, r in data.get("results", {}).items()}
     lines = ["| method | seeds | test top-1 at best val | last-epoch test | val top-1 | img/s | vs KD | peak MB | "
              "saved for backward (MB) | vs KD |", "|---|---|---|---|---|---|---|---|---|---|"]
     methods = sorted(summary["methods"], key=lambda e: -e["best_val_top1"]["mean"])
@@ -86,7 +88,8 @@ def main() -> None:
     parser.add_argument("results", type=Path, help="a protocol's results folder (holding summary.json)")
     parser.add_argument("--speed", type=Path, nargs="+", default=[],
                         help="method_speed.py JSON(s) for the same protocol; later files override earlier ones")
-    parser.add_argument("--memory", type=Path, help="bench_memory.py --protocol JSON for the same protocol")
+    parser.add_argument("--memory", type=Path, nargs="+", default=[],
+                        help="bench_memory.py --protocol JSON(s) for the same protocol; later files override earlier")
     parser.add_argument("--out", type=Path, help="write the table here as well as printing it")
     args = parser.parse_args()
     summary_path = args.results / "summary.json"
@@ -94,7 +97,7 @@ def main() -> None:
         raise SystemExit(f"error: no {summary_path}; run `lakd bench <protocol> --summary-only` first")
     load = lambda p: json.loads(p.read_text()) if p else None  # noqa: E731
     speed = [(str(p), load(p)) for p in args.speed]
-    text = table(json.loads(summary_path.read_text()), speed, load(args.memory))
+    text = table(json.loads(summary_path.read_text()), speed, [load(p) for p in args.memory])
     print(text, end="")
     if args.out:
         atomic_write_text(args.out, text)

@@ -47,3 +47,10 @@ def test_a_later_speed_file_overrides_a_method_with_its_own_ratio() -> None:
     assert "| 1000 | 1.00× | 770 |" in rows["kd"]  # the reference row stays the first file's
     assert text.rstrip().endswith("speed from `later.json`, relative to its own KD (img/s of two measurements do "
                                   "not compare)")
+
+
+def test_a_later_memory_file_overrides_a_method() -> None:
+    later = {"results": {"crd": {"saved_peak_mb": 250.0}, "lakd": {"saved_peak_mb": 110.0}}}
+    rows = {r.split("|")[1].strip(): r for r in table(SUMMARY, None, [MEMORY, later]).splitlines()[2:5]}
+    assert rows["lakd"].endswith("| 110.0 | 0.55× |") and rows["crd"].endswith("| 250.0 | 1.25× |")
+    assert rows["kd"].endswith("| 200.0 | 1.00× |")  # kept from the first file
