@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("protocol")
     parser.add_argument("--methods", nargs="*", default=None, help="default: every method of the protocol")
+    parser.add_argument("--pairs", nargs="*", default=None, help="the protocol's pairs (default: every pair)")
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch (two epochs, the second reported)")
     parser.add_argument("--compile", default="true", choices=("auto", "true", "false"),
                         help="distill.compile for every method (default true: what auto picks for a "
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vary", default=None, metavar="KEY=V1,V2,...",
                         help="measure every method once per value of this config key, interleaved in each round "
                              "(an A/B of a setting, back to back); results are named 'method KEY=V'")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every method (repeatable), e.g. distill.teacher=FILE to time a "
+                             "protocol before its teachers exist (speed does not depend on the teacher's weights)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     variants: list[tuple[str, tuple[str, ...]]] = [("", ())]
@@ -90,27 +94,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1")
     with tempfile.TemporaryDirectory() as tmp:
-        runs = plan_runs(protocol, methods, [0], None, None, Path(tmp), Path(tmp), [])
+        runs = plan_runs(protocol, methods, [0], args.pairs, None, Path(tmp), Path(tmp), args.set)
     data_root = os.environ.get("LAKD_DATA")
-    rounds: dict[str, list[dict[str, Any]]] = {run.method + name: [] for run in runs for name, _ in variants}
+    def key(run: Any) -> str:
+        return f"{run.pair}/{run.method}" if run.pair else run.method
+
+    rounds: dict[str, list[dict[str, Any]]] = {key(run) + name: [] for run in runs for name, _ in variants}
+    pair_of = {key(run) + name: run.pair for run in runs for name, _ in variants}
     for round_index in range(args.repeats):
         for run, (name, extra) in ((run, v) for run in runs for v in variants):  # never two on the CPU at once
             command = run.command(data_root, progress=False)
-            print(f"{run.method}{name} (round {round_index + 1}/{args.repeats}) ...", flush=True)
+            print(f"{key(run)}{name} (round {round_index + 1}/{args.repeats}) ...", flush=True)
             r = measure(command, args.steps, _batch_size(command), args.compile, extra)
-            rounds[run.method + name].append(r)
+            rounds[key(run) + name].append(r)
             print(f"  {r['img_per_s']:.0f} img/s, peak {r['peak_mem_mb']:.0f} MB" if r["status"] == "ok"
                   else f"  failed: {r['reason'][-200:]}", flush=True)
     results = {method: median_round(measured) for method, measured in rounds.items()}
-    base = next(iter(rounds))
+    # each method against the first method of its own pair (of the protocol, where it has no pairs)
+    bases = {pair_of[k]: k for k in reversed(list(rounds))}
+    ratios = {}
+    for pair, base in bases.items():
+        ratios.update(paired_ratios({k: v for k, v in rounds.items() if pair_of[k] == pair}, base))
+    base = ", ".join(bases.values())
     record = {"benchmark": "method_speed", "protocol": protocol.name, "steps_per_epoch": args.steps,
-              "compile": args.compile, "repeats": args.repeats, "vary": args.vary,
+              "compile": args.compile, "repeats": args.repeats, "vary": args.vary, "set": args.set,
               "timing": "second of two epochs of --steps steps, each method in its own process, back to back; "
                         "with --repeats, rounds interleaved and the median round reported",
               "environment": {**environment_info(), "loadavg_end": os.getloadavg()}, "methods": results,
-              "paired_speed": {"base": base, "ratios": paired_ratios(rounds, base)}}
+              "paired_speed": {"base": base, "ratios": ratios}}
     for method, ratio in record["paired_speed"]["ratios"].items():
-        print(f"{method}: {ratio:.3f}x {base} (median over rounds of the within-round ratio)")
+        within = "(median over rounds of the within-round ratio)"
+        print(f"{method}: {ratio:.3f}x {bases[pair_of[method]]} {within}" if ratio is not None else f"{method}: failed")
     out = args.out or REPO / "benchmarks" / "results" / f"method_speed_{protocol.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
