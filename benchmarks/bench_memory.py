@@ -43,15 +43,15 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def protocol_configs(protocol_name: str, methods: list[str] | None) -> tuple[dict, str, int]:
+def protocol_configs(protocol_name: str, methods: list[str] | None, pair: str | None) -> tuple[dict, str, int]:
     """(name -> (method, params)), student and batch size of every method of a bench protocol, as its commands
-    resolve them (the first pair of a protocol with pairs)."""
+    resolve them (on ``pair``, or the first pair, of a protocol with pairs)."""
     from pathlib import Path
 
     from lakd.bench import command_config, load_protocol, plan_runs
 
     protocol = load_protocol(protocol_name)
-    pairs = protocol.pairs[:1] if protocol.pairs else None
+    pairs = [pair or next(iter(protocol.pairs))] if protocol.pairs else None
     runs = plan_runs(protocol, methods, [0], pairs, None, Path("runs"), Path("results"))
     configs, students, batches = {}, set(), set()
     for run in runs:
@@ -72,7 +72,8 @@ def resolved_params(configs: dict) -> dict:
             for name, (method, params) in configs.items()}
 
 
-def run_one(method: str, params: dict, student: str, teacher: str, batch: int, steps: int, progress: float) -> dict:
+def run_one(method: str, params: dict, student: str, teacher: str, batch: int, steps: int, progress: float,
+            num_classes: int) -> dict:
     import torch
 
     from lakd.distill import build_distiller
@@ -81,12 +82,13 @@ def run_one(method: str, params: dict, student: str, teacher: str, batch: int, s
 
     torch.manual_seed(0)
     n_train = 50 * batch  # a memory bank's size (CRD) does not change what a step saves for backward
-    labels = torch.arange(n_train) % 10
-    d = build_distiller(method, build_model(student, 10), build_model(teacher, 10), params, total_epochs=10,
+    labels = torch.arange(n_train) % num_classes
+    d = build_distiller(method, build_model(student, num_classes), build_model(teacher, num_classes), params,
+                        total_epochs=10,
                         train_labels=labels)
     d.train()
     opt = torch.optim.SGD(d.learnable_parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, num_classes, (batch,))
     batch_extra = {"index": torch.randperm(n_train)[:batch]} if d.needs_index else {}
     meter = SavedTensorMeter()
     base = rss_mb()
@@ -112,21 +114,24 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--protocol", default=None, help="measure every method of this lakd bench protocol")
     parser.add_argument("--methods", nargs="+", default=None, help="with --protocol: only these methods")
+    parser.add_argument("--pair", default=None, help="with --protocol: its pair to measure (default: the first)")
+    parser.add_argument("--num-classes", type=int, default=10, help="classes of both models' heads")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "PARAMS_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         result = run_one(args.worker[0], json.loads(args.worker[1]), args.student, args.teacher,
-                         args.batch_size, args.steps, args.progress)
+                         args.batch_size, args.steps, args.progress, args.num_classes)
         print(json.dumps(result))
         return
     configs, reference, e2e_name = CONFIGS, "kd (end-to-end)", "lakd end to end (default)"
     if args.protocol:
-        configs, args.student, args.batch_size = protocol_configs(args.protocol, args.methods)
+        configs, args.student, args.batch_size = protocol_configs(args.protocol, args.methods, args.pair)
         reference, e2e_name = "kd", "lakd"
     rows = {}
     for name, (method, params) in configs.items():
         cmd = [sys.executable, __file__, "--student", args.student, "--teacher", args.teacher, "--batch-size",
                str(args.batch_size), "--steps", str(args.steps), "--progress", str(args.progress),
+               "--num-classes", str(args.num_classes),
                "--worker", method, json.dumps(params)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -140,7 +145,8 @@ def main() -> None:
             row["saved_vs_lakd_end_to_end"] = row["saved_peak_mb"] / e2e["saved_peak_mb"]
     import torch
 
-    summary = {"benchmark": "memory", "protocol": args.protocol, "student": args.student, "teacher": args.teacher,
+    summary = {"benchmark": "memory", "protocol": args.protocol, "pair": args.pair, "student": args.student,
+               "teacher": args.teacher, "num_classes": args.num_classes,
                "batch_size": args.batch_size, "steps": args.steps, "progress": args.progress, "precision": "fp32",
                "params": resolved_params(configs), "results": rows,
                "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),

@@ -113,6 +113,57 @@ def test_bench_variant_overrides_and_epochs_label(tiny_protocol: Path, tmp_path:
     assert runs[0].result_path == tmp_path / "results" / "tiny-e2" / "kd-t2-s3.json"
 
 
+def test_a_pair_overrides_one_entry_of_a_method_after_its_own_overrides(tiny_protocol: Path, tmp_path: Path) -> None:
+    """A published per-pair setting of one entry (kd-ls at another temperature on one pair) reaches that entry's
+    runs on that pair only, after the entry's own overrides."""
+    spec = yaml.safe_load(tiny_protocol.read_text())
+    base = spec["configs"][0]
+    spec["pairs"] = {"plain": base, "tuned": {"config": base, "overrides": {"kd-t2": ["distill.params.temperature=3"]}}}
+    path = tmp_path / "paired.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    protocol = load_protocol(str(path))
+    runs = {(r.pair, r.method): r.command(data_root=None, progress=False)
+            for r in plan_runs(protocol, ["kd", "kd-t2"], [0], None, None, tmp_path / "runs", tmp_path / "res")}
+    assert runs["tuned", "kd-t2"][-2:] == ["distill.params.temperature=2", "distill.params.temperature=3"]
+    assert runs["plain", "kd-t2"][-1] == "distill.params.temperature=2"
+    assert not any("temperature" in a for a in runs["tuned", "kd"] + runs["plain", "kd"])
+    spec["pairs"]["tuned"]["overrides"] = {"kd-t3": ["distill.params.temperature=3"]}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(LakdError, match=r"pairs.tuned.overrides names method 'kd-t3'.*did you mean 'kd-t2'"):
+        load_protocol(str(path))
+
+
+def test_shipped_cifar100_strong_pins_the_published_per_pair_settings() -> None:
+    """cifar100-strong: 15 epochs; resnet20 at lr 0.1, mobilenetv2 at CRD's lower lr; DKD beta, ReviewKD weight and
+    KD + LS temperature per pair; every warm-up at its published share of training (20 of 240 epochs)."""
+    from lakd.bench import resolve_path
+    from lakd.config import DistillRunConfig, build_config
+    from lakd.distill import make_params
+
+    protocol = load_protocol("cifar100-strong")
+    assert set(protocol.pairs) == {"resnet56_resnet20", "vgg13_mobilenetv2"}
+    expected = {"resnet56_resnet20": ("resnet20", 0.1, 2.0, 0.6, 2.0),  # student, lr, DKD beta, ReviewKD w, KD+LS T
+                "vgg13_mobilenetv2": ("mobilenetv2", 0.02, 6.0, 5.0, 3.0)}
+    for run in plan_runs(protocol, None, [0], None, None, Path("runs/x"), Path("results/x")):
+        args = run.command(data_root=None, progress=False)
+        files = [args[i + 1] for i, a in enumerate(args) if a == "-c"]
+        overrides = [a for a in args if "=" in a and not a.startswith("-")]
+        cfg = build_config(DistillRunConfig, [str(resolve_path(f, protocol.path)) for f in files], overrides, {})
+        student, lr, beta, weight, ls_temperature = expected[run.pair]
+        assert (cfg.model.name, cfg.optim.lr, cfg.train.epochs, cfg.data.val_size) == (student, lr, 15, 5000)
+        params = make_params(cfg.distill.method, cfg.distill.resolved_params())
+        if cfg.distill.method in ("dkd", "reviewkd", "nd"):
+            assert params.warmup_epochs == 1.25, run.label
+        if run.method == "dkd":
+            assert params.beta == beta
+        if run.method == "reviewkd":
+            assert params.reviewkd_weight == weight
+        if run.method == "kd-ls":
+            assert params.temperature == ls_temperature and params.kd_weight == 9.0 and params.logit_stand
+        if run.method == "kd":
+            assert params.temperature == 4.0 and not params.logit_stand
+
+
 def test_a_result_made_with_other_parameters_stops_the_bench(
     tiny_protocol: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -210,10 +261,11 @@ def test_every_shipped_protocol_and_study_loads() -> None:
     for file in files:
         protocol = load_protocol(str(file))
         for entry in protocol.methods.values():  # every entry resolves to valid parameters of its method
-            for pair in list(protocol.pairs.values()) or [None]:
-                configs = [*protocol.configs, *([pair] if pair else []), entry.config]
+            for pair in list(protocol.pairs) or [None]:
+                configs = [*protocol.configs, *([protocol.pairs[pair]] if pair else []), entry.config]
+                pair_overrides = protocol.pair_overrides.get(pair, {}).get(entry.name, []) if pair else []
                 cfg = build_config(DistillRunConfig, [str(resolve_path(c, protocol.path)) for c in configs],
-                                   entry.overrides, {})
+                                   entry.overrides + pair_overrides, {})
                 make_params(cfg.distill.method, cfg.distill.resolved_params())  # raises, naming the key
 
 

@@ -52,6 +52,9 @@ class Protocol:
     default_methods: list[str]
     seeds: list[int]
     pairs: dict[str, str] = field(default_factory=dict)  # pair name -> its config (teacher, student, lr)
+    # pair name -> method -> overrides after the method's own: a published per-pair setting that the pair's config
+    # cannot carry because two entries share one method (kd and kd-ls are both `kd`)
+    pair_overrides: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,7 +88,8 @@ class BenchRun:
             args += ["--data-root", data_root]
         if not progress:
             args.append("--no-progress")
-        return args + entry.overrides + self.extra
+        pair_overrides = self.protocol.pair_overrides.get(self.pair, {}) if self.pair else {}
+        return args + entry.overrides + pair_overrides.get(self.method, []) + self.extra
 
 
 def find_protocol(name_or_path: str) -> Path:
@@ -177,12 +181,30 @@ def load_protocol(name_or_path: str) -> Protocol:
     for m in default_methods:
         if m not in methods:
             raise LakdError(f"protocol '{path}': default method '{m}' is not among its methods")
-    pairs = _typed(path, "pairs", raw.get("pairs") or {}, "a mapping of pair names to config files")
+    pairs: dict[str, str] = {}
+    pair_overrides: dict[str, dict[str, list[str]]] = {}
+    raw_pairs = _typed(path, "pairs", raw.get("pairs") or {}, "a mapping of pair names to config files")
+    for name, spec in raw_pairs.items():
+        where = f"pairs.{str(name)[:60]}"
+        if isinstance(spec, dict):  # {config: FILE, overrides: {method: [KEY=VALUE, ...]}}
+            if "config" not in spec or set(spec) - {"config", "overrides"}:
+                raise LakdError(f"protocol '{path}': pair {short_repr(name)} needs a 'config' (a pair YAML) and "
+                                "optional 'overrides' (a mapping of method names to lists of KEY=VALUE), nothing else")
+            per_method = _typed(path, f"{where}.overrides", spec.get("overrides") or {},
+                                "a mapping of method names to lists of KEY=VALUE")
+            for method, values in per_method.items():
+                if method not in methods:
+                    raise LakdError(f"protocol '{path}': {where}.overrides names method {short_repr(method)}, "
+                                    f"which is not among its methods{did_you_mean(str(method), list(methods))}")
+                pair_overrides.setdefault(str(name), {})[str(method)] = _typed(
+                    path, f"{where}.overrides.{method}", values, "a list of strings")
+            spec = spec["config"]
+        pairs[str(name)] = _typed(path, where, spec, "a string")
     return Protocol(name=_typed(path, "name", raw.get("name") or path.stem, "a string"), path=path,
                     configs=_typed(path, "configs", raw.get("configs", []), "a list of strings"),
                     methods=methods, default_methods=default_methods,
                     seeds=_typed(path, "seeds", raw.get("seeds", [0]), "a list of integers"),
-                    pairs={str(k): _typed(path, f"pairs.{k}", v, "a string") for k, v in pairs.items()})
+                    pairs=pairs, pair_overrides=pair_overrides)
 
 
 def split_list(values: Sequence[str] | None) -> list[str]:
