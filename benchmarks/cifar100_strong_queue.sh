@@ -5,9 +5,11 @@
 # run folder's last.pt). After each step the script re-executes itself from disk, so a newer version of this file
 # (replaced with `mv`, never edited in place) takes over between steps.
 #
-# The code is pinned: every run computes with the worktree of commit $PIN (ec8e120), never with main, so refactoring
-# on main cannot change the campaign half-way. Results go straight into this checkout (main) to be committed.
-#   git worktree add ../c100tree ec8e120 && ln -s "$PWD/runs" ../c100tree/runs
+# The code is pinned: every run computes with the worktree of commit $PIN (ef772e1), never with main, so refactoring
+# on main cannot change the campaign half-way. (The resnet56 teacher started at ec8e120, whose src differs from
+# ef772e1 only in configs and in bench.py's protocol reader: `git diff --stat ec8e120 ef772e1 -- src`.) Results go
+# straight into this checkout (main) to be committed.
+#   git worktree add ../c100tree ef772e1 && ln -s "$PWD/runs" ../c100tree/runs
 #   bash benchmarks/inflight.sh restore          # a run stopped on another machine resumes where it stopped
 #   . .venv/bin/activate   # any venv with torch and this project (e.g. pip install torch==2.13.0 -e .)
 #   LAKD_DATA=$PWD/../shared/data setsid nohup bash benchmarks/cifar100_strong_queue.sh >> runs/c100-queue.log 2>&1 &
@@ -16,7 +18,7 @@
 set -euo pipefail
 main_repo="$(cd "$(dirname "$0")/.." && pwd)"
 tree="${CAMPAIGN_TREE:-$main_repo/../c100tree}"
-PIN=ec8e120
+PIN=ef772e1
 : "${LAKD_DATA:?set LAKD_DATA to the folder holding cifar100/ (e.g. ../shared/data)}"
 export LAKD_DATA="$(cd "$LAKD_DATA" && pwd)"
 [ "$(git -C "$tree" rev-parse --short=7 HEAD)" = "$PIN" ] || { echo "[queue] $tree is not at $PIN (see header)"; exit 1; }
@@ -33,7 +35,10 @@ teacher() {
     local model=$1 epochs=$2 name="cifar100_$1_e$2"
     local out="runs/cifar100-strong/teacher-$model-e$epochs"
     local final="$main_repo/src/lakd/teachers/$name.pt" json="$teachers_json/teacher_${model}_e$epochs.json"
-    if [ -f "$final" ] && [ -f "$json" ]; then return 0; fi
+    if [ -f "$final" ] && [ -f "$json" ]; then  # the protocol names it under the worktree's benchmarks/teachers
+        cmp -s "$final" "src/lakd/teachers/$name.pt" || cp "$final" "src/lakd/teachers/$name.pt"
+        return 0
+    fi
     if [ ! -f "$out/summary.json" ]; then
         local how=()
         if [ -f "$out/last.pt" ]; then how=(--resume); elif [ -e "$out" ]; then how=(--force); fi  # no checkpoint yet
@@ -51,6 +56,23 @@ PY
     again
 }
 
+# the protocol's runs: `lakd bench` at the pin, results straight into main's benchmarks/results
+bench() { log "lakd bench $*"; python -m lakd bench cifar100-strong --no-progress \
+    --results-dir "$main_repo/benchmarks/results" "$@"; }
+strongest() {  # the three strongest baselines of a pair by seed-0 validation top-1 (vanilla counts as one)
+    python - "$main_repo/benchmarks/results/cifar100-strong/$1" <<'PY'
+import json, sys
+from pathlib import Path
+vals = {p.name[:-len("-s0.json")]: json.loads(p.read_text())["best_val_top1"] for p in Path(sys.argv[1]).glob("*-s0.json")}
+print(" ".join(sorted((m for m in vals if not m.startswith("lakd")), key=lambda m: -vals[m])[:3]))
+PY
+}
+# The order puts first what decides the most: the resnet pair's seed 0 of every method (is LAKD ahead there, which
+# three baselines get seeds), then its seeds, then the vgg13 teacher and the heterogeneous pair the same way.
 teacher resnet56 80
-teacher vgg13 60
+bench --pairs resnet56_resnet20 --seeds 0 --methods lakd lakd-local kd fitnet dkd dist kd-ls at nd crd reviewkd vanilla
+bench --pairs resnet56_resnet20 --seeds 0 1 2 --methods lakd lakd-local $(strongest resnet56_resnet20)
+teacher vgg13 50
+bench --pairs vgg13_mobilenetv2 --seeds 0 --methods lakd lakd-local kd fitnet dkd dist kd-ls at nd crd vanilla reviewkd
+bench --pairs vgg13_mobilenetv2 --seeds 0 1 2 --methods lakd lakd-local $(strongest vgg13_mobilenetv2)
 log "done"
