@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -267,6 +268,19 @@ def module_pieces(student: StagedModel, arch: str | None, split: str) -> list[li
     return modules
 
 
+class PiecesView(StagedModel):
+    """A zoo student seen with one stage per piece (a whole stage or a range of its blocks), sharing its modules:
+    a split finer than the student's stages runs through the same ``forward_cut`` as any other. Held outside the
+    module tree (its parameters are the student's)."""
+
+    def __init__(self, student: StagedModel, pieces: list[Piece]) -> None:
+        super().__init__()
+        self.stem, self.head, self.arch_name = student.stem, student.head, student.arch_name
+        self.stages = nn.ModuleList(
+            student.stages[i] if start is None else nn.Sequential(*list(student.stages[i])[start:end])
+            for i, start, end in pieces)
+
+
 def make_projector(c_in: int, c_out: int, always: bool = False) -> nn.Module:
     """1x1 conv + BN mapping student channels to teacher channels (training only; dropped at export).
 
@@ -370,6 +384,14 @@ class LAKD(Distiller):
                                   else StudyParams(**dataclasses.asdict(self.params)))
         p = self.opts
         self.pieces = module_pieces(student, arch or student.arch_name, p.split)
+        # the model forward_cut runs, and the stage that ends each module in it: the student and its pieces, or,
+        # where a module is a range of blocks, a view of the student with one stage per piece
+        flat = [piece for pieces in self.pieces for piece in pieces]
+        view = PiecesView(student, flat) if any(start is not None for _, start, _ in flat) else None
+        object.__setattr__(self, "_runner", view or student)  # not a submodule: its parameters are the student's
+        ends = list(itertools.accumulate(len(pieces) for pieces in self.pieces)) if view else None
+        self.module_of_stage = ({end - 1: k for k, end in enumerate(ends)} if ends
+                                else {pieces[-1][0]: k for k, pieces in enumerate(self.pieces)})
         assert teacher is not None
         if not student.runs_stage_by_stage:
             if p.detach and p.detach_until > 0:  # local modules at some point: they must be independent
@@ -424,21 +446,9 @@ class LAKD(Distiller):
     def num_modules(self) -> int:
         return len(self.pieces)
 
-    @torch.no_grad()
     def _module_output_shapes(self) -> list[tuple[int, ...]]:
-        if not self.student_model.runs_stage_by_stage:
-            stage_shapes = self.student_model.stage_shapes(self.input_shape)
-            return [tuple(stage_shapes[pieces[-1][0]]) for pieces in self.pieces]
-        was = self.student_model.training
-        self.student_model.eval()
-        param = next(self.student_model.parameters())
-        h = torch.zeros(1, *self.input_shape, device=param.device, dtype=param.dtype)
-        shapes = []
-        for k in range(self.num_modules):
-            h = self.run_module(k, h)
-            shapes.append(tuple(h.shape[1:]))
-        self.student_model.train(was)
-        return shapes
+        stage_shapes = self.runner().stage_shapes(self.input_shape)
+        return [tuple(stage_shapes[index]) for index in sorted(self.module_of_stage)]
 
     def run_module(self, k: int, h: torch.Tensor) -> torch.Tensor:
         """Module k of the student: (stem if k == 0) + its stages / block ranges. Returns its output feature."""
@@ -597,7 +607,7 @@ class LAKD(Distiller):
         # keep their memory advantage (held whole, module 0's tail alone is two thirds of the teacher).
         return torch.utils.checkpoint.checkpoint(tail, h, use_reentrant=False)
 
-    def _forward_modules(
+    def _forward(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
@@ -605,88 +615,38 @@ class LAKD(Distiller):
         backward: Callable[[torch.Tensor], None] | None,
         autocast: Callable[[], contextlib.AbstractContextManager] | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The student's own forward, once (``forward_cut``: zoo and hooked students alike), with a callback at the
+        last stage of each module that computes the module's losses and, in local mode (``backward`` given),
+        backpropagates them at once, before the next module runs. The module's output then goes on detached (SDM),
+        or, while teacher-fed, the teacher's feature at that module's stage goes on in its place. In joint mode
+        (``backward`` None) every module's feature and NDAM terms are computed in one fused call at the end."""
         p = self.opts
         self.check_batch(x)
         ctx = autocast or contextlib.nullcontext
-        detach = self.detached(progress)
-        teacher_fed = self.teacher_fed(progress)
+        detach, teacher_fed = self.detached(progress), self.teacher_fed(progress)
         teacher = self.teacher_source(x, keep_preact=p.feat_target == "preact")
-        if not self.student_model.runs_stage_by_stage:
-            return self._forward_hooked(x, y, progress, backward, ctx, teacher, detach, teacher_fed)
-        losses: dict[str, torch.Tensor] = {}
-        # Joint backward: every module's feature and NDAM losses are computed together after the last module (one
-        # fused call instead of one per module); local backward needs each module's at once.
+        last = self.num_modules - 1
+        module_of_stage = self.module_of_stage
         deferred: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         per_module: list[dict[str, torch.Tensor]] = []
-        h = x
-        logits = None
-        for k in range(self.num_modules):
-            with ctx():
-                if k > 0 and teacher_fed:  # the teacher is at module k-1's stage: take its output first
-                    h = self.teacher_input(k, teacher.feature(self.teacher_index[k - 1]))
-                t_feat = teacher.feature(self.teacher_index[k])
-                t_target = teacher.preact(self.teacher_index[k]) if p.feat_target == "preact" else None
-                inp = h.detach() if (k > 0 and detach and not teacher_fed) else h
-                feat = self.run_module(k, inp)
-                if backward is None:
-                    deferred.append((k, feat, t_feat, t_target))
-                    module_losses = self.aux_losses(k, feat, y)
-                else:
-                    module_losses = self.module_losses(k, feat, t_feat, y, progress, t_target)
-                if k == self.num_modules - 1:
-                    logits = self.student_model.head(feat)
-                    module_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
-                    if p.kd_weight > 0:
-                        t_logits = teacher.logits()
-                        factor = p.kd_weight * linear_warmup(self.epochs_done(progress), p.logit_warmup_epochs)
-                        module_losses["kd"] = weighted(factor, self.logit_loss(logits, t_logits, y))
-            del t_feat, t_target
-            if backward is not None and module_losses:
-                # Local mode: backprop this module's loss now; its graph is freed before the next module runs.
-                backward(sum(module_losses.values()))
-                module_losses = {name: v.detach() for name, v in module_losses.items()}
-                feat = feat.detach()
-            per_module.append(module_losses)
-            h = feat
-        assert logits is not None
-        local: dict[str, torch.Tensor] = {}
-        if deferred:
-            with ctx():
-                local = self.local_terms(deferred, progress)
-        for k, module_losses in enumerate(per_module):  # the same order as module by module: feat, ndam, aux...
-            losses.update((name, v) for name, v in local.items() if name in (f"feat{k}", f"ndam{k}"))
-            losses.update(module_losses)
-        return logits, losses
-
-    def _forward_hooked(
-        self, x: torch.Tensor, y: torch.Tensor, progress: float, backward: Callable[[torch.Tensor], None] | None,
-        ctx: Callable[[], contextlib.AbstractContextManager], teacher: Any, detach: bool, teacher_fed: bool,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The same modules and losses on a hooked student: its own forward runs once, and at the last stage of
-        each module a callback computes that module's losses (and, in local mode, backpropagates them at once,
-        before the next module runs); the module's output then continues detached, or, while teacher-fed, the
-        teacher's feature at that module's stage goes on in its place."""
-        p = self.opts
-        last = self.num_modules - 1
-        module_of_stage = {pieces[-1][0]: k for k, pieces in enumerate(self.pieces)}
-        losses: dict[str, torch.Tensor] = {}
-        last_losses: dict[str, torch.Tensor] = {}  # the last module's: backpropagated with CE and KD
 
         def on_stage(index: int, feat: torch.Tensor, _pre: torch.Tensor) -> None:
             k = module_of_stage.get(index)
             if k is None:
                 return
             t_index = self.teacher_index[k]
+            t_feat = teacher.feature(t_index)
             t_target = teacher.preact(t_index) if p.feat_target == "preact" else None
-            module_losses = self.module_losses(k, feat, teacher.feature(t_index), y, progress, t_target)
-            if k == last:
-                last_losses.update(module_losses)
-                return
-            if backward is not None and module_losses:
+            if backward is None:
+                deferred.append((k, feat, t_feat, t_target))
+                module_losses = self.aux_losses(k, feat, y)
+            else:
+                module_losses = self.module_losses(k, feat, t_feat, y, progress, t_target)
+            if k < last and backward is not None and module_losses:
                 with _autocast_off(x.device.type):
                     backward(sum(module_losses.values()))
                 module_losses = {name: v.detach() for name, v in module_losses.items()}
-            losses.update(module_losses)
+            per_module.append(module_losses)
 
         def cut(index: int) -> bool:
             return detach and module_of_stage.get(index, last) < last
@@ -698,22 +658,32 @@ class LAKD(Distiller):
             return self.teacher_input(k + 1, teacher.feature(self.teacher_index[k]))
 
         with ctx():
-            logits = self.student_model.forward_cut(x, on_stage, cut, substitute)
+            logits = self.runner().forward_cut(x, on_stage, cut, substitute)
+            last_losses = per_module[last]  # the last module's: backpropagated with CE and the logit term
             last_losses["ce"] = weighted(p.ce_weight, F.cross_entropy(logits.float(), y))
             if p.kd_weight > 0:
                 factor = p.kd_weight * linear_warmup(self.epochs_done(progress), p.logit_warmup_epochs)
                 last_losses["kd"] = weighted(factor, self.logit_loss(logits, teacher.logits(), y))
+            local = self.local_terms(deferred, progress) if deferred else {}
         if backward is not None:
             backward(sum(last_losses.values()))
-            last_losses = {name: v.detach() for name, v in last_losses.items()}
-        losses.update(last_losses)
+            per_module[last] = {name: v.detach() for name, v in last_losses.items()}
+        losses: dict[str, torch.Tensor] = {}
+        for k, module_losses in enumerate(per_module):  # module by module: feat, ndam, aux..., then ce, kd
+            losses.update((name, v) for name, v in local.items() if name in (f"feat{k}", f"ndam{k}"))
+            losses.update(module_losses)
         return logits, losses
+
+    def runner(self) -> StagedModel:
+        """The model whose ``forward_cut`` runs the student: the student itself, or a view of it with one stage per
+        piece where a module is a range of blocks."""
+        return self._runner  # type: ignore[no-any-return]
 
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, progress: float, **batch: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """All module losses with their graphs (joint mode); the trainer sums them and runs one backward."""
-        return self._forward_modules(x, y, progress, backward=None, autocast=None)
+        return self._forward(x, y, progress, backward=None, autocast=None)
 
     def train_step(
         self,
@@ -730,9 +700,9 @@ class LAKD(Distiller):
         """
         p = self.opts
         if p.backward == "local" and self.detached(progress):
-            logits, losses = self._forward_modules(x, y, progress, backward=backward, autocast=autocast)
+            logits, losses = self._forward(x, y, progress, backward=backward, autocast=autocast)
             return logits.detach(), losses
-        logits, losses = self._forward_modules(x, y, progress, backward=None, autocast=autocast)
+        logits, losses = self._forward(x, y, progress, backward=None, autocast=autocast)
         backward(sum(losses.values()))
         return logits.detach(), {name: v.detach() for name, v in losses.items()}
 
