@@ -8,7 +8,6 @@ Regenerate only on purpose (a change of the method itself, stated in its commit)
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
