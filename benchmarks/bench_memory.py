@@ -34,7 +34,7 @@ CONFIGS = {
     "lakd end to end (default)": ("lakd", {}),
     "lakd detached, joint backward": ("lakd", {"detach_until": 1.0, "backward": "joint"}),
     "lakd local modules (lakd-local)": ("lakd", LOCAL),
-    "lakd local + teacher-tail aux": ("lakd", {**LOCAL, "aux_weight": 1.0, "aux_head": "teacher_tail"}),
+    "lakd local + teacher-tail aux": ("lakd-study", {**LOCAL, "aux_weight": 1.0, "aux_head": "teacher_tail"}),
     "lakd local, block split": ("lakd-study", {**LOCAL, "split": "block"}),  # a study variant
 }
 
@@ -43,7 +43,8 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def protocol_configs(protocol_name: str, methods: list[str] | None, pair: str | None) -> tuple[dict, str, int]:
+def protocol_configs(protocol_name: str, methods: list[str] | None, pair: str | None = None
+                     ) -> tuple[dict, str, int]:
     """(name -> (method, params)), student and batch size of every method of a bench protocol, as its commands
     resolve them (on ``pair``, or the first pair, of a protocol with pairs)."""
     from pathlib import Path
@@ -73,7 +74,7 @@ def resolved_params(configs: dict) -> dict:
 
 
 def run_one(method: str, params: dict, student: str, teacher: str, batch: int, steps: int, progress: float,
-            num_classes: int) -> dict:
+            num_classes: int = 10) -> dict:
     import torch
 
     from lakd.distill import build_distiller

@@ -172,7 +172,7 @@ def test_teacher_fed_inputs_on_a_hooked_student_keep_its_layout_and_isolation(la
                        input_shape=SHAPE, epochs=1, detach_until=1.0, teacher_inputs_until=0.5)
     x, y = batch()
     own_inputs = copy.deepcopy(d)
-    own_inputs.opts.teacher_inputs_until = 0.0  # the same modules on the student's own chain
+    own_inputs.params.teacher_inputs_until = 0.0  # the same modules on the student's own chain
     _, own = own_inputs.forward_train(x, y, 0.2)
     _, losses = d.forward_train(x, y, 0.2)
     torch.testing.assert_close(losses["feat0"], own["feat0"])  # module 0 runs on the image either way
@@ -287,8 +287,8 @@ def test_bad_stage_specs_get_clear_errors() -> None:
                        teacher_stages=PLAIN_STAGES, input_shape=SHAPE, detach_until=1.0)
     check_gradient_isolation(HookedModel(PlainCNN(), PLAIN_STAGES), SHAPE)  # no skip: fine
     with pytest.raises(LakdError, match="teacher_tail.*zoo teacher"):
-        lakd.distiller("lakd", PlainCNN(), PlainCNN(), student_stages=PLAIN_STAGES, teacher_stages=PLAIN_STAGES,
-                       input_shape=SHAPE, aux_weight=0.5, aux_head="teacher_tail")
+        lakd.distiller("lakd-study", PlainCNN(), PlainCNN(), student_stages=PLAIN_STAGES,
+                       teacher_stages=PLAIN_STAGES, input_shape=SHAPE, aux_weight=0.5, aux_head="teacher_tail")
     with pytest.raises(LakdError, match="split = 'block'.*zoo student"):
         lakd.distiller("lakd-study", PlainCNN(), PlainCNN(), student_stages=PLAIN_STAGES, teacher_stages=PLAIN_STAGES,
                        input_shape=SHAPE, split="block")

@@ -164,6 +164,49 @@ def test_shipped_cifar100_strong_pins_the_published_per_pair_settings() -> None:
             assert params.temperature == 4.0 and not params.logit_stand
 
 
+def test_lakd_results_made_before_its_core_shrank_still_count() -> None:
+    """Results of `lakd` recorded before issue 32 moved logit_stand and the auxiliary heads into lakd-study: at the
+    values at which they did nothing they are still what the protocol gives now; at any other value they are not."""
+    from lakd.bench import stale_difference
+
+    protocol = load_protocol("cifar10-strong")
+    [run] = plan_runs(protocol, ["lakd"], [0], None, None, Path("runs/x"), Path("results/x"))
+    recorded = json.loads((Path(__file__).resolve().parents[1] /
+                           "benchmarks/results/default-question/cifar10-strong/lakd-s5.json")
+                          .read_text())
+    assert recorded["distill"]["params"]["aux_weight"] == 0.0 and "logit_stand" in recorded["distill"]["params"]
+
+    class Result:  # the run's result file, read from memory
+        def __init__(self, params: dict) -> None:
+            self.text = json.dumps({"distill": {"params": params}})
+
+        def read_text(self) -> str:
+            return self.text
+
+    run.result_path = Result(recorded["distill"]["params"])  # type: ignore[assignment]
+    assert stale_difference(run) is None
+    run.result_path = Result({**recorded["distill"]["params"], "aux_weight": 0.3})  # type: ignore[assignment]
+    assert stale_difference(run) == "aux_weight: 0.3 -> '(absent)'"
+
+
+@pytest.mark.parametrize(("protocol_file", "results"), [
+    ("cifar10-strong", "benchmarks/results"),
+    ("cifar10-strong", "benchmarks/results/default-question"),
+    ("benchmarks/studies/lakd_local_cifar10_strong.yaml", "benchmarks/studies/results"),
+])
+def test_every_committed_result_is_still_what_its_entry_gives(protocol_file: str, results: str) -> None:
+    """The refactors since the committed comparisons ran left every result counted: what each entry resolves to
+    now equals what its result recorded (parameters that moved, at the value at which they do nothing, aside)."""
+    from lakd.bench import stale_difference
+
+    root = Path(__file__).resolve().parents[1]
+    protocol = load_protocol(str(root / protocol_file) if protocol_file.endswith(".yaml") else protocol_file)
+    runs = [r for r in plan_runs(protocol, None, [0, 1, 2, 3, 4, 5], None, None, root / "runs", root / results)
+            if r.result_path.is_file()]
+    assert len(runs) >= 5
+    assert {r.label: stale_difference(r) for r in runs} == {r.label: None for r in runs}
+
+
 def test_a_result_made_with_other_parameters_stops_the_bench(
     tiny_protocol: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,8 +13,9 @@ import torch
 from lakd.distill import build_distiller
 from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss
-from lakd.distill.lakd import LAKD, feature_loss, pyramid_feature_loss
+from lakd.distill.lakd import LAKD
 from lakd.distill.lakd import Params as LakdParams
+from lakd.distill.local_losses import feature_loss, pyramid_feature_loss
 from lakd.distill.ndam import coarse, ndam_loss, ndam_map, pool_map, similarity, spatial_weights
 from lakd.engine.memory import SavedTensorMeter
 from lakd.errors import LakdError

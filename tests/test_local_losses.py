@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lakd.distill import build_distiller
-from lakd.distill.lakd import LAKD, local_loss_terms
-from lakd.distill.local_losses import LocalTermsRequest, fused_local_terms, map_loss_and_grad
+from lakd.distill.lakd import LAKD
+from lakd.distill.local_losses import LocalTermsRequest, fused_local_terms, local_loss_terms, map_loss_and_grad
 from lakd.distill.ndam import NATIVE, map_loss
 from lakd.models import build_model
 
@@ -134,7 +134,7 @@ def _step(d: LAKD, x: torch.Tensor, y: torch.Tensor, progress: float) -> tuple[d
     ("lakd", {}, ("resnet8", "resnet14")),  # end to end: every module's terms in one fused call
     ("lakd", {"detach_until": 1.0}, ("resnet8", "resnet14")),  # local backward: one call per module
     ("lakd", {}, ("wrn_16_1", "wrn_16_2")),  # projectors (widths differ)
-    ("lakd", {"aux_weight": 1.0, "aux_head": "teacher_tail", "detach_until": 1.0}, ("resnet8", "resnet14")),
+    ("lakd-study", {"aux_weight": 1.0, "aux_head": "teacher_tail", "detach_until": 1.0}, ("resnet8", "resnet14")),
     ("lakd-study", {"ndam_p": 3.0, "ndam_mode": "kl", "feat_weight": 0.0}, ("resnet8", "resnet14")),
 ])
 def test_distiller_fused_equals_autograd(method: str, params: dict, pair: tuple[str, str]) -> None:

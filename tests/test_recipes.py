@@ -55,9 +55,12 @@ def test_lakd_is_its_core_and_the_study_variant_adds_only_variants_at_neutral_de
     core, study = params_as_dict(make_params("lakd", {})), params_as_dict(make_params("lakd-study", {}))
     assert {k: study[k] for k in core} == core
     assert {k: v for k, v in study.items() if k not in core} == {
+        "logit_stand": False, "aux_weight": 0.0, "aux_head": "linear",  # in the core until issue 32
         "logit_loss": "kd", "dkd_alpha": 1.0, "dkd_beta": 8.0, "logit_warmup_epochs": 0.0, "feat_form": "mse",
         "feat_spatial_weighting": False, "feat_modules": [], "feat_scales": [0], "feat_target": "post",
         "feat_projector": "auto", "ndam_mode": "l2", "ndam_tau": 1.0, "split": "stage"}
     assert core["teacher_inputs_until"] == 0.0  # core since issue 16 (lakd-local sets 0.3), off by default
     with pytest.raises(LakdError, match="unknown"):
         make_params("lakd", {"feat_form": "cosine"})
+    with pytest.raises(LakdError, match="unknown"):
+        make_params("lakd", {"aux_weight": 0.3})

@@ -293,10 +293,18 @@ def recorded_params(result: dict[str, Any]) -> dict[str, Any] | None:
     section = (result.get("config") or {}).get("distill")
     if not isinstance(section, dict) or "method" not in section:
         return None
+    from lakd.distill import method_class
+
     try:
         given = DistillConfig(method=section["method"], params=section.get("params") or {},
                               per_method=section.get("per_method") or {})
-        return params_as_dict(make_params(given.method, given.resolved_params()))
+        try:
+            return params_as_dict(make_params(given.method, given.resolved_params()))
+        except LakdError:  # parameters the method gave to another since (lakd's variants: lakd-study) resolve there
+            heir = method_class(given.method).params_moved_to
+            if heir is None:
+                raise
+            return params_as_dict(make_params(heir, given.resolved_params()))
     except LakdError as e:  # its method or parameters no longer exist: it cannot be what the command gives now
         return {"(recorded config)": str(e)}
 
@@ -304,12 +312,18 @@ def recorded_params(result: dict[str, Any]) -> dict[str, Any] | None:
 def stale_difference(run: BenchRun) -> str | None:
     """For a finished run whose result records its parameters: how they differ from what its command gives now
     (``None`` when they agree or the result records neither them nor its config)."""
+    from lakd.distill import method_class
+
     recorded = recorded_params(json.loads(run.result_path.read_text()))
     if recorded is None:
         return None
     now = planned_params(run)
+    # a parameter on one side only, at the value at which it does nothing, is no difference (one the method no
+    # longer has, or a variant added since)
+    inert = method_class(command_config(run.command(None, progress=False)).distill.method).inert_params
     changed = [f"{k}: {short_repr(recorded.get(k, '(absent)'))} -> {short_repr(now.get(k, '(absent)'))}"
-               for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
+               for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)
+               and not ((k in recorded) != (k in now) and k in inert and {**recorded, **now}[k] == inert[k])]
     return ", ".join(changed) or None
 
 

@@ -90,7 +90,7 @@ def _as_unit_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def _module_ends(model: StagedModel) -> list[int]:
     """Index of the stage that ends each of the model's LAKD modules (split 'stage')."""
-    pieces = module_pieces(model, getattr(model, "arch_name", None), "stage")
+    pieces = module_pieces(model, getattr(model, "arch_name", None))
     return [module[-1][0] for module in pieces]
 
 

@@ -65,6 +65,12 @@ class Distiller(nn.Module):
     needs_index: ClassVar[bool] = False
     #: False only for methods that ignore the teacher (vanilla).
     requires_teacher: ClassVar[bool] = True
+    #: Parameters at the value at which they do nothing: ones the method no longer has (a result that recorded one
+    #: at that value still counts as made by the method as it is) or variants a result made before them did not
+    #: record (lakd.bench.stale_difference).
+    inert_params: ClassVar[dict[str, Any]] = {}
+    #: The method that took over parameters this one no longer has (a recorded config naming them resolves there).
+    params_moved_to: ClassVar[str | None] = None
     #: Smallest training batch the method can use (BatchNorm over a 1x1 map needs 2 samples); see check_batch.
     min_batch_size: int = 1
 

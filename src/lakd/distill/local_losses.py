@@ -1,19 +1,20 @@
-"""LAKD's feature MSE and NDAM loss for several modules at once, with a hand-derived backward.
+"""LAKD's local losses — each module's feature MSE and NDAM loss — twice: the reference through autograd (every form,
+the study's too: ``local_loss_terms``) and, beside it, the fused twin LAKD trains with, several modules at once
+with a hand-derived backward.
 
 Autograd through the two losses walks each large feature tensor several times (the difference, the map's norm
-and its gradient, the sum of the two terms' gradients). Here the forward reads each feature once, and returns
-beside the loss values the gradient of the NDAM loss with respect to the *small* (B, H, W) map (derived by hand:
-``map_loss_and_grad``); the backward then writes each feature's gradient in one elementwise pass:
+and its gradient, the sum of the two terms' gradients). The fused form's forward reads each feature once, and
+returns beside the loss values the gradient of the NDAM loss with respect to the *small* (B, H, W) map (derived by
+hand: ``map_loss_and_grad``); the backward then writes each feature's gradient in one elementwise pass:
 
     dL/dF = c_feat * 2 (S - T) / numel  +  c_ndam * g_map * p |F|^(p-1) sign(F) / C
 
 (``S`` the projected student feature, ``T`` the teacher's; the first term goes to ``S`` when a projector sits
 between them). Compiled (``distill.compile``), every module's forward is one graph and every backward one more:
-two calls a step instead of two per module. Values and gradients equal autograd's through
-``lakd.distill.lakd.local_loss_terms`` to float rounding (tests/test_local_losses.py; under bf16 the feature
-difference is taken in float32 here, where the autograd path rounds it to bf16 to save less for backward). Forms
-this does not cover (another feature form, spatial weighting, a feature pyramid, grids that differ between the
-feature and its target) take that autograd path.
+two calls a step instead of two per module. Values and gradients equal the reference's to float rounding
+(tests/test_local_losses.py; under bf16 the feature difference is taken in float32 here, where the reference
+rounds it to bf16 to save less for backward). Forms the fused twin does not cover (another feature form, spatial
+weighting, a feature pyramid, grids that differ between the feature and its target) take the reference.
 """
 
 from __future__ import annotations
@@ -23,10 +24,100 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from lakd.distill.ndam import accumulator, coarse_size, common_grid, ndam_map, pool_map
+from lakd.distill.ndam import (
+    NATIVE,
+    accumulator,
+    coarse_size,
+    common_grid,
+    ndam_loss,
+    ndam_map,
+    pool_map,
+    spatial_weights,
+)
 
+# -- the reference: each local loss through autograd, every form (the study's too) -------------------------------
+
+FEAT_FORMS = ("mse", "channel_norm", "cosine")
+
+
+def channel_standardise(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each channel to zero mean / unit variance over (batch, H, W): a BatchNorm without parameters or memory."""
+    return F.batch_norm(x, None, None, training=True, eps=eps)
+
+
+def feature_loss(
+    s: torch.Tensor, t: torch.Tensor, form: str = "mse", weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Distance between projected student and teacher features (B, C, H, W), averaged over positions.
+
+    ``mse``: mean squared error. ``channel_norm``: the same after ``channel_standardise`` of both sides, so every
+    teacher channel counts equally whatever its scale. ``cosine``: ``1 - cos`` between the channel vectors at each
+    position (scale-free per position). ``weights`` (B, 1, H, W) re-weights positions (mean 1).
+    """
+    if form == "mse" and weights is None:
+        # In the inputs' dtype (bf16 under autocast) with a float32 sum: the only tensor saved for backward is the
+        # difference, no float32 copy of either side (F.mse_loss would make both under autocast).
+        return torch.linalg.vector_norm(s - t, dtype=accumulator(s)).square() / s.numel()
+    s, t = s.float(), t.float()
+    if form == "channel_norm":
+        s, t = channel_standardise(s), channel_standardise(t)
+    if form == "cosine":
+        per_position = 1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-8)[:, None]  # (B, 1, H, W)
+        return (per_position * weights).mean() if weights is not None else per_position.mean()
+    if weights is not None:
+        return ((s - t).pow(2) * weights).mean()
+    return F.mse_loss(s, t)
+
+
+def pyramid_feature_loss(
+    s: torch.Tensor, t: torch.Tensor, form: str, weights: torch.Tensor | None, scales: list[int]
+) -> torch.Tensor:
+    """``feature_loss`` averaged over grids: 0 = the native grid, n = both sides average-pooled to n x n.
+
+    Coarse grids compare regional means, which a student can match even where it cannot match every position; a
+    grid at least as fine as the map is the native grid (never up-sampled).
+    """
+    total = s.new_zeros(())
+    for scale in scales:
+        if scale == NATIVE or scale >= min(s.shape[-2:]):
+            total = total + feature_loss(s, t, form, weights)
+            continue
+        grid = (scale, scale)
+        w = F.adaptive_avg_pool2d(weights, grid) if weights is not None else None
+        total = total + feature_loss(F.adaptive_avg_pool2d(s, grid), F.adaptive_avg_pool2d(t, grid), form, w)
+    return total / len(scales)
+
+
+def local_loss_terms(
+    feat: torch.Tensor, s: torch.Tensor, t_feat: torch.Tensor, t_target: torch.Tensor,
+    feat_on: bool, form: str, spatial: bool, feat_scales: list[int],
+    ndam_on: bool, p: float, ndam_scales: list[int], mode: str, tau: float,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One module's unweighted feature loss (``s``, the projected ``feat``, against ``t_target``) and NDAM loss
+    (``feat`` against ``t_feat``); ``None`` for a term that is off.
+
+    Both in one function so that, compiled, one graph reads each feature once for both terms and writes one
+    gradient for it instead of two passes and a sum of their gradients.
+    """
+    feat_term = nd_term = None
+    if feat_on:
+        h, w = min(s.shape[-2], t_target.shape[-2]), min(s.shape[-1], t_target.shape[-1])
+        if s.shape[-2:] != (h, w):
+            s = F.adaptive_avg_pool2d(s, (h, w))
+        if t_target.shape[-2:] != (h, w):
+            t_target = F.adaptive_avg_pool2d(t_target, (h, w))
+        weights = spatial_weights(t_feat, (h, w), p) if spatial else None
+        feat_term = pyramid_feature_loss(s, t_target, form, weights, feat_scales)
+    if ndam_on:
+        nd_term = ndam_loss(feat, t_feat, p, ndam_scales, mode, tau)
+    return feat_term, nd_term
+
+
+
+# -- the fused twin: LAKD's own forms, a hand-derived backward ----------------------------------------------------
 
 @dataclass(frozen=True)
 class LocalTermsRequest:
