@@ -146,7 +146,7 @@ def test_parameter_counts_match_benchmark(name: str) -> None:
 
 
 def test_unknown_name_suggests_close_match() -> None:
-    with pytest.raises(ValueError, match=r"(?s)Did you mean 'resnet32x4'.*Known models:.*wrn_40_2"):
+    with pytest.raises(ValueError, match=r"(?s)did you mean 'resnet32x4'.*Known models:.*wrn_40_2"):
         build_model("resnet32_x4", 10)
 
 

@@ -20,7 +20,7 @@ PUBLISHED = {
     # mdistiller CFG.RKD: DISTANCE_WEIGHT 25, ANGLE_WEIGHT 50
     "rkd": {"ce_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0},
     # RepDistiller train_student.py + README (-r 1 -a 0 -b 0.8, feat_dim 128, nce_k 16384, nce_t 0.07, nce_m 0.5)
-    "crd": {"ce_weight": 1.0, "crd_weight": 0.8, "kd_weight": 0.0, "kd_temperature": 4.0, "feat_dim": 128,
+    "crd": {"ce_weight": 1.0, "crd_weight": 0.8, "kd_weight": 0.0, "temperature": 4.0, "feat_dim": 128,
             "nce_k": 16384, "nce_t": 0.07, "nce_momentum": 0.5},
     # official ReviewKD CIFAR-100/script/reviewKD.sh (weight 5.0 for most pairs), model/reviewkd.py
     # (mid = min(512, student's last channels) -> 0 = that rule), warm-up 20
@@ -64,3 +64,10 @@ def test_lakd_is_its_core_and_the_study_variant_adds_only_variants_at_neutral_de
         make_params("lakd", {"feat_form": "cosine"})
     with pytest.raises(LakdError, match="unknown"):
         make_params("lakd", {"aux_weight": 0.3})
+
+
+def test_a_renamed_parameter_gets_an_error_naming_its_new_name() -> None:
+    """CRD's KD temperature is ``temperature`` as in every other method (``kd_temperature`` until issue 32)."""
+    assert make_params("crd", {"temperature": 2.0}).temperature == 2.0
+    with pytest.raises(LakdError, match="distill.params.kd_temperature is now called 'temperature' .method 'crd'"):
+        make_params("crd", {"kd_temperature": 2.0})

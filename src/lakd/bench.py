@@ -285,19 +285,23 @@ def recorded_params(result: dict[str, Any]) -> dict[str, Any] | None:
     runs recorded them, its recorded config's method and parameters resolved by today's defaults (so a preset
     whose settings changed since is caught, a default that changed is not); ``None`` without either."""
     from lakd.config import DistillConfig
-    from lakd.distill import make_params, params_as_dict
+    from lakd.distill import DISTILLERS, make_params, method_class, params_as_dict
 
+    section = (result.get("config") or {}).get("distill")
+    method = section.get("method") if isinstance(section, dict) else None
+    renamed = DISTILLERS[method].renamed_params if method in DISTILLERS else {}
     params = (result.get("distill") or {}).get("params")
     if params is not None:
-        return params
-    section = (result.get("config") or {}).get("distill")
+        return {renamed.get(k, k): v for k, v in params.items()}
     if not isinstance(section, dict) or "method" not in section:
         return None
-    from lakd.distill import method_class
-
     try:
-        given = DistillConfig(method=section["method"], params=section.get("params") or {},
-                              per_method=section.get("per_method") or {})
+        def current(values: dict[str, Any]) -> dict[str, Any]:
+            return {renamed.get(k, k): v for k, v in values.items()}
+
+        given = DistillConfig(method=section["method"], params=current(section.get("params") or {}),
+                              per_method={m: current(v) if isinstance(v, dict) and m == method else v
+                                          for m, v in (section.get("per_method") or {}).items()})
         try:
             return params_as_dict(make_params(given.method, given.resolved_params()))
         except LakdError:  # parameters the method gave to another since (lakd's variants: lakd-study) resolve there

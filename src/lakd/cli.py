@@ -270,11 +270,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
     flags = {"distill.method": args.method, "distill.teacher": args.teacher, "model.name": args.student,
              "distill.teacher_weights": args.teacher_weights}
     cfg: DistillRunConfig = _config_from_args(DistillRunConfig, args, flags)
-    method_class(cfg.distill.method)
+    method = method_class(cfg.distill.method)
     make_params(cfg.distill.method, cfg.distill.resolved_params())  # validate before any work
     check_model_name(cfg.model.name)
-    needs_teacher = cfg.distill.method != "vanilla"
-    if needs_teacher and not cfg.distill.teacher:
+    if method.requires_teacher and not cfg.distill.teacher:
         raise LakdError(f"method '{cfg.distill.method}' needs a teacher: pass --teacher runs/<teacher>/best.pt "
                         "(a checkpoint written by `lakd train`)")
     teacher_ckpt = teacher_source(cfg.distill) if cfg.distill.teacher else None

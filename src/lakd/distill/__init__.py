@@ -29,6 +29,9 @@ def make_params(method: str, values: dict[str, Any] | None) -> DistillParams:
 
     cls = method_class(method)
     params = cls.Params()
+    for old in set(values or {}) & set(cls.renamed_params):
+        raise LakdError(f"distill.params.{old} is now called '{cls.renamed_params[old]}' (method '{method}'): "
+                        "rename it in your config or command line")
     try:
         _apply(params, dict(values or {}), prefix="distill.params.")
     except LakdError as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -71,6 +71,9 @@ class Distiller(nn.Module):
     inert_params: ClassVar[dict[str, Any]] = {}
     #: The method that took over parameters this one no longer has (a recorded config naming them resolves there).
     params_moved_to: ClassVar[str | None] = None
+    #: Old parameter names -> today's: a config with an old name gets an error naming the new one; a result that
+    #: recorded the old name is read with the new one.
+    renamed_params: ClassVar[dict[str, str]] = {}
     #: Smallest training batch the method can use (BatchNorm over a 1x1 map needs 2 samples); see check_batch.
     min_batch_size: int = 1
 
@@ -255,7 +258,3 @@ def linear_warmup(epoch: float, warmup_epochs: float) -> float:
         return min((math.floor(max(epoch, 0.0)) + 1) / warmup_epochs, 1.0)
     return min(max(epoch / warmup_epochs, 0.0), 1.0)
 
-
-def iter_params(modules: Iterable[nn.Module]) -> Iterator[nn.Parameter]:
-    for module in modules:
-        yield from module.parameters()

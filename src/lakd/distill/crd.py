@@ -187,6 +187,7 @@ class CRD(Distiller):
     """Cross-entropy plus ``crd_weight`` * (student-anchored + teacher-anchored NCE loss) [+ optional KD]."""
 
     needs_index = True
+    renamed_params = {"kd_temperature": "temperature"}
 
     @dataclasses.dataclass
     class Params(DistillParams):
@@ -195,7 +196,7 @@ class CRD(Distiller):
         ce_weight: float = 1.0
         crd_weight: float = 0.8
         kd_weight: float = 0.0
-        kd_temperature: float = 4.0
+        temperature: float = 4.0  # of the KD term (named as in every other method; kd_temperature until issue 32)
         feat_dim: int = 128
         nce_k: int = 16384
         nce_t: float = 0.07
@@ -205,7 +206,7 @@ class CRD(Distiller):
             check_non_negative("ce_weight", self.ce_weight)
             check_non_negative("crd_weight", self.crd_weight)
             check_non_negative("kd_weight", self.kd_weight)
-            check_positive("kd_temperature", self.kd_temperature)
+            check_positive("temperature", self.temperature)
             check_positive("nce_t", self.nce_t)
             if self.feat_dim < 1:
                 raise LakdError(f"distill.params.feat_dim must be >= 1, got {self.feat_dim}")
@@ -258,5 +259,5 @@ class CRD(Distiller):
             "crd": weighted(p.crd_weight, crd),
         }
         if p.kd_weight > 0:
-            losses["kd"] = weighted(p.kd_weight, kd_loss(logits, t_logits, p.kd_temperature))
+            losses["kd"] = weighted(p.kd_weight, kd_loss(logits, t_logits, p.temperature))
         return logits, losses

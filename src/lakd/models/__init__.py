@@ -7,9 +7,9 @@ users wrap their own ``nn.Module`` with :class:`HookedModel` and a :class:`Stage
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
+from lakd.errors import did_you_mean
 from lakd.models import mobilenetv2, resnet_cifar, resnet_imagenet, shufflenet, vgg, wrn  # noqa: F401 (register)
 from lakd.models.adapter import HookedModel, StageSpec, check_gradient_isolation
 from lakd.models.base import ClassifierHead, StagedModel
@@ -61,10 +61,8 @@ def _canonical_name(name: str) -> str:
     key = name.strip().lower()
     if key in MODELS:
         return key
-    close = difflib.get_close_matches(key, MODELS, n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}, or "
-                     "torchvision:<name> / timm:<name>")
+    raise ValueError(f"unknown model {name!r}{did_you_mean(key, MODELS)}. Known models: "
+                     f"{', '.join(list_models())}, or torchvision:<name> / timm:<name>")
 
 
 def is_known_model(name: str) -> bool:
