@@ -27,6 +27,14 @@ cd "$tree"
 teachers_json="$main_repo/benchmarks/results/cifar100-strong-teachers"
 mkdir -p "$teachers_json" runs/cifar100-strong
 log() { echo "[queue] $(date -u +%Y-%m-%dT%H:%MZ) $*"; }
+# commit_results MESSAGE: every new result (teachers, result JSON, tables) committed as it arrives, and nothing
+# else (`git commit -- PATHS` leaves whatever else is staged in main alone); a failure (a busy index) only waits
+# for the next result's commit
+commit_results() {
+    local paths=(benchmarks/results/cifar100-strong benchmarks/results/cifar100-strong-teachers src/lakd/teachers)
+    git -C "$main_repo" add -- "${paths[@]}" 2>/dev/null || true
+    git -C "$main_repo" commit -q -m "cifar100-strong: $1" -- "${paths[@]}" 2>/dev/null && log "committed: $1" || true
+}
 again() { log "step done; re-reading $0"; exec bash "$main_repo/benchmarks/cifar100_strong_queue.sh"; }
 
 # teacher MODEL EPOCHS: `lakd train` with configs/cifar100_strong_teacher.yaml; the best-on-validation checkpoint,
@@ -53,12 +61,25 @@ ckpt = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
 torch.save({k: ckpt[k] for k in ("model", "meta", "epoch", "best")}, sys.argv[2])
 print(f"[queue] wrote {sys.argv[2]}: best {ckpt['best']}")
 PY
+    commit_results "teacher $model, $epochs epochs (weights-only, best on validation) and its metrics"
     again
 }
 
 # the protocol's runs: `lakd bench` at the pin, results straight into main's benchmarks/results
-bench() { log "lakd bench $*"; python -m lakd bench cifar100-strong --no-progress \
-    --results-dir "$main_repo/benchmarks/results" "$@"; }
+# bench PAIR SEEDS METHODS...: one `lakd bench` call per run, each result committed when it lands
+bench() {
+    local pair=$1 seeds=$2 method seed
+    shift 2
+    for seed in $seeds; do
+        for method in "$@"; do
+            [ -f "$main_repo/benchmarks/results/cifar100-strong/$pair/$method-s$seed.json" ] && continue
+            log "lakd bench --pairs $pair --methods $method --seeds $seed"
+            python -m lakd bench cifar100-strong --no-progress --results-dir "$main_repo/benchmarks/results" \
+                --pairs "$pair" --methods "$method" --seeds "$seed"
+            commit_results "$pair $method seed $seed (pinned at $PIN)"
+        done
+    done
+}
 strongest() {  # the three strongest baselines of a pair by seed-0 validation top-1 (vanilla counts as one)
     python - "$main_repo/benchmarks/results/cifar100-strong/$1" <<'PY'
 import json, sys
@@ -70,9 +91,9 @@ PY
 # The order puts first what decides the most: the resnet pair's seed 0 of every method (is LAKD ahead there, which
 # three baselines get seeds), then its seeds, then the vgg13 teacher and the heterogeneous pair the same way.
 teacher resnet56 80
-bench --pairs resnet56_resnet20 --seeds 0 --methods lakd lakd-local kd fitnet dkd dist kd-ls at nd crd reviewkd vanilla
-bench --pairs resnet56_resnet20 --seeds 0 1 2 --methods lakd lakd-local $(strongest resnet56_resnet20)
+bench resnet56_resnet20 "0" lakd lakd-local kd fitnet dkd dist kd-ls at nd crd reviewkd vanilla
+bench resnet56_resnet20 "1 2" lakd lakd-local $(strongest resnet56_resnet20)
 teacher vgg13 50
-bench --pairs vgg13_mobilenetv2 --seeds 0 --methods lakd lakd-local kd fitnet dkd dist kd-ls at nd crd vanilla reviewkd
-bench --pairs vgg13_mobilenetv2 --seeds 0 1 2 --methods lakd lakd-local $(strongest vgg13_mobilenetv2)
+bench vgg13_mobilenetv2 "0" lakd lakd-local kd fitnet dkd dist kd-ls at nd crd vanilla reviewkd
+bench vgg13_mobilenetv2 "1 2" lakd lakd-local $(strongest vgg13_mobilenetv2)
 log "done"
