@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from torch import nn
 
 from lakd.distill import build_distiller
 from lakd.models import HookedModel, build_model
+from tests.test_any_model import ZooAsPlain  # a zoo model seen as a foreign module
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = Path(__file__).with_name("data") / "lakd_pinned.json"
@@ -38,20 +38,6 @@ CASES: list[tuple[str, str, dict[str, Any], float]] = [
     ("lakd-local-hooked-p0.5", "hooked", LOCAL, 0.5),
     ("lakd-local-kd-zoo-p0.5", "zoo", {**LOCAL, "kd_weight": 0.5}, 0.5),  # the last module's logit term too
 ]
-
-
-class ZooAsPlain(nn.Module):
-    """A zoo model seen as a foreign module: its stages called as modules, forward returns logits only."""
-
-    def __init__(self, zoo: nn.Module) -> None:
-        super().__init__()
-        self.zoo = zoo
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.zoo.stem(x)
-        for stage in self.zoo.stages:
-            h = stage(h)
-        return self.zoo.head(h)
 
 
 def compute(kind: str, params: dict[str, Any], progress: float) -> dict[str, Any]:
