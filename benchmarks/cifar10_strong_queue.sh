@@ -39,7 +39,7 @@ EOF
 }
 # 1. one seed of every method at the protocol's budget (15 epochs), all but vanilla and the slow CRD
 bench cifar10-strong --seeds 0 --methods lakd-local lakd kd fitnet dkd reviewkd dist kd-ls at nd
-# 2. seeds 1 and 2 of both LAKD variants: they decide LAKD's default (the rule in docs/benchmarks.md)
+# 2. seeds 1 and 2 of both LAKD variants: they decide LAKD's default (the rule in docs/studies/lakd-local-modules-cifar10-strong.md)
 bench cifar10-strong --seeds 0 1 2 --methods lakd-local lakd
 # 3. vanilla, and the short-budget point for the accuracy-vs-budget plot (the old protocol's 3 epochs)
 bench cifar10-strong --seeds 0 --methods vanilla
@@ -65,7 +65,7 @@ fi
 bench cifar10-strong --seeds 0 1 2 --methods $(strongest)
 # 6. the other study entries (local-tail last: its teacher tail is recomputed and backpropagated through every
 #    step, about 2.5x a lakd-local step; it was started on machine B and its checkpoint was lost with that
-#    machine), then the rule written down before the study ran (docs/benchmarks.md): the local variant with the
+#    machine), then the rule written down before the study ran (docs/studies/lakd-local-modules-cifar10-strong.md): the local variant with the
 #    highest seed-0 validation top-1 (lakd-local included) is the best local-module variant; if it is a study
 #    entry, it gets seeds 1 and 2 as well
 study --seeds 0 --methods local-teacher-inputs

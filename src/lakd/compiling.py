@@ -2,7 +2,7 @@
 
 What lakd compiles (``distill.compile``): the frozen teacher's whole forward (lakd.models.frozen) and a method's
 loss arithmetic (LAKD's NDAM and feature losses: many small ops that inductor fuses into a few). It never
-compiles the student: compiling its training step measured no faster on the CPU (docs/benchmarks.md).
+compiles the student: compiling its training step measured no faster on the CPU (docs/studies/speed.md).
 
 A compiled function is checked once against the eager one on its first call (loose tolerance: it catches a
 wrong program, not rounding), and any failure to compile falls back to eager with one note: a run never stops

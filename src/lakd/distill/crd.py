@@ -15,8 +15,8 @@ The scores are the released code's (``exp(<e, m> / T) / Z`` of the sampled rows)
 the same values to float rounding: gathering the ``(B, K+1, D)`` sampled rows (the released code's way, 1 GB per
 bank at batch 128 and K 16384) or, where the bank is at most ``DENSE_BANK_FACTOR`` times the sample count (CIFAR:
 45,000 rows against 16,385), one ``(B, N)`` matmul against the whole bank and a gather of its ``(B, K+1)``
-entries: a CRD step 5.4x faster on a 2-core CPU (docs/benchmarks.md) and 237 MB instead of 1,018 held for
-backward. The banks are then updated
+entries: a CRD step 5.4x faster on a 2-core CPU (docs/studies/cifar10-strong-campaign.md) and 237 MB instead of 1,018
+held for backward. The banks are then updated
 out of place, so the matmul's backward sees the bank as it was in the forward.
 
 Deviations from the released code: the negatives are drawn in the training step (a random top-k over the

@@ -435,7 +435,7 @@ class LAKD(Distiller):
 
     def compile_losses(self) -> bool:
         """NDAM and the feature loss are many small ops per module (maps, pools, normalisations): compiled,
-        the fused losses are one forward and one backward graph a step (docs/benchmarks.md)."""
+        the fused losses are one forward and one backward graph a step (docs/studies/speed.md)."""
         self._fused_forward = Compiled(fused_forward, "LAKD's local losses")
         self._fused_backward = Compiled(fused_backward, "LAKD's local loss gradients")
         self._local_loss_terms = Compiled(local_loss_terms, "LAKD's reference loss forms")

@@ -3,7 +3,7 @@
 A training step allocates and frees the same tensors every step. glibc's malloc returns large freed blocks to the
 OS (``munmap``, heap trimming) and the next step faults fresh pages back in, each one zeroed by the kernel; how
 often varies from run to run with glibc's adaptive threshold. Keeping freed memory cut a LAKD run's page faults to
-a third and made fp32 KD 12 % faster on a 2-core CPU (docs/benchmarks.md). It costs nothing but memory the process
+a third and made fp32 KD 12 % faster on a 2-core CPU (docs/studies/speed.md). It costs nothing but memory the process
 has already used once: the resident size stays at its peak.
 
 This is process-wide and cannot be undone, so the library never does it on import: ``lakd train`` / ``distill``
