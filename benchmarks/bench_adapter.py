@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="git commit of the code before the adapter")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--train-limit", type=int, default=6400)
+    parser.add_argument("--hooked-before", action="store_true",
+                        help="run the hooked ResNet-18 with the --before code too, interleaved (its LAKD/KD ratio "
+                             "before and after), and the zoo's lakd-local as well")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapter_overhead.json")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-adapter-"))
@@ -57,18 +60,20 @@ def main() -> None:
                    capture_output=True)
     runs: dict[str, list[float]] = {}
     try:
+        zoo = {**ZOO, "lakd-local": [*BASE, "configs/methods/lakd_local.yaml"]} if args.hooked_before else ZOO
         for _ in range(args.repeats):
-            for method, flags in ZOO.items():
+            for method, flags in zoo.items():
                 for label, src in (("before", before / "src"), ("after", ROOT / "src")):
                     key = f"zoo/{method}/{label}"
                     runs.setdefault(key, []).append(run(src, flags, scratch / key.replace("/", "-"),
                                                         args.train_limit))
                     print(key, runs[key][-1], flush=True)
-            for method, flags in HOOKED.items():
-                key = f"torchvision_resnet18/{method}"
-                runs.setdefault(key, []).append(run(ROOT / "src", flags, scratch / key.replace("/", "-"),
-                                                    args.train_limit))
-                print(key, runs[key][-1], flush=True)
+            codes = (("/before", before / "src"), ("", ROOT / "src")) if args.hooked_before else (("", ROOT / "src"),)
+            for label, src in codes:
+                for method, flags in HOOKED.items():
+                    key = f"torchvision_resnet18/{method}{label}"
+                    runs.setdefault(key, []).append(run(src, flags, scratch / key.replace("/", "-"), args.train_limit))
+                    print(key, runs[key][-1], flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
     median = {k: statistics.median(v) for k, v in runs.items()}
@@ -79,6 +84,13 @@ def main() -> None:
         / median["torchvision_resnet18/kd"],
         "torchvision_resnet18_lakd_over_kd": median["torchvision_resnet18/lakd"] / median["torchvision_resnet18/kd"],
     }
+    if args.hooked_before:  # within-round ratios, their median: steadier than a ratio of medians on a drifting VM
+        for label in ("/before", ""):
+            for method in ("lakd-local", "lakd"):
+                within = [a / b for a, b in zip(runs[f"torchvision_resnet18/{method}{label}"],
+                                                runs[f"torchvision_resnet18/kd{label}"], strict=True)]
+                ratios[f"torchvision_resnet18_{method}_over_kd{label.replace('/', '_')}"] = statistics.median(within)
+        ratios["zoo_lakd_local_after_over_before"] = median["zoo/lakd-local/after"] / median["zoo/lakd-local/before"]
     import torch
 
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "before": args.before,
