@@ -180,9 +180,9 @@ def test_a_run_folder_has_one_owner(tmp_path: Path) -> None:
         first.communicate(timeout=120)
     assert first.returncode == 143
     # the owner is gone: the lock went with it, and the run resumes
-    from lakd.run import lock_run_folder
+    from lakd.runfolder import lock_folder
 
-    os.close(lock_run_folder(out))
+    os.close(lock_folder(out))
 
 
 def test_sigterm_to_bench_stops_and_checkpoints_its_child(tmp_path: Path) -> None:

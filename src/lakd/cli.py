@@ -15,14 +15,8 @@ from typing import Any
 
 from lakd import __version__
 from lakd.errors import LakdError
-from lakd.run import (
-    check_model_name,
-    check_resume_config,
-    evaluate_checkpoint,
-    prepare_out_dir,
-    run_training,
-    teacher_source,
-)
+from lakd.run import check_model_name, evaluate_checkpoint, run_training, teacher_source
+from lakd.runfolder import RunFolder, check_out_arguments, check_resume_config
 
 EXIT_USAGE = 2
 
@@ -223,22 +217,42 @@ def build_parser() -> argparse.ArgumentParser:
 # -- helpers ------------------------------------------------------------------------------------------------
 
 
-def _config_from_args(cls: type, args: argparse.Namespace, command_flags: dict[str, Any]) -> Any:
-    """Defaults <- -c files <- convenience flags <- KEY=VALUE overrides. ``--resume`` reuses the run's config."""
+def _config_from_args(cls: type, args: argparse.Namespace, command_flags: dict[str, Any],
+                      base: dict[str, Any] | None = None) -> Any:
+    """Defaults <- ``base`` (a resumed run's recorded config, when no -c file is given) <- -c files <- convenience
+    flags <- KEY=VALUE overrides."""
     from lakd.config import build_config
 
     flags = {"data.dataset": args.dataset, "data.root": args.data_root, "train.epochs": args.epochs,
              "optim.lr": args.lr, "data.batch_size": args.batch_size, "train.seed": args.seed,
              "train.device": args.device, "train.precision": args.precision, "out": args.out,
              "train.progress": False if args.no_progress else None, **command_flags}
-    files = list(args.config)
-    saved = Path(args.out) / "config.yaml" if args.resume and args.out else None
-    if saved is not None and saved.is_file() and not files:
-        files = [str(saved)]  # resume with the run's own config
-    cfg = build_config(cls, files, args.overrides, flags)
-    if saved is not None and saved.is_file():
-        check_resume_config(cfg, saved)
-    return cfg
+    return build_config(cls, list(args.config), args.overrides, flags, base=None if args.config else base)
+
+
+def _run(cls: type, args: argparse.Namespace, flags: dict[str, Any], default_out: Any, checks: Any) -> int:
+    """The run folder is locked and judged first (lakd.runfolder); a resume's settings are then built on, and
+    checked against, what its checkpoint records; ``checks(cfg)`` validates the rest before any work, and gives
+    ``run_training``'s extra arguments."""
+    from lakd.engine.distributed import env_from_torchrun
+
+    draft = _config_from_args(cls, args, flags)  # where the run goes (an `out:` key of a -c file counts too)
+    out = Path(draft.out or default_out(draft))
+    check_out_arguments(out, args.resume, args.force)
+    with RunFolder(out, args.resume, args.force, owner=env_from_torchrun().is_main) as folder:
+        cfg = draft
+        if args.resume:
+            recorded, where = folder.recorded_config(), f"its checkpoint '{out / 'last.pt'}'"
+            if recorded is None and (out / "config.yaml").is_file():  # a checkpoint from before they recorded it
+                from lakd.config import load_yaml
+
+                recorded, where = load_yaml(str(out / "config.yaml")), f"'{out / 'config.yaml'}'"
+            if recorded is None:
+                raise LakdError(f"--resume: '{out / 'last.pt'}' records no settings to continue with; start the "
+                                "run again with --force (or a new --out)")
+            cfg = _config_from_args(cls, args, flags, base=recorded)
+            check_resume_config(cfg, recorded, where)
+        return run_training(cfg, folder, argv=args.argv, **checks(cfg))
 
 
 # -- commands -----------------------------------------------------------------------------------------------
@@ -249,15 +263,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.list_models:
         print("\n".join(list_models()))
         return 0
-    cfg: RunConfig = _config_from_args(RunConfig, args, {"model.name": args.model,
-                                                          "model.init_weights": args.init_weights})
-    check_model_name(cfg.model.name)
-    if cfg.model.init_weights and not Path(cfg.model.init_weights).is_file():
-        what = "is a folder, not a weights file" if Path(cfg.model.init_weights).is_dir() else "does not exist"
-        raise LakdError(f"weights file '{cfg.model.init_weights}' (model.init_weights) {what}")
-    out = Path(cfg.out or f"runs/{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    prepare_out_dir(out, args.resume, args.force)
-    return run_training(cfg, out, args.resume, args.force, argv=args.argv)
+    def checks(cfg: RunConfig) -> dict[str, Any]:
+        check_model_name(cfg.model.name)
+        if cfg.model.init_weights and not Path(cfg.model.init_weights).is_file():
+            what = "is a folder, not a weights file" if Path(cfg.model.init_weights).is_dir() else "does not exist"
+            raise LakdError(f"weights file '{cfg.model.init_weights}' (model.init_weights) {what}")
+        return {}
+
+    return _run(RunConfig, args, {"model.name": args.model, "model.init_weights": args.init_weights},
+                lambda cfg: f"runs/{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}", checks)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -269,17 +283,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     flags = {"distill.method": args.method, "distill.teacher": args.teacher, "model.name": args.student,
              "distill.teacher_weights": args.teacher_weights}
-    cfg: DistillRunConfig = _config_from_args(DistillRunConfig, args, flags)
-    method = method_class(cfg.distill.method)
-    make_params(cfg.distill.method, cfg.distill.resolved_params())  # validate before any work
-    check_model_name(cfg.model.name)
-    if method.requires_teacher and not cfg.distill.teacher:
-        raise LakdError(f"method '{cfg.distill.method}' needs a teacher: pass --teacher runs/<teacher>/best.pt "
-                        "(a checkpoint written by `lakd train`)")
-    teacher_ckpt = teacher_source(cfg.distill) if cfg.distill.teacher else None
-    out = Path(cfg.out or f"runs/{cfg.distill.method}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    prepare_out_dir(out, args.resume, args.force)
-    return run_training(cfg, out, args.resume, args.force, argv=args.argv, teacher_ckpt=teacher_ckpt)
+
+    def checks(cfg: DistillRunConfig) -> dict[str, Any]:
+        method = method_class(cfg.distill.method)
+        make_params(cfg.distill.method, cfg.distill.resolved_params())  # validate before any work
+        check_model_name(cfg.model.name)
+        if method.requires_teacher and not cfg.distill.teacher:
+            raise LakdError(f"method '{cfg.distill.method}' needs a teacher: pass --teacher runs/<teacher>/best.pt "
+                            "(a checkpoint written by `lakd train`)")
+        return {"teacher_ckpt": teacher_source(cfg.distill) if cfg.distill.teacher else None}
+
+    return _run(DistillRunConfig, args, flags,
+                lambda cfg: f"runs/{cfg.distill.method}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}", checks)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

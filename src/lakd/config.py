@@ -263,9 +263,13 @@ def build_config(
     files: list[str] | None = None,
     overrides: list[str] | None = None,
     flags: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Any:
-    """Defaults <- YAML files (in order) <- CLI convenience flags <- dotted overrides; then validate."""
+    """Defaults <- ``base`` (a mapping, e.g. a run's recorded config) <- YAML files (in order) <- CLI convenience
+    flags <- dotted overrides; then validate."""
     cfg = cls()
+    if base is not None:
+        _apply(cfg, base, "")
     for f in files or []:
         _apply(cfg, load_yaml(f), "")
     for key, value in (flags or {}).items():

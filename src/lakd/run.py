@@ -19,9 +19,7 @@ from typing import Any
 
 from lakd import __version__
 from lakd.errors import LakdError
-
-RUN_FILES = ("last.pt", "last.prev.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.yaml", "run.json",
-             "summary.json")
+from lakd.runfolder import RunFolder
 
 
 def _git_commit() -> str | None:
@@ -54,96 +52,6 @@ def check_model_name(name: str) -> None:
 
         raise LakdError(f"unknown model '{name}'{did_you_mean(name, list_models())}; see `lakd train --list-models`,"
                         " or name a torchvision:<name> / timm:<name> model")
-
-
-def prepare_out_dir(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to clobber an existing run unless --resume or --force (checked before any work is done)."""
-    if resume and force:
-        raise LakdError("--resume and --force contradict each other: pick one")
-    existing = out.is_dir() and any(out.iterdir())
-    if resume:
-        if not (out / "last.pt").is_file() and not (out / "last.prev.pt").is_file():
-            started = " (the run stopped before its first checkpoint)" if existing else ""
-            raise LakdError(f"--resume: no '{out / 'last.pt'}' to resume from{started}; start the run again with "
-                            "--force (or a new --out)")
-        return
-    if out.exists() and not out.is_dir():
-        raise LakdError(f"--out '{out}' exists and is not a folder")
-    if existing and not force:
-        raise LakdError(f"run folder '{out}' already exists and is not empty; use --resume to continue it, "
-                        "--force to start over in it, or another --out")
-
-
-def lock_run_folder(out: Path) -> Any:
-    """Own ``out`` for this process: an exclusive ``flock`` on ``out/.lock`` (released by the OS on any exit).
-
-    A second run (train, distill, bench's child, --resume or --force) on the same folder gets a ``LakdError``
-    naming the owner's pid instead of interleaving its metrics and checkpoints with the first one's.
-    """
-    import fcntl
-
-    path = out / ".lock"
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o644)
-    except OSError as exc:
-        raise LakdError(f"cannot lock run folder '{out}': {exc.strerror} ({path})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise LakdError(f"run folder '{out}' is in use by another lakd process (pid {owner}); wait for it to "
-                        "finish or stop it (it checkpoints on SIGTERM), or use another --out") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
-
-
-def _clear_run_files(out: Path) -> None:
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-
-
-# Keys a resumed run may change: they do not change what is computed, only how it is shown or run.
-RESUME_MAY_CHANGE = ("train.progress", "train.threads", "train.malloc", "train.tensorboard", "data.workers",
-                     "data.root", "out", "distill.compile")  # how the teacher and the losses run, not what they compute
-
-
-def check_resume_config(cfg: Any, saved: Path) -> None:
-    """``--resume`` continues a run exactly as configured: a key that differs from its ``config.yaml`` (another
-    epoch count, lr, method parameter, or an edited config file) is refused, naming the keys."""
-    import yaml
-
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix[:-1]: d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, dict) and v and k not in ("params", "per_method"):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    try:
-        before = flat(yaml.safe_load(saved.read_text()) or {})
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        raise LakdError(f"--resume: the run's '{saved}' is unreadable ({type(exc).__name__}); it cannot be "
-                        "checked against this command") from None
-    now = flat(cfg.to_dict())
-    changed = [k for k in sorted(set(before) | set(now))
-               if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
-    if "train.epochs" in changed:  # extending (or shortening) a run is allowed, and said
-        changed.remove("train.epochs")
-        print(f"lakd: note: --resume with train.epochs {before.get('train.epochs')} -> {now.get('train.epochs')}: "
-              "the remaining epochs follow the new schedule, so the run is not the same as an uninterrupted one "
-              "of the new length", file=sys.stderr)
-    if changed:
-        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed[:5])
-        raise LakdError(f"--resume continues the run as it was configured, but {len(changed)} setting(s) differ "
-                        f"from '{saved}': {shown}{', ...' if len(changed) > 5 else ''}. Resume with the same "
-                        "settings, or start a new run (--out elsewhere, or --force) to change them")
 
 
 def load_teacher_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -213,9 +121,8 @@ def _build_teacher(teacher_ckpt: tuple[dict[str, Any] | None, dict[str, Any], st
     return teacher
 
 
-def run_training(
-    cfg: Any, out: Path, resume: bool, force: bool, argv: list[str], teacher_ckpt: Any = None
-) -> int:
+def run_training(cfg: Any, folder: RunFolder, argv: list[str], teacher_ckpt: Any = None) -> int:
+    """Train (or distil) into ``folder``, which this process has locked and judged (lakd.runfolder)."""
     import torch
 
     from lakd.engine import resolve_runtime
@@ -228,7 +135,7 @@ def run_training(
     runtime = resolve_runtime(device_name, cfg.train.precision, cfg.train.channels_last)
     init_process_group(dist_env, runtime.device)
     try:
-        return _train_in_process(cfg, out, resume, force, argv, teacher_ckpt, runtime, dist_env)
+        return _train_in_process(cfg, folder, argv, teacher_ckpt, runtime, dist_env)
     finally:
         shutdown()
 
@@ -245,7 +152,7 @@ def prepare_teacher(teacher: Any, input_shape: tuple[int, int, int]) -> tuple[An
 
 
 def _train_in_process(
-    cfg: Any, out: Path, resume: bool, force: bool, argv: list[str], teacher_ckpt: Any, runtime: Any, dist_env: Any
+    cfg: Any, folder: RunFolder, argv: list[str], teacher_ckpt: Any, runtime: Any, dist_env: Any
 ) -> int:
     import torch
     import torch.distributed as dist
@@ -259,6 +166,7 @@ def _train_in_process(
     from lakd.models.base import check_input_size
 
     main_rank = dist_env.is_main
+    out = folder.out
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     malloc = keep_freed_host_memory(cfg.train.malloc) if runtime.device.type == "cpu" else \
@@ -338,7 +246,7 @@ def _train_in_process(
                       dist_env=dist_env)
     if dist_env.enabled:
         dist.barrier()  # every rank has checked its input before rank 0 touches the run folder
-    if resume:
+    if folder.resume:
         trainer.resume_from(out / "last.pt")
     if not main_rank:
         try:
@@ -346,53 +254,48 @@ def _train_in_process(
         except TrainingStopped as stop:
             return 128 + stop.signum
         return 0
-    # Everything that can fail on bad input has run; only now touch the run folder.
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything that can fail on bad input has run; only now write into the run folder (locked since the start).
     from lakd.atomic import atomic_write_text
 
-    lock = lock_run_folder(out)  # this process owns the folder until it returns; a second writer gets an error
+    if folder.force:
+        folder.clear()
+    # on --resume too: only keys check_resume_config allows can differ, and a later resume compares with these
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
+                "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
+                "environment": {**environment_info(runtime), "world_size": dist_env.world_size,
+                                "malloc": malloc},
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
+                         "test": len(splits.test)}}
+    if distill is not None:  # the method's parameters as resolved (defaults included), not only the overrides
+        run_info["distill"] = meta["distill"]
+    atomic_write_text(out / "run.json", json.dumps(run_info, indent=2))
+    what = "training "
+    if distill is not None:
+        how = f"compiled {' + '.join(compiled_parts)}" if compiled_parts else "not compiled"
+        arch = f"{teacher_ckpt[1]['arch']} ({how})" if teacher_ckpt else "no teacher"
+        what = f"distilling ({distill.method}) {arch} -> "
+    procs = f" x {dist_env.world_size} processes" if dist_env.enabled else ""
+    print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "
+          f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()}{procs} -> {out}")
     try:
-        if force:
-            _clear_run_files(out)
-        # on --resume too: only keys check_resume_config allows can differ, and a later resume compares with these
-        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-        run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
-                    "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
-                    "environment": {**environment_info(runtime), "world_size": dist_env.world_size,
-                                    "malloc": malloc},
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
-                             "test": len(splits.test)}}
-        if distill is not None:  # the method's parameters as resolved (defaults included), not only the overrides
-            run_info["distill"] = meta["distill"]
-        atomic_write_text(out / "run.json", json.dumps(run_info, indent=2))
-        what = "training "
-        if distill is not None:
-            how = f"compiled {' + '.join(compiled_parts)}" if compiled_parts else "not compiled"
-            arch = f"{teacher_ckpt[1]['arch']} ({how})" if teacher_ckpt else "no teacher"
-            what = f"distilling ({distill.method}) {arch} -> "
-        procs = f" x {dist_env.world_size} processes" if dist_env.enabled else ""
-        print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "
-              f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()}{procs} -> {out}")
-        try:
-            summary = trainer.fit()
-        except TrainingStopped as stop:
-            print(f"\n{stop}: checkpoint saved to {stop.checkpoint}; continue with the same command plus --resume",
-                  file=sys.stderr)
-            return 128 + stop.signum
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: {out / 'last.pt'} holds the last saved state; continue with --resume",
-                  file=sys.stderr)
-            return 130
-        summary["out"] = str(out)
-        text = json.dumps({**summary, **run_info}, indent=2).encode()
-        from lakd.atomic import atomic_write
+        summary = trainer.fit()
+    except TrainingStopped as stop:
+        print(f"\n{stop}: checkpoint saved to {stop.checkpoint}; continue with the same command plus --resume",
+              file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {out / 'last.pt'} holds the last saved state; continue with --resume",
+              file=sys.stderr)
+        return 130
+    summary["out"] = str(out)
+    text = json.dumps({**summary, **run_info}, indent=2).encode()
+    from lakd.atomic import atomic_write
 
-        atomic_write(out / "summary.json", lambda f: f.write(text))  # a torn summary would block report/bench
-        print(json.dumps(summary, indent=2))
-        return 0
-    finally:
-        os.close(lock)
+    atomic_write(out / "summary.json", lambda f: f.write(text))  # a torn summary would block report/bench
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def evaluate_checkpoint(
