@@ -71,3 +71,18 @@ def test_a_renamed_parameter_gets_an_error_naming_its_new_name() -> None:
     assert make_params("crd", {"temperature": 2.0}).temperature == 2.0
     with pytest.raises(LakdError, match="distill.params.kd_temperature is now called 'temperature' .method 'crd'"):
         make_params("crd", {"kd_temperature": 2.0})
+
+
+@pytest.mark.parametrize("method", sorted(set(list_methods())))
+def test_no_method_accepts_a_non_finite_number(method: str) -> None:
+    """Every float parameter of every method refuses NaN and infinity with one LakdError naming it (LAKD took a NaN
+    ndam_weight and trained on garbage; issue 33)."""
+    import dataclasses
+
+    params = make_params(method, {})
+    floats = [f.name for f in dataclasses.fields(params) if isinstance(getattr(params, f.name), float)]
+    assert floats
+    for name in floats:
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            with pytest.raises(LakdError, match=name):
+                make_params(method, {name: bad})

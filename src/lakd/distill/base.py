@@ -55,6 +55,9 @@ class DistillParams:
 
     ce_weight: float = 1.0  # weight of cross-entropy on labels for the student logits
 
+    def validate(self) -> None:
+        check_non_negative("ce_weight", self.ce_weight)
+
 
 class Distiller(nn.Module):
     """Base class: holds ``student_model`` and the frozen ``teacher``; subclasses implement ``forward_train``."""

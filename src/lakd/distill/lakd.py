@@ -108,11 +108,11 @@ class Params(DistillParams):
 
     def validate(self) -> None:
         for name in ("ce_weight", "kd_weight", "feat_weight", "ndam_weight"):
-            if getattr(self, name) < 0:
-                raise out_of_range(self, name, ">= 0")
+            if not 0 <= getattr(self, name) < math.inf:  # NaN fails too
+                raise out_of_range(self, name, ">= 0 and finite")
         for name in ("temperature", "ndam_p"):
-            if getattr(self, name) <= 0:
-                raise out_of_range(self, name, "> 0")
+            if not 0 < getattr(self, name) < math.inf:
+                raise out_of_range(self, name, "> 0 and finite")
         if not self.ndam_scales or any(s < 0 for s in self.ndam_scales):
             raise out_of_range(self, "ndam_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
         if self.backward not in ("local", "joint"):

@@ -7,6 +7,7 @@ computes exactly what ``lakd`` does (tests/test_lakd.py).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -51,10 +52,10 @@ class StudyParams(Params):
     def validate(self) -> None:
         super().validate()
         for name in ("aux_weight", "dkd_alpha", "dkd_beta", "logit_warmup_epochs"):
-            if getattr(self, name) < 0:
-                raise out_of_range(self, name, ">= 0")
-        if self.ndam_tau <= 0:
-            raise out_of_range(self, "ndam_tau", "> 0")
+            if not 0 <= getattr(self, name) < math.inf:  # NaN fails too
+                raise out_of_range(self, name, ">= 0 and finite")
+        if not 0 < self.ndam_tau < math.inf:
+            raise out_of_range(self, "ndam_tau", "> 0 and finite")
         choices = {"aux_head": ("linear", "teacher_tail"), "feat_form": FEAT_FORMS, "feat_target": ("post", "preact"),
                    "feat_projector": ("auto", "always"), "logit_loss": ("kd", "dkd"), "ndam_mode": ("l2", "kl"),
                    "split": ("stage", "block")}
