@@ -429,6 +429,17 @@ def test_image_folder_links_loops_and_other_classes(tmp_path: Path) -> None:
     (data / "train" / "a" / "peek").symlink_to(data / "test" / "b", target_is_directory=True)
     with pytest.raises(ImageFolderError, match="another folder of the same data set"):
         read_image_folder(data / "train")
+    (data / "train" / "a" / "peek").unlink()
+    # file links (issue 33): a dog image also trained as a cat, a test image also trained on
+    for name, target in (("dog.png", data / "train" / "b" / "3.png"), ("seen.png", data / "test" / "a" / "4.png")):
+        link = data / "train" / "a" / name
+        link.symlink_to(target)
+        with pytest.raises(ImageFolderError, match=f"{name}' links to .*an image of another folder"):
+            read_image_folder(data / "train")
+        link.unlink()
+    (data / "train" / "a" / "twin.png").symlink_to(data / "train" / "a" / "1.png")  # its own class: allowed
+    (data / "train" / "a" / "far.png").symlink_to(outside / "6.png")  # outside the data set: allowed
+    assert list(read_image_folder(data / "train")[1]) == [0] * 5 + [1]
 
 
 class _BigReconstruct:
