@@ -164,28 +164,21 @@ def test_shipped_cifar100_strong_pins_the_published_per_pair_settings() -> None:
             assert params.temperature == 4.0 and not params.logit_stand
 
 
-def test_lakd_results_made_before_its_core_shrank_still_count() -> None:
+def test_lakd_results_made_before_its_core_shrank_still_count(tmp_path: Path) -> None:
     """Results of `lakd` recorded before issue 32 moved logit_stand and the auxiliary heads into lakd-study: at the
     values at which they did nothing they are still what the protocol gives now; at any other value they are not."""
     from lakd.bench import stale_difference
 
     protocol = load_protocol("cifar10-strong")
-    [run] = plan_runs(protocol, ["lakd"], [0], None, None, Path("runs/x"), Path("results/x"))
+    [run] = plan_runs(protocol, ["lakd"], [0], None, None, tmp_path / "runs", tmp_path / "results")
     recorded = json.loads((Path(__file__).resolve().parents[1] /
-                           "benchmarks/results/default-question/cifar10-strong/lakd-s5.json")
-                          .read_text())
-    assert recorded["distill"]["params"]["aux_weight"] == 0.0 and "logit_stand" in recorded["distill"]["params"]
-
-    class Result:  # the run's result file, read from memory
-        def __init__(self, params: dict) -> None:
-            self.text = json.dumps({"distill": {"params": params}})
-
-        def read_text(self) -> str:
-            return self.text
-
-    run.result_path = Result(recorded["distill"]["params"])  # type: ignore[assignment]
+                           "benchmarks/results/default-question/cifar10-strong/lakd-s5.json").read_text())
+    params = recorded["distill"]["params"]
+    assert params["aux_weight"] == 0.0 and "logit_stand" in params
+    run.result_path.parent.mkdir(parents=True)
+    run.result_path.write_text(json.dumps({"distill": {"params": params}}))
     assert stale_difference(run) is None
-    run.result_path = Result({**recorded["distill"]["params"], "aux_weight": 0.3})  # type: ignore[assignment]
+    run.result_path.write_text(json.dumps({"distill": {"params": {**params, "aux_weight": 0.3}}}))
     assert stale_difference(run) == "aux_weight: 0.3 -> '(absent)'"
 
 

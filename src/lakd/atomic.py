@@ -52,3 +52,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     """``atomic_write`` of a UTF-8 text."""
     data = text.encode()
     atomic_write(Path(path), lambda f: f.write(data))
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object file that this project wrote (a result, a summary, run.json): a torn or hand-broken one is one
+    ``LakdError`` naming it and what to do, not a traceback."""
+    import json
+
+    from lakd.errors import LakdError
+
+    try:
+        value = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = getattr(exc, "lineno", "?")
+        raise LakdError(f"{what} '{path}' is not readable JSON ({type(exc).__name__}: line {line}); it was torn or "
+                        f"edited: delete it (a run's summary is rewritten by --resume, a result by "
+                        "running its entry again)") from None
+    if not isinstance(value, dict):
+        raise LakdError(f"{what} '{path}' holds a {type(value).__name__}, not a JSON object; delete it")
+    return value
+

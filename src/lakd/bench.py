@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from lakd.atomic import atomic_write, atomic_write_text
+from lakd.atomic import atomic_write, atomic_write_text, read_json
 from lakd.errors import LakdError, did_you_mean, first_line, short_repr
 from lakd.report import load_run, plot_accuracy_vs_speed, plot_curves
 from lakd.resources import configs_dir, shipped
@@ -318,7 +318,7 @@ def stale_difference(run: BenchRun) -> str | None:
     (``None`` when they agree or the result records neither them nor its config)."""
     from lakd.distill import method_class
 
-    recorded = recorded_params(json.loads(run.result_path.read_text()))
+    recorded = recorded_params(read_json(run.result_path, "result"))
     if recorded is None:
         return None
     now = planned_params(run)
@@ -404,7 +404,7 @@ def summarise(results_root: Path, title: str | None = None) -> dict[str, Any]:
     """Aggregate every ``*-s<seed>.json`` under one protocol (or pair) folder: table, JSON and PNGs."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(results_root.glob("*-s*.json")):
-        result = json.loads(path.read_text())
+        result = read_json(path, "result")
         # by the file's label: a result kept under the entry that reproduces it after a preset changed (its own
         # "method" records the name it ran under)
         rows.setdefault(path.stem.rsplit("-s", 1)[0], []).append(result)

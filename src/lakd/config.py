@@ -131,6 +131,7 @@ class DistillRunConfig(RunConfig):
 # Upper bounds on sizes that allocate memory: a typo must be an error, not a 26 GiB allocation.
 MAX_IMAGE_SIZE = 2048
 MAX_SYNTHETIC = 1_000_000
+MAX_SEED = 2**32 - 1  # what every random generator the run seeds (Python, NumPy, torch, the loader) accepts
 
 CHOICES = {
     "optim.name": ("sgd",),
@@ -311,6 +312,8 @@ def validate(cfg: Any) -> None:
     check("schedule.gamma", 0 < cfg.schedule.gamma <= 1, "in (0, 1]")
     check("schedule.min_lr", 0 <= cfg.schedule.min_lr <= cfg.optim.lr, "in [0, optim.lr]")
     check("train.epochs", cfg.train.epochs >= 1, ">= 1")
+    check("train.seed", 0 <= cfg.train.seed <= MAX_SEED, f"in [0, {MAX_SEED}]")
+    check("data.split_seed", 0 <= cfg.data.split_seed <= MAX_SEED, f"in [0, {MAX_SEED}]")
     check("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "in [0, 1)")
     check("data.batch_size", cfg.data.batch_size >= 1, ">= 1")
     check("data.eval_batch_size", cfg.data.eval_batch_size >= 1, ">= 1")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lakd.atomic import atomic_write
+from lakd.atomic import atomic_write, read_json
 from lakd.errors import LakdError
 
 
@@ -52,8 +52,8 @@ def load_run(path: str | Path) -> RunRecord:
     if not metrics.is_file():
         raise LakdError(f"'{path}' is not a run folder: it has no metrics.jsonl (written after each epoch by "
                         "`lakd train` / `lakd distill`)")
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
-    run = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
+    summary = read_json(path / "summary.json", "run summary") if (path / "summary.json").is_file() else None
+    run = read_json(path / "run.json", "run record") if (path / "run.json").is_file() else {}
     return RunRecord(path, read_jsonl(metrics), summary, run)
 
 

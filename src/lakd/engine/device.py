@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lakd.errors import LakdError
+from lakd.errors import LakdError, did_you_mean
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -90,7 +90,11 @@ def resolve_runtime(device_name: str, precision: str, channels_last: str) -> Run
         else:
             amp = None
     else:
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+        choices = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+        if precision not in choices:  # every door (config, `lakd eval --precision`, the Python API) comes here
+            raise LakdError(f"precision '{precision}' is not one of auto, {', '.join(choices)}"
+                            f"{did_you_mean(str(precision), ['auto', *choices])}")
+        amp = choices[precision]
         if amp is torch.float16 and device.type == "cpu":
             raise LakdError("train.precision=fp16 is for GPUs; on CPU use bf16 or fp32")
     if channels_last == "auto":

@@ -1,0 +1,56 @@
+"""Values checked where they enter, one clear error whatever the door (issue 33's leftovers): a huge seed, an
+unknown precision at `lakd eval`, a torn summary or result JSON at `report` and `bench --summary-only`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lakd.cli import main
+from lakd.engine import resolve_runtime
+from lakd.errors import LakdError
+
+TINY = ["--dataset", "synthetic", "--epochs", "1", "--no-progress", "--precision", "fp32",
+        "data.synthetic_size=64", "data.val_size=16", "data.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("entry") / "run"
+    assert main(["train", "--model", "resnet8", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("override", ["--seed=99999999999999999999", "--seed=-1", "data.split_seed=4294967296"])
+def test_a_seed_out_of_range_is_one_error_before_anything_is_written(
+    override: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet8", *TINY, override, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "seed' = " in err and "out of range: must be in [0, 4294967295]" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_an_unknown_precision_is_one_error_at_every_door(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--ckpt", str(run / "best.pt"), "--precision", "bf15"]) == 2
+    assert "precision 'bf15' is not one of auto, bf16, fp16, fp32 (did you mean 'bf16'?)" in capsys.readouterr().err
+    with pytest.raises(LakdError, match="precision 'half' is not one of"):
+        resolve_runtime("cpu", "half", "auto")
+
+
+def test_a_torn_summary_or_result_is_one_error(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    for name in ("metrics.jsonl", "run.json"):
+        (torn / name).write_bytes((run / name).read_bytes())
+    (torn / "summary.json").write_text('{"epochs": 1, "last_te')
+    assert main(["report", str(torn)]) == 2
+    assert f"run summary '{torn / 'summary.json'}' is not readable JSON" in capsys.readouterr().err
+    results = tmp_path / "results" / "cifar10-cpu"
+    results.mkdir(parents=True)
+    (results / "kd-s0.json").write_text("[1, 2")
+    assert main(["bench", "cifar10-cpu", "--summary-only", "--results-dir", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert f"result '{results / 'kd-s0.json'}' is not readable JSON" in err and "Traceback" not in err
