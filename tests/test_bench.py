@@ -314,6 +314,10 @@ def test_every_shipped_protocol_and_study_loads() -> None:
     ("methods: {a: {config: c.yaml}}\nseeds: []", "'seeds' must be a list of integers"),
     ("methods: {a: {config: c.yaml}}\npairs: 3", "'pairs' must be a mapping"),
     ("methods: {a: {config: c.yaml}}\nname: [1, 2]", "'name' must be a string"),
+    ("methods: {../../../escape: {config: c.yaml}}", "method name '../../../escape' must be letters"),
+    ("methods: {a/b: {config: c.yaml}}", "method name 'a/b' must be letters"),
+    ("methods: {a: {config: c.yaml}}\npairs: {../up: p.yaml}", "pair name '../up' must be letters"),
+    ("methods: {7: {config: c.yaml}}", "method name 7 must be letters"),
     ("methods: {a: {config: c.yaml}}\nseeds: [0]\n\xff", "not readable YAML"),
 ])
 def test_protocols_of_the_wrong_shape_get_one_clear_error(body: str, message: str, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import statistics
@@ -168,6 +169,7 @@ def load_protocol(name_or_path: str) -> Protocol:
     entries = _typed(path, "methods", raw.get("methods") or {}, "a mapping of method names to {config, overrides}")
     for name, spec in entries.items():
         where = f"methods.{str(name)[:60]}"
+        _check_name(path, "method", name)
         if not isinstance(spec, dict) or "config" not in spec or set(spec) - {"config", "overrides"}:
             raise LakdError(f"protocol '{path}': method {short_repr(name)} needs a 'config' (a method YAML) and "
                             "optional 'overrides' (a list of KEY=VALUE), nothing else")
@@ -186,6 +188,7 @@ def load_protocol(name_or_path: str) -> Protocol:
     raw_pairs = _typed(path, "pairs", raw.get("pairs") or {}, "a mapping of pair names to config files")
     for name, spec in raw_pairs.items():
         where = f"pairs.{str(name)[:60]}"
+        _check_name(path, "pair", name)
         if isinstance(spec, dict):  # {config: FILE, overrides: {method: [KEY=VALUE, ...]}}
             if "config" not in spec or set(spec) - {"config", "overrides"}:
                 raise LakdError(f"protocol '{path}': pair {short_repr(name)} needs a 'config' (a pair YAML) and "
@@ -205,6 +208,17 @@ def load_protocol(name_or_path: str) -> Protocol:
                     methods=methods, default_methods=default_methods,
                     seeds=_typed(path, "seeds", raw.get("seeds", [0]), "a list of integers"),
                     pairs=pairs, pair_overrides=pair_overrides)
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def _check_name(path: Path, kind: str, name: Any) -> None:
+    """A protocol's method and pair names become folder and file names under --runs-dir and --results-dir: a name
+    that could leave them (``..``, a slash) or mean nothing to a file system is refused."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise LakdError(f"protocol '{path}': {kind} name {short_repr(name)} must be letters, digits and . _ + - "
+                        "(at most 64, starting with a letter or digit, no '..'): it names a folder of the run")
 
 
 def split_list(values: Sequence[str] | None) -> list[str]:
