@@ -33,6 +33,14 @@ def test_demo_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["demo", "--tiny", "--out", str(out), "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "comparison.json").read_bytes() == before
+    # --epochs and --train-limit count with --tiny too (they were accepted and ignored; issue 33)
+    assert main(["demo", "--tiny", "--out", str(out), "--no-progress", "--force", "--epochs", "2",
+                 "--train-limit", "160"]) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    assert (result["epochs"], result["train_limit"]) == (2, 160)
+    for row in result["rows"]:
+        assert len((Path(row["run"]) / "metrics.jsonl").read_text().splitlines()) == 2
+        assert "data.train_limit=160" in json.loads((Path(row["run"]) / "summary.json").read_text())["command"]
 
 
 def test_demo_without_data_says_how_to_get_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

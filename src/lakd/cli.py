@@ -184,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder holding CIFAR-10 (else $LAKD_DATA)")
     p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     p.add_argument("--teacher", help="teacher checkpoint to use (default: the committed CIFAR-10 resnet56)")
-    p.add_argument("--epochs", type=int, default=2, help="student epochs per method (default 2)")
-    p.add_argument("--train-limit", type=int, default=20000,
-                   help="training images per epoch (default 20000, a seeded random subset)")
+    p.add_argument("--epochs", type=int, default=None, help="student epochs per method (default 2; 1 with --tiny)")
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="training images per epoch (default 20000, a seeded random subset; all 192 with --tiny)")
     p.add_argument("--tiny", action="store_true", help="synthetic data and tiny models: a 1-minute smoke run")
     p.add_argument("--force", action="store_true", help="start over in an existing --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

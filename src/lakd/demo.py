@@ -70,18 +70,18 @@ def run_demo(args: argparse.Namespace, run_command: Callable[[list[str]], int]) 
     if out.exists() and any(out.iterdir()) and not args.force:
         raise LakdError(f"demo folder '{out}' already exists and is not empty; use --force to redo it there, or "
                         "another --out")
-    if args.epochs < 1 or args.train_limit < 1:
+    if (args.epochs is not None and args.epochs < 1) or (args.train_limit is not None and args.train_limit < 1):
         raise LakdError("--epochs and --train-limit must be >= 1")
     common = ["--no-progress"] if args.no_progress else []
     if args.data_root:
         common += ["--data-root", args.data_root]
     if args.tiny:  # synthetic images, tiny models: exercises every step in about a minute
         data = ["--dataset", "synthetic", "data.synthetic_size=256", "data.val_size=64", "data.eval_batch_size=128"]
-        student, epochs, limit = "resnet8", 1, None
+        student, epochs, limit = "resnet8", args.epochs or 1, args.train_limit
     else:
         _check_data(args.data_root)
         data = ["--dataset", "cifar10", "data.val_size=5000"]
-        student, epochs, limit = "resnet20", args.epochs, args.train_limit
+        student, epochs, limit = "resnet20", args.epochs or 2, args.train_limit or 20000
     if args.force and out.exists():
         for name in ("teacher", *DEMO_METHODS):
             shutil.rmtree(out / name, ignore_errors=True)
