@@ -54,3 +54,32 @@ def test_a_torn_summary_or_result_is_one_error(run: Path, tmp_path: Path, capsys
     assert main(["bench", "cifar10-cpu", "--summary-only", "--results-dir", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err
     assert f"result '{results / 'kd-s0.json'}' is not readable JSON" in err and "Traceback" not in err
+
+
+def test_bytes_that_are_no_torch_file_are_called_so_not_pickled_objects(tmp_path: Path) -> None:
+    import io
+    import os
+
+    import torch
+
+    from lakd.engine.checkpoint import load_checkpoint
+    from lakd.models.weights import read_state_dict
+
+    noise, text, objects = tmp_path / "noise.pt", tmp_path / "notes.pt", tmp_path / "objects.pt"
+    noise.write_bytes(bytes(range(256)) * 2)
+    text.write_text("not a checkpoint\n")
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (os.getcwd, ())
+
+    buffer = io.BytesIO()
+    torch.save({"model": Payload()}, buffer)
+    objects.write_bytes(buffer.getvalue())
+    for read in (load_checkpoint, read_state_dict):
+        for path in (noise, text):
+            with pytest.raises(LakdError, match="it is not a PyTorch file") as caught:
+                read(path)
+            assert "pickled Python objects" not in str(caught.value)
+        with pytest.raises(LakdError, match="it holds pickled Python objects"):
+            read(objects)

@@ -6,6 +6,7 @@ import difflib
 import re
 import reprlib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class LakdError(Exception):
@@ -52,9 +53,13 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return (line or type(exc).__name__)[:limit]
 
 
-def refused_load(exc: BaseException) -> str:
+def refused_load(exc: BaseException, path: str | Path | None = None) -> str:
     """Why ``torch.load(weights_only=True)`` failed, in our words: torch's own advice for a refused pickle (to
-    load it with ``weights_only=False``) is exactly what must not be done with an untrusted file."""
+    load it with ``weights_only=False``) is exactly what must not be done with an untrusted file. With ``path``,
+    bytes that are neither torch.save's zip archive nor a pickle are called what they are."""
+    if path is not None and not _looks_like_torch_file(path):
+        return ("it is not a PyTorch file: neither torch.save's zip archive nor a pickle (wrong file, or "
+                "overwritten)")
     if "Weights only load failed" in str(exc):
         return ("it holds pickled Python objects, not only tensors and plain containers; lakd refuses to load "
                 "those, since loading them can run code")
@@ -62,3 +67,14 @@ def refused_load(exc: BaseException) -> str:
         return "the file ends early (EOFError): it is empty or cut short"
     line = first_line(exc)
     return line if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"
+
+
+def _looks_like_torch_file(path: str | Path) -> bool:
+    """torch.save writes a zip archive (``PK``); the legacy format and plain pickles start with a protocol byte."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True  # the load's own error says why
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+

@@ -49,7 +49,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise LakdError(
-            f"checkpoint '{path}' cannot be loaded safely ({refused_load(exc)}). "
+            f"checkpoint '{path}' cannot be loaded safely ({refused_load(exc, path)}). "
             "It is corrupt/truncated, or not a lakd checkpoint (lakd never unpickles arbitrary objects)"
         ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:

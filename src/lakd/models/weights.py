@@ -59,9 +59,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise LakdError(f"weights file '{path}' cannot be loaded safely ({refused_load(exc)}); lakd reads only "
-                            "tensors and plain containers, "
-                            "never pickled objects — re-save it as a plain state_dict or as .safetensors") from None
+            raise LakdError(f"weights file '{path}' cannot be loaded safely ({refused_load(exc, path)}); lakd "
+                            "reads only tensors and plain containers, never pickled objects — re-save it as a plain "
+                            "state_dict or as .safetensors") from None
     state = _unwrap(raw, path)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
