@@ -83,3 +83,15 @@ def test_bytes_that_are_no_torch_file_are_called_so_not_pickled_objects(tmp_path
             assert "pickled Python objects" not in str(caught.value)
         with pytest.raises(LakdError, match="it holds pickled Python objects"):
             read(objects)
+
+
+def test_an_overflowing_term_weight_is_named_not_the_term_that_turns_nan_after_it(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kd_weight 1e37 keeps every loss finite but overflows the gradient: the error names 'kd' (it named 'ce',
+    which only became NaN a step later, through weights the overflowing step had already ruined)."""
+    args = ["distill", "--method", "kd", "--teacher", str(run / "best.pt"), "--student", "resnet8", *TINY,
+            "distill.params.kd_weight=1e37", "--out", str(tmp_path / "kd")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the gradient became non-finite" in err and "'kd' = " in err and "'ce'" not in err

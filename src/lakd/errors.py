@@ -76,5 +76,7 @@ def _looks_like_torch_file(path: str | Path) -> bool:
             head = f.read(4)
     except OSError:
         return True  # the load's own error says why
-    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+    if len(head) < 2:
+        return True  # empty or cut short: the load's own error (it ends early) says so
+    return head.startswith(b"PK\x03\x04") or (head[0] == 0x80 and 2 <= head[1] <= 5)
 

@@ -287,6 +287,20 @@ class Trainer:
         return lr_at(epoch, self.cfg.optim.lr, self.cfg.train.epochs, s.name, s.warmup_epochs, s.milestones,
                      s.gamma, s.min_lr)
 
+    def _check_finite_gradients(self, values: dict[str, float], epoch: int, step: int) -> None:
+        """Every loss term finite but the gradient not (a huge term weight, a huge lr): stop before the step makes
+        the weights NaN, naming the largest term, rather than blame whichever term turns NaN a step later. (With
+        fp16's grad scaler a non-finite gradient is the scaler's to skip.)"""
+        if self.scaler.is_enabled():
+            return
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            return
+        name, v = max(values.items(), key=lambda item: abs(item[1])) if values else ("(none)", float("nan"))
+        raise NonFiniteLoss(f"the gradient became non-finite at epoch {epoch + 1}, step {step}, although every loss "
+                            f"term was finite (the largest: '{name}' = {v:.3g}); stopping (the last good checkpoint "
+                            "is kept). Lower this term's weight or optim.lr")
+
     def _backward(self, loss: torch.Tensor) -> None:
         """Backward through the grad scaler (a no-op scaler unless fp16)."""
         self.scaler.scale(loss).backward()
@@ -342,6 +356,7 @@ class Trainer:
                                     "this term's weight")
             if self.dist.enabled:
                 average_gradients(self.params, self.dist.world_size)
+            self._check_finite_gradients(values, epoch, step)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             for name, v in values.items():
