@@ -95,3 +95,30 @@ def test_an_overflowing_term_weight_is_named_not_the_term_that_turns_nan_after_i
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "the gradient became non-finite" in err and "'kd' = " in err and "'ce'" not in err
+
+
+def test_a_reader_that_stops_reading_is_no_disk_error(run: Path) -> None:
+    """`lakd report RUN | head -1`: the pipe closing is not a full disk (it was reported as one)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "lakd", "report", str(run)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the report is written (python starts up first): its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 141)
+    assert "error" not in err and "Traceback" not in err
+
+
+def test_every_config_the_help_texts_cite_exists() -> None:
+    import re
+
+    from lakd.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    parser = build_parser()
+    texts = [parser.format_help()] + [sub.format_help() for action in parser._subparsers._group_actions
+                                      for sub in action.choices.values()]
+    cited = {m for text in texts for m in re.findall(r"configs/[\w/.-]+\.yaml", text)}
+    assert cited and not [c for c in cited if not (root / c).is_file()]

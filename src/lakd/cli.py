@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ TRAIN_EXAMPLES = """examples:
 DISTILL_EXAMPLES = """examples:
   lakd distill --method lakd --teacher runs/teacher-resnet56/best.pt --student resnet20 --dataset cifar10 \\
       --epochs 5 --out runs/lakd-r20
-  lakd distill -c configs/cifar10_cpu_lakd.yaml distill.params.ndam_weight=2 --out runs/lakd-ndam2
+  lakd distill -c configs/cifar10_cpu.yaml -c configs/methods/lakd.yaml distill.params.ndam_weight=2 --out runs/ndam2
   lakd distill --method kd --teacher runs/teacher-resnet56/best.pt --student resnet20 distill.params.temperature=2
   lakd distill --method lakd --teacher timm:resnet50 --teacher-weights resnet50.safetensors \\
       --student torchvision:mobilenet_v3_small --dataset imagefolder data.path=DIR data.image_size=224
@@ -441,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         print("lakd: interrupted; nothing half-written was left (a run or a decode starts over next time)",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lakd report RUN | head`: the reader stopped reading; nothing is wrong with the disk
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # what a shell reports for a pipe writer stopped by SIGPIPE (128 + 13)
     except OSError as exc:  # a read-only or full location, a path that is a folder: one line, no traceback
         where = f" '{exc.filename}'" if exc.filename else ""
         print(f"lakd: error: cannot use{where}: {exc.strerror or exc}; check the path, its permissions and the free "
