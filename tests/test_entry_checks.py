@@ -122,3 +122,16 @@ def test_every_config_the_help_texts_cite_exists() -> None:
                                       for sub in action.choices.values()]
     cited = {m for text in texts for m in re.findall(r"configs/[\w/.-]+\.yaml", text)}
     assert cited and not [c for c in cited if not (root / c).is_file()]
+
+
+def test_the_lists_say_what_each_method_is_and_that_library_models_work(capsys: pytest.CaptureFixture[str]) -> None:
+    from lakd.distill import list_methods, method_class
+
+    assert main(["distill", "--list-methods"]) == 0
+    out = capsys.readouterr().out
+    for name in list_methods():
+        assert f"{name}: {method_class(name).summary}" in out and method_class(name).summary
+    assert "temperature=4.0" in out.split("\nkd: ")[1].split("\n\n")[0].split("\nlakd: ")[0]
+    assert main(["train", "--list-models"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet20" in out and "torchvision:<name>" in out and "timm:<name>" in out

@@ -263,7 +263,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.list_models:
         print("\n".join(list_models()))
+        print("\nand any torchvision or timm classifier by name: torchvision:<name> (e.g. torchvision:resnet18), "
+              "timm:<name> (e.g. timm:resnet50), with its stages found for you (README, 'Any model')")
         return 0
+
     def checks(cfg: RunConfig) -> dict[str, Any]:
         check_model_name(cfg.model.name)
         if cfg.model.init_weights and not Path(cfg.model.init_weights).is_file():
@@ -275,12 +278,28 @@ def cmd_train(args: argparse.Namespace) -> int:
                 lambda cfg: f"runs/{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}", checks)
 
 
+def describe_methods() -> str:
+    """Every method: its name, what it is (its registered summary) and its parameters with their defaults (the
+    published recipe's), settable as ``distill.params.NAME=VALUE``."""
+    import textwrap
+
+    from lakd.distill import list_methods, make_params, method_class, params_as_dict
+
+    blocks = []
+    for name in list_methods():
+        params = ", ".join(f"{k}={v}" for k, v in params_as_dict(make_params(name, {})).items())
+        blocks.append(f"{name}: {method_class(name).summary}\n" + textwrap.fill(
+            params, width=110, initial_indent="    ", subsequent_indent="    "))
+    footer = "Defaults are each method's published recipe; set one with distill.params.NAME=VALUE."
+    return "\n".join(blocks) + "\n\n" + footer
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from lakd.config import DistillRunConfig
-    from lakd.distill import list_methods, make_params, method_class
+    from lakd.distill import make_params, method_class
 
     if args.list_methods:
-        print("\n".join(list_methods()))
+        print(describe_methods())
         return 0
     flags = {"distill.method": args.method, "distill.teacher": args.teacher, "model.name": args.student,
              "distill.teacher_weights": args.teacher_weights}

@@ -57,7 +57,7 @@ def paired_stages(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     return [(n_student - n + i, n_teacher - n + i) for i in range(n)]
 
 
-@register("at")
+@register("at", "Zagoruyko & Komodakis 2017: CE + attention maps (spatial, p=2) of every stage")
 class AT(Distiller):
     """Cross-entropy plus ``beta * sum over stages of at_loss``."""
 

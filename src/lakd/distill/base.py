@@ -12,8 +12,8 @@ A ``Distiller`` is an ``nn.Module`` with
 The teacher is frozen: ``requires_grad_(False)``, always in eval mode (also after ``.train()``), run under
 ``torch.no_grad``, and left out of ``state_dict()`` (it lives in its own checkpoint).
 
-Methods register with ``@register("name")`` and declare their hyper-parameters as a dataclass ``Params``
-so configs are validated field by field. A method never imports the trainer.
+Methods register with ``@register("name", "one-line summary")`` and declare their hyper-parameters as a dataclass
+``Params`` so configs are validated field by field. A method never imports the trainer.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class Distiller(nn.Module):
     """Base class: holds ``student_model`` and the frozen ``teacher``; subclasses implement ``forward_train``."""
 
     name: ClassVar[str] = "base"
+    summary: ClassVar[str] = ""  # set by @register
     Params: ClassVar[type[DistillParams]] = DistillParams
     #: True when ``forward_train`` needs the dataset index of each sample (``index=`` keyword), e.g. CRD.
     needs_index: ClassVar[bool] = False
@@ -217,13 +218,14 @@ class Distiller(nn.Module):
 DISTILLERS: dict[str, type[Distiller]] = {}
 
 
-def register(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
-    """Class decorator: make a method available by ``name`` in configs and the CLI."""
+def register(name: str, summary: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: make a method available by ``name`` in configs and the CLI, with the one line that
+    ``lakd distill --list-methods`` shows for it (who published it, what it matches)."""
 
     def wrap(cls: type[Distiller]) -> type[Distiller]:
         if name in DISTILLERS:
             raise ValueError(f"distillation method '{name}' registered twice")
-        cls.name = name
+        cls.name, cls.summary = name, summary
         DISTILLERS[name] = cls
         return cls
 

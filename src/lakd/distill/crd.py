@@ -182,7 +182,7 @@ def similarities(anchors: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, 
     return torch.einsum("bkd,bd->bk", bank[rows], anchors)
 
 
-@register("crd")
+@register("crd", "Tian et al. 2020: CE + contrastive representation distillation (memory bank of negatives)")
 class CRD(Distiller):
     """Cross-entropy plus ``crd_weight`` * (student-anchored + teacher-anchored NCE loss) [+ optional KD]."""
 

@@ -46,7 +46,7 @@ def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: 
     return tau**2 * (beta * inter + gamma * intra)
 
 
-@register("dist")
+@register("dist", "Huang et al. 2022: CE + inter- and intra-class relations of the logits (Pearson correlation)")
 class DIST(Distiller):
     """Cross-entropy plus ``kd_weight`` times the DIST relation loss on the logits."""
 

@@ -59,7 +59,7 @@ def dkd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, target: torch.Tenso
     return (alpha * tckd + beta * nckd) * temperature**2
 
 
-@register("dkd")
+@register("dkd", "Zhao et al. 2022: CE + decoupled KD (target and non-target class KL, warmed up)")
 class DKD(Distiller):
     """Cross-entropy plus the warmed-up decoupled KD loss."""
 

@@ -59,7 +59,7 @@ def resolve_stages(n_student: int, n_teacher: int, hint_stage: int) -> tuple[int
     return s, t
 
 
-@register("fitnet")
+@register("fitnet", "Romero et al. 2015: CE + MSE of a regressed middle-stage feature to the teacher's hint")
 class FitNet(Distiller):
     """Cross-entropy plus ``feat_weight * MSE(regressor(student stage), teacher hint stage)``."""
 

@@ -45,7 +45,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl * temperature**2
 
 
-@register("kd")
+@register("kd", "Hinton et al. 2015: CE + KL to the teacher's softened logits (logit_stand: Sun et al. 2024)")
 class KD(Distiller):
     """Cross-entropy on labels plus the softened-logit KL to the teacher."""
 

@@ -225,7 +225,7 @@ def _autocast_off(device_type: str) -> Any:
         yield
 
 
-@register("lakd")
+@register("lakd", "LAKD (ours, docs/method.md): local modules, feature + NDAM losses per module, shallow -> deep")
 class LAKD(Distiller):
     """LAKD's core. The hooks a variant overrides (lakd_study.py): ``local_modules``, ``make_runner``,
     ``feature_modules``, ``needs_projector``, ``projector_always``, ``feature_target_preact``, ``logit_loss``,

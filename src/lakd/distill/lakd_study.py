@@ -98,7 +98,7 @@ def block_pieces(student: StagedModel, modules: list[list[Piece]]) -> list[list[
     return pieces
 
 
-@register("lakd-study")
+@register("lakd-study", "LAKD plus the variants its studies tried and did not keep (docs/method.md, section 5)")
 class LAKDStudy(LAKD):
     """LAKD with the study variants' parameters (:class:`StudyParams`), each an override of a core hook."""
 

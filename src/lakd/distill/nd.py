@@ -85,7 +85,7 @@ def kd_warmup(epoch: float, warmup_epochs: float) -> float:
     return min(max(epoch / warmup_epochs, 0.0), 1.0)
 
 
-@register("nd")
+@register("nd", "Wang et al. 2023 (KD++): CE + KD + norm-and-direction loss to the teacher's class centers")
 class ND(Distiller):
     """KD++: cross-entropy, Hinton KD (warmed up) and the norm-and-direction loss to the teacher's class centers."""
 

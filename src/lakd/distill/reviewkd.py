@@ -118,7 +118,7 @@ def review_levels(out: TeacherOutputs, preact: bool, pooled: bool) -> list[torch
     return levels
 
 
-@register("reviewkd")
+@register("reviewkd", "Chen et al. 2021: CE + knowledge review (fused multi-stage features, HCL loss)")
 class ReviewKD(Distiller):
     """Cross-entropy plus ``reviewkd_weight * warmup * HCL(review chain of student features, teacher features)``."""
 

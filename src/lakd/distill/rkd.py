@@ -70,7 +70,7 @@ def rkd_angle_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(triplet_cosines(fs), t)
 
 
-@register("rkd")
+@register("rkd", "Park et al. 2019: CE + distance- and angle-wise relations of pooled features")
 class RKD(Distiller):
     """Cross-entropy plus ``distance_weight * RKD-D + angle_weight * RKD-A`` on pooled last-stage features."""
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lakd.distill.base import Distiller, register, weighted
 
 
-@register("vanilla")
+@register("vanilla", "the student alone: cross-entropy on labels, no teacher")
 class Vanilla(Distiller):
     requires_teacher = False
 
