@@ -138,6 +138,20 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(
     assert_same_run(reference, out)
 
 
+def test_a_refused_last_checkpoint_is_never_kept_as_the_previous_one(tmp_path: Path) -> None:
+    """Resumed from last.prev.pt because last.pt was torn, the next save replaces last.pt and leaves last.prev.pt
+    the good one (the torn file was rotated into last.prev.pt, losing the only good checkpoint; issue 33)."""
+    out = tmp_path / "run"
+    two = [*ARGS[:ARGS.index("--epochs")], "--epochs", "2", *ARGS[ARGS.index("--epochs") + 2:], "--out", str(out)]
+    assert main(two) == 0
+    good_previous = (out / "last.prev.pt").read_bytes()  # epoch 1
+    last = out / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # epoch 2, torn
+    assert main([*two, "--resume"]) == 0  # back to epoch 1, epoch 2 again, saved
+    assert (out / "last.prev.pt").read_bytes() == good_previous
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
 def test_disk_full_while_saving_is_one_clear_error_and_keeps_the_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -176,6 +176,7 @@ class Trainer:
         self.best: dict[str, Any] = {"val_top1": -1.0, "epoch": -1}
         self.stop_signal: int | None = None  # set by SIGTERM / Ctrl-C; honoured at the next step boundary
         self.partial: dict[str, Any] | None = None  # progress inside an epoch restored from a mid-epoch checkpoint
+        self._last_refused = False  # last.pt was unreadable at resume: the next save must not keep it as previous
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def _state(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -231,6 +232,7 @@ class Trainer:
             self.log(f"warning: {exc}; resuming from the previous checkpoint '{previous}' instead")
             ckpt = load_checkpoint(previous, map_location=self.runtime.device)
             path = previous
+            self._last_refused = True  # never rotate the refused last.pt over the good previous one
         for key in ("task", "optimizer", "epoch", "rng"):
             if key not in ckpt:
                 raise LakdError(f"checkpoint '{path}' has no '{key}': it holds weights only and cannot resume")
@@ -268,9 +270,12 @@ class Trainer:
         state = self._state(epoch, partial)
         last = self.out_dir / "last.pt"
         try:
-            if last.is_file():  # keep the previous good one: resume falls back to it if last.pt is ever unreadable
+            # keep the previous good one: resume falls back to it if last.pt is ever unreadable (a last.pt that
+            # was refused at resume is not good: it is replaced, and last.prev.pt stays as it is)
+            if last.is_file() and not self._last_refused:
                 keep_previous(last, self.out_dir / "last.prev.pt")
             atomic_torch_save(state, last)
+            self._last_refused = False
             if is_best:
                 atomic_torch_save(state, self.out_dir / "best.pt")
         except OSError as exc:  # disk full, quota, permissions: atomic writes left the earlier files intact
