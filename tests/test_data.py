@@ -83,16 +83,24 @@ def test_decode_cache_is_checked_against_its_source_and_its_own_contents(npz_roo
     np.testing.assert_array_equal(again.x, changed.x)
 
 
-def test_cache_goes_to_user_dir_when_root_is_read_only(npz_root: Path) -> None:
-    os.chmod(npz_root, 0o555)
+@pytest.mark.parametrize("writable", [False, True])
+def test_the_cache_never_goes_into_the_data_folder_unless_asked(
+    writable: bool, npz_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode cache is the user's cache folder's (issue 34: it was written into a writable data folder);
+    ``$LAKD_CACHE`` puts it anywhere, the data folder included."""
+    before = sorted(p.name for p in npz_root.rglob("*"))
+    os.chmod(npz_root, 0o755 if writable else 0o555)
     try:
         cache = decoded_cache_dir(npz_root)
-        assert npz_root not in cache.parents
+        assert npz_root not in cache.parents and Path(os.environ["XDG_CACHE_HOME"]) in cache.parents
         load_cifar("cifar10", npz_root, "test")
-        assert not (npz_root / ".lakd-cache").exists()
+        assert sorted(p.name for p in npz_root.rglob("*")) == before  # nothing written into the data folder
         assert list(cache.glob("*.npz"))
     finally:
         os.chmod(npz_root, 0o755)
+    monkeypatch.setenv("LAKD_CACHE", str(npz_root / "my-cache"))
+    assert decoded_cache_dir(npz_root) == npz_root / "my-cache"
 
 
 def test_corrupt_npz_is_a_clear_error(tmp_path: Path) -> None:

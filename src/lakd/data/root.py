@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from pathlib import Path
 
 ENV_DATA = "LAKD_DATA"
@@ -27,25 +26,15 @@ def resolve_data_root(root: str | os.PathLike[str] | None = None) -> tuple[Path,
     return user_cache_dir() / "data", "default (no --data-root, no $LAKD_DATA)"
 
 
-def _writable(path: Path) -> bool:
-    """Writable by its permission bits *and* for us: root passes ``os.access`` even on folders marked
-    read-only (as a shared dataset folder is), and must not litter them."""
-    return bool(path.stat().st_mode & stat.S_IWUSR) and os.access(path, os.W_OK)
-
-
 def decoded_cache_dir(root: Path) -> Path:
-    """Where decoded uint8 arrays are cached: ``<root>/.lakd-cache`` if writable, else a user dir.
+    """Where decoded uint8 arrays are cached: ``$LAKD_CACHE`` if set, else ``$XDG_CACHE_HOME/lakd/decoded/<hash of
+    the data root>`` (``~/.cache/lakd/...``), so two roots never share a cache.
 
-    Shared data folders are often read-only; then the cache goes to ``$LAKD_CACHE`` or
-    ``~/.cache/lakd/decoded/<hash of root>`` so two roots never share a cache.
+    Never the user's data folder unless they ask for it (``LAKD_CACHE=<that folder>``): a data set is the user's,
+    often shared or backed up, and 185 MB of decoded CIFAR-10 does not belong in it. ``lakd data info`` says where.
     """
     env = os.environ.get(ENV_CACHE)
     if env:
         return Path(env).expanduser()
-    local = root / ".lakd-cache"
-    if local.is_dir() and _writable(local):
-        return local
-    if root.is_dir() and _writable(root):
-        return local
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
     return user_cache_dir() / "decoded" / digest
