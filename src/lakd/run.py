@@ -157,26 +157,63 @@ def _train_in_process(
     import torch
     import torch.distributed as dist
 
-    from lakd.config import dump_yaml
-    from lakd.data import load_splits
-    from lakd.engine import SupervisedTask, Trainer, seed_everything
+    from lakd.engine import Trainer
     from lakd.engine.host_memory import keep_freed_host_memory
     from lakd.engine.trainer import TrainingStopped
-    from lakd.models import build_model
-    from lakd.models.base import check_input_size
 
-    main_rank = dist_env.is_main
-    out = folder.out
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     malloc = keep_freed_host_memory(cfg.train.malloc) if runtime.device.type == "cpu" else \
         f"system (train.malloc applies to CPU training; this run is on {runtime.device.type})"
-    d = cfg.data
+    splits = _load_data(cfg.data)
+    teacher = _build_teacher(teacher_ckpt, splits) if teacher_ckpt is not None else None
+    model, input_shape = _build_student(cfg, splits, teacher)
+    task, folded, compiled_parts = _build_task(cfg, model, teacher, splits, input_shape, runtime, dist_env)
+    meta = _checkpoint_meta(cfg, splits, task, teacher_ckpt, folded, compiled_parts)
+    trainer = Trainer(task, cfg, splits, runtime, folder.out, meta,
+                      log=print if dist_env.is_main else (lambda _m: None), dist_env=dist_env)
+    if dist_env.enabled:
+        dist.barrier()  # every rank has checked its input before rank 0 touches the run folder
+    if folder.resume:
+        trainer.resume_from(folder.out / "last.pt")
+    if not dist_env.is_main:
+        try:
+            trainer.fit()
+        except TrainingStopped as stop:
+            return 128 + stop.signum
+        return 0
+    # Everything that can fail on bad input has run; only now write into the run folder (locked since the start).
+    if folder.force:
+        folder.clear()
+    run_info = _write_run_record(cfg, folder.out, argv, runtime, dist_env, malloc, splits, meta)
+    what = "training "
+    if "distill" in meta:
+        how = f"compiled {' + '.join(compiled_parts)}" if compiled_parts else "not compiled"
+        arch = f"{teacher_ckpt[1]['arch']} ({how})" if teacher_ckpt else "no teacher"
+        what = f"distilling ({meta['distill']['method']}) {arch} -> "
+    procs = f" x {dist_env.world_size} processes" if dist_env.enabled else ""
+    print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "
+          f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()}{procs} -> {folder.out}")
+    return _fit_and_summarise(trainer, folder.out, run_info)
+
+
+def _load_data(d: Any) -> Any:
+    """The run's train / val / test splits, with the normalisation the config may impose."""
+    from lakd.data import load_splits
+
     splits = load_splits(d.dataset, d.root, d.val_size, d.split_seed, d.path, d.synthetic_size,
                          d.synthetic_classes, d.train_limit, d.test_limit, stream=d.stream, image_size=d.image_size)
     if d.mean is not None:
         splits.mean, splits.std = tuple(d.mean), tuple(d.std)
-    teacher = _build_teacher(teacher_ckpt, splits) if teacher_ckpt is not None else None
+    return splits
+
+
+def _build_student(cfg: Any, splits: Any, teacher: Any) -> tuple[Any, tuple[int, int, int]]:
+    """The model to train (seeded, its initial weights loaded if asked) and the input shape both models take."""
+    from lakd.engine import seed_everything
+    from lakd.models import build_model
+    from lakd.models.base import check_input_size
+
     seed_everything(cfg.train.seed)
     try:
         model = build_model(cfg.model.name, splits.num_classes, stages=cfg.model.stages)
@@ -192,28 +229,39 @@ def _train_in_process(
     check_input_size(model, "student" if teacher is not None else "", input_shape)
     if teacher is not None:
         check_input_size(teacher, "teacher", input_shape)
+    return model, input_shape
+
+
+def _build_task(cfg: Any, model: Any, teacher: Any, splits: Any, input_shape: tuple[int, int, int], runtime: Any,
+                dist_env: Any) -> tuple[Any, int, list[str]]:
+    """The trainer's task on the run's device: supervised, or the distiller with its teacher folded and, where
+    it pays, compiled. Returns ``(task, BatchNorms folded into the teacher, compiled parts)``."""
+    import torch
+
+    from lakd.engine import SupervisedTask
+
     distill = getattr(cfg, "distill", None)
     compiled, folded = False, 0
     if teacher is not None:
         from lakd.compiling import resolve_compile
 
         teacher, folded = prepare_teacher(teacher, input_shape)
-        steps = cfg.train.epochs * max(1, len(splits.train) // d.batch_size)
+        steps = cfg.train.epochs * max(1, len(splits.train) // cfg.data.batch_size)
         compiled, why_not = resolve_compile(distill.compile, runtime.device, steps)
         if distill.compile == "true" and not compiled:
             print(f"lakd: note: distill.compile = true, but {why_not}: running eagerly", file=sys.stderr)
     if distill is None:
         task = SupervisedTask(model, cfg.train.label_smoothing)
     else:
-        from lakd.distill import build_distiller, params_as_dict
+        from lakd.distill import build_distiller
 
         task = build_distiller(distill.method, model, teacher, distill.resolved_params(),
                                input_shape=input_shape, total_epochs=cfg.train.epochs,
                                train_labels=torch.as_tensor(splits.train.y))
-    per_process = d.batch_size // dist_env.world_size
+    per_process = cfg.data.batch_size // dist_env.world_size
     if per_process < task.min_batch_size:
-        raise LakdError(f"data.batch_size = {d.batch_size} gives {per_process} samples per process, but method "
-                        f"'{distill.method}' needs at least {task.min_batch_size}: {task.min_batch_reason}")
+        raise LakdError(f"data.batch_size = {cfg.data.batch_size} gives {per_process} samples per process, but "
+                        f"method '{distill.method}' needs at least {task.min_batch_size}: {task.min_batch_reason}")
     task = task.to(runtime.device)
     if runtime.channels_last and teacher is not None:
         teacher.to(memory_format=torch.channels_last)
@@ -226,15 +274,25 @@ def _train_in_process(
             compiled_parts.append("teacher")
         if task.compile_losses():
             compiled_parts.append("losses")
-    meta = {"arch": cfg.model.name, "stages": cfg.model.stages, "num_classes": splits.num_classes,
-            "dataset": splits.name,
-            "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
-            "image_size": splits.image_size, "val_size": d.val_size, "split_seed": d.split_seed,
-            "data": {"dataset": d.dataset, "path": d.path, "val_size": d.val_size, "split_seed": d.split_seed,
-                     "synthetic_size": d.synthetic_size, "synthetic_classes": d.synthetic_classes,
-                     "stream": d.stream, "image_size": d.image_size},
-            "lakd_version": __version__}
+    return task, folded, compiled_parts
+
+
+def _checkpoint_meta(cfg: Any, splits: Any, task: Any, teacher_ckpt: Any, folded: int,
+                     compiled_parts: list[str]) -> dict[str, Any]:
+    """What every checkpoint of the run records about its model, data and (for a distillation) method."""
+    d = cfg.data
+    meta: dict[str, Any] = {
+        "arch": cfg.model.name, "stages": cfg.model.stages, "num_classes": splits.num_classes, "dataset": splits.name,
+        "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
+        "image_size": splits.image_size, "val_size": d.val_size, "split_seed": d.split_seed,
+        "data": {"dataset": d.dataset, "path": d.path, "val_size": d.val_size, "split_seed": d.split_seed,
+                 "synthetic_size": d.synthetic_size, "synthetic_classes": d.synthetic_classes,
+                 "stream": d.stream, "image_size": d.image_size},
+        "lakd_version": __version__}
+    distill = getattr(cfg, "distill", None)
     if distill is not None:
+        from lakd.distill import params_as_dict
+
         meta["distill"] = {"method": distill.method, "teacher": distill.teacher,
                            "teacher_arch": teacher_ckpt[1]["arch"] if teacher_ckpt else None,
                            # every parameter as resolved (defaults included), so runs made before and after a
@@ -242,23 +300,15 @@ def _train_in_process(
                            "params": params_as_dict(task.params),
                            "teacher_batchnorms_folded": folded,
                            "compiled": compiled_parts}
-    trainer = Trainer(task, cfg, splits, runtime, out, meta, log=print if main_rank else (lambda _m: None),
-                      dist_env=dist_env)
-    if dist_env.enabled:
-        dist.barrier()  # every rank has checked its input before rank 0 touches the run folder
-    if folder.resume:
-        trainer.resume_from(out / "last.pt")
-    if not main_rank:
-        try:
-            trainer.fit()
-        except TrainingStopped as stop:
-            return 128 + stop.signum
-        return 0
-    # Everything that can fail on bad input has run; only now write into the run folder (locked since the start).
-    from lakd.atomic import atomic_write_text
+    return meta
 
-    if folder.force:
-        folder.clear()
+
+def _write_run_record(cfg: Any, out: Path, argv: list[str], runtime: Any, dist_env: Any, malloc: str,
+                      splits: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """``config.yaml`` and ``run.json`` (command, environment, data sizes, the method's resolved parameters)."""
+    from lakd.atomic import atomic_write_text
+    from lakd.config import dump_yaml
+
     # on --resume too: only keys check_resume_config allows can differ, and a later resume compares with these
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
@@ -268,17 +318,17 @@ def _train_in_process(
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
                          "test": len(splits.test)}}
-    if distill is not None:  # the method's parameters as resolved (defaults included), not only the overrides
+    if "distill" in meta:  # the method's parameters as resolved (defaults included), not only the overrides
         run_info["distill"] = meta["distill"]
     atomic_write_text(out / "run.json", json.dumps(run_info, indent=2))
-    what = "training "
-    if distill is not None:
-        how = f"compiled {' + '.join(compiled_parts)}" if compiled_parts else "not compiled"
-        arch = f"{teacher_ckpt[1]['arch']} ({how})" if teacher_ckpt else "no teacher"
-        what = f"distilling ({distill.method}) {arch} -> "
-    procs = f" x {dist_env.world_size} processes" if dist_env.enabled else ""
-    print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "
-          f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()}{procs} -> {out}")
+    return run_info
+
+
+def _fit_and_summarise(trainer: Any, out: Path, run_info: dict[str, Any]) -> int:
+    """Train; on a stop signal say how to continue; when done write ``summary.json`` (atomically) and print it."""
+    from lakd.atomic import atomic_write
+    from lakd.engine.trainer import TrainingStopped
+
     try:
         summary = trainer.fit()
     except TrainingStopped as stop:
@@ -291,8 +341,6 @@ def _train_in_process(
         return 130
     summary["out"] = str(out)
     text = json.dumps({**summary, **run_info}, indent=2).encode()
-    from lakd.atomic import atomic_write
-
     atomic_write(out / "summary.json", lambda f: f.write(text))  # a torn summary would block report/bench
     print(json.dumps(summary, indent=2))
     return 0
