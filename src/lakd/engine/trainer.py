@@ -344,21 +344,7 @@ class Trainer:
             logits, losses = self.task.train_step(x, y, progress, backward=self._backward,
                                                   autocast=self.runtime.autocast, **extra)
             values = {name: float(v.detach()) for name, v in losses.items()}
-            bad = [(name, v) for name, v in values.items() if not math.isfinite(v)]
-            stop_now = self.stop_signal is not None
-            if self.dist.enabled:  # every rank must agree to stop (signal or NaN), or the others would hang
-                stop_any, bad_any = all_reduce_sum([float(stop_now), float(bool(bad))], self.runtime.device)
-                # the agreed answer, not this rank's flag: a signal landing after the agreement waits a step
-                stop_now = bool(stop_any)
-                if stop_now and self.stop_signal is None:
-                    self.stop_signal = signal.SIGTERM
-                if bad_any and not bad:
-                    bad = [("(on another rank)", float("nan"))]
-            if bad:
-                name, v = bad[0]
-                raise NonFiniteLoss(f"loss term '{name}' became {v} at epoch {epoch + 1}, step {step}; "
-                                    "stopping (the last good checkpoint is kept). Lower optim.lr or "
-                                    "this term's weight")
+            stop_now = self._agree_to_stop(values, epoch, step)
             if self.dist.enabled:
                 average_gradients(self.params, self.dist.world_size)
             self._check_finite_gradients(values, epoch, step)
@@ -372,17 +358,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{sum(values.values()):.3f}", acc=f"{100 * correct / seen:.1f}")
             if stop_now and step + 1 < steps:
                 bar.close()
-                part_sums, part_correct, part_seen = sums, correct, seen
-                if self.dist.enabled:  # every rank's partial sums, so the resumed epoch's metrics are the same
-                    names = sorted(sums)
-                    reduced = all_reduce_sum([*(sums[n] for n in names), correct, seen], self.runtime.device)
-                    part_sums = dict(zip(names, reduced, strict=False))
-                    part_correct, part_seen = int(reduced[-2]), int(reduced[-1])
-                partial = {"epoch": epoch, "step": step + 1, "sums": part_sums, "correct": part_correct,
-                           "seen": part_seen, "elapsed": elapsed_before + time.perf_counter() - start}
-                self._save(epoch, is_best=False, partial=partial)
-                raise TrainingStopped(self.stop_signal, self.out_dir / "last.pt" if self.out_dir else None,
-                                      f"at epoch {epoch + 1}, step {step + 1}/{steps}")
+                self._stop_mid_epoch(epoch, step + 1, steps, sums, correct, seen,
+                                     elapsed_before + time.perf_counter() - start)
         elapsed = elapsed_before + time.perf_counter() - start
         bar.close()
         if self.dist.enabled:  # metrics over the global batch: sum over ranks (sums are means per rank-step)
@@ -395,6 +372,41 @@ class Trainer:
                     "lr": self._lr(epoch), "train_time_s": elapsed, "img_per_s": seen / max(elapsed, 1e-9),
                     "peak_mem_mb": peak_memory_mb(self.runtime.device)})
         return row
+
+    def _agree_to_stop(self, values: dict[str, float], epoch: int, step: int) -> bool:
+        """Whether to stop after this step (a signal here or, under torchrun, on any rank); a non-finite loss term
+        on any rank stops the run with one error naming it."""
+        bad = [(name, v) for name, v in values.items() if not math.isfinite(v)]
+        stop_now = self.stop_signal is not None
+        if self.dist.enabled:  # every rank must agree to stop (signal or NaN), or the others would hang
+            stop_any, bad_any = all_reduce_sum([float(stop_now), float(bool(bad))], self.runtime.device)
+            # the agreed answer, not this rank's flag: a signal landing after the agreement waits a step
+            stop_now = bool(stop_any)
+            if stop_now and self.stop_signal is None:
+                self.stop_signal = signal.SIGTERM
+            if bad_any and not bad:
+                bad = [("(on another rank)", float("nan"))]
+        if bad:
+            name, v = bad[0]
+            raise NonFiniteLoss(f"loss term '{name}' became {v} at epoch {epoch + 1}, step {step}; "
+                                "stopping (the last good checkpoint is kept). Lower optim.lr or "
+                                "this term's weight")
+        return stop_now
+
+    def _stop_mid_epoch(self, epoch: int, done: int, steps: int, sums: dict[str, float], correct: int, seen: int,
+                        elapsed: float) -> None:
+        """Save a mid-epoch checkpoint after ``done`` steps (with every rank's partial sums, so the resumed epoch's
+        metrics are the same as an uninterrupted one's) and stop."""
+        if self.dist.enabled:
+            names = sorted(sums)
+            reduced = all_reduce_sum([*(sums[n] for n in names), correct, seen], self.runtime.device)
+            sums = dict(zip(names, reduced, strict=False))
+            correct, seen = int(reduced[-2]), int(reduced[-1])
+        partial = {"epoch": epoch, "step": done, "sums": sums, "correct": correct, "seen": seen, "elapsed": elapsed}
+        self._save(epoch, is_best=False, partial=partial)
+        assert self.stop_signal is not None
+        raise TrainingStopped(self.stop_signal, self.out_dir / "last.pt" if self.out_dir else None,
+                              f"at epoch {epoch + 1}, step {done}/{steps}")
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
         """Train from ``start_epoch`` to the end (or to epoch ``stop_after``); return the summary."""
