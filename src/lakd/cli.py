@@ -108,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lakd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    _add_training_commands(sub)
+    _add_checkpoint_and_data_commands(sub)
+    _add_benchmark_commands(sub)
+    _add_output_commands(sub)
+    return parser
+
+
+def _add_training_commands(sub: Any) -> None:
+    """``train`` and ``distill``."""
     p = sub.add_parser("train", help="train a model with cross-entropy (e.g. a teacher)",
                        description="Train a model from scratch with cross-entropy.", epilog=TRAIN_EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,30 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-methods", action="store_true", help="print the distillation methods and exit")
     _add_common_run_flags(p)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate a checkpoint's model.",
-                       epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint written by lakd (last.pt / best.pt)")
-    p.add_argument("--split", default="test", choices=("test", "val", "train"))
-    p.add_argument("--dataset", help="override the dataset stored in the checkpoint")
-    p.add_argument("--data-root", help="folder holding the datasets (else $LAKD_DATA)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    p = sub.add_parser("data", help="download or inspect datasets", description="Dataset utilities.",
-                       epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")
-    d = data_sub.add_parser("download", help="download CIFAR-10/100 (python version) with MD5 check",
-                            epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("name", choices=("cifar10", "cifar100"))
-    d.add_argument("--root", help="where to put it (default: $LAKD_DATA, else ~/.cache/lakd/data)")
-    d.add_argument("--url", help="alternative URL (mirror or file://) of the same archive")
-    d.add_argument("--md5", help="expected MD5 of the archive at --url (default: the official archive's)")
-    d = data_sub.add_parser("info", help="show which datasets are found under the data root",
-                            epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--root", help="data root (default: $LAKD_DATA, else ~/.cache/lakd/data)")
-
+def _add_benchmark_commands(sub: Any) -> None:
+    """``bench``, ``report`` and ``demo``."""
     p = sub.add_parser("bench", help="run a benchmark protocol for several methods and seeds (resumable)",
                        description="Run a named benchmark protocol (configs/protocols/*.yaml) for several "
                        "methods and seeds; write per-run result JSON, a mean ± std table and plots.",
@@ -192,6 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="start over in an existing --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _add_checkpoint_and_data_commands(sub: Any) -> None:
+    """``eval`` and ``data``."""
+    p = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate a checkpoint's model.",
+                       epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint written by lakd (last.pt / best.pt)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--dataset", help="override the dataset stored in the checkpoint")
+    p.add_argument("--data-root", help="folder holding the datasets (else $LAKD_DATA)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("data", help="download or inspect datasets", description="Dataset utilities.",
+                       epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    d = data_sub.add_parser("download", help="download CIFAR-10/100 (python version) with MD5 check",
+                            epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("name", choices=("cifar10", "cifar100"))
+    d.add_argument("--root", help="where to put it (default: $LAKD_DATA, else ~/.cache/lakd/data)")
+    d.add_argument("--url", help="alternative URL (mirror or file://) of the same archive")
+    d.add_argument("--md5", help="expected MD5 of the archive at --url (default: the official archive's)")
+    d = data_sub.add_parser("info", help="show which datasets are found under the data root",
+                            epilog=DATA_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--root", help="data root (default: $LAKD_DATA, else ~/.cache/lakd/data)")
+
+
+def _add_output_commands(sub: Any) -> None:
+    """``export`` and ``explain``."""
     p = sub.add_parser("export", help="write the student of a checkpoint as safetensors or ONNX",
                        description="Export the student model of a checkpoint for deployment.",
                        epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,8 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="which test images: a seeded random pick (default 0)")
     p.add_argument("--data-root", help="folder holding the datasets (else $LAKD_DATA)")
     p.add_argument("--out", help="PNG path (default: ndam.png beside the student checkpoint)")
-
-    return parser
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
