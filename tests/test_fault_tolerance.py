@@ -257,6 +257,22 @@ def test_non_finite_weights_are_never_saved_nor_evaluated(tmp_path: Path, capsys
     torch.save(ckpt, tmp_path / "nan.pt")
     assert main(["eval", "--ckpt", str(tmp_path / "nan.pt"), "--precision", "fp32"]) == 2
     assert "non-finite weights (head.fc.weight)" in capsys.readouterr().err
+    # ... and so does every other door a model comes in through (issue 33): as a teacher (it was blamed on the
+    # learning rate after the run started), to export, as a weights file
+    teach = ["distill", "--method", "kd", "--teacher", str(tmp_path / "nan.pt"), "--student", "resnet8",
+             *args[args.index("--dataset"):], str(tmp_path / "student")]
+    assert main(teach) == 2
+    err = capsys.readouterr().err
+    assert "teacher" in err and "non-finite weights (head.fc.weight)" in err and "optim.lr" not in err
+    assert not (tmp_path / "student").exists()
+    assert main(["export", "--ckpt", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "nan.safetensors")]) == 2
+    assert "non-finite weights (head.fc.weight)" in capsys.readouterr().err
+    assert not (tmp_path / "nan.safetensors").exists()
+    torch.save(ckpt["model"], tmp_path / "nan_weights.pt")
+    init = ["train", "--model", "resnet8", "--init-weights", str(tmp_path / "nan_weights.pt"),
+            *args[args.index("--dataset"):], str(tmp_path / "init")]
+    assert main(init) == 2
+    assert "weights file" in capsys.readouterr().err
     for bad in ("optim.lr=.inf", "optim.weight_decay=.inf", "distill.params.kd_weight=.inf"):
         command = "distill" if bad.startswith("distill") else "train"
         extra = (["--method", "kd", "--teacher", str(out / "last.pt"), "--student", "resnet8"] if command == "distill"

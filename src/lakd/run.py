@@ -370,13 +370,7 @@ def evaluate_checkpoint(
     if splits.num_classes != meta["num_classes"]:
         raise LakdError(f"checkpoint '{path}' predicts {meta['num_classes']} classes but dataset "
                         f"'{dataset}' has {splits.num_classes}")
-    model = model_from_checkpoint(ckpt, meta, f"checkpoint '{path}'").to(runtime.device)
-    from lakd.engine.trainer import non_finite_tensors
-
-    bad = non_finite_tensors(model.state_dict())
-    if bad:
-        raise LakdError(f"checkpoint '{path}' holds non-finite weights ({', '.join(bad[:3])}); it cannot be "
-                        "evaluated — it was not written by a finished lakd run")
+    model = model_from_checkpoint(ckpt, meta, f"checkpoint '{path}'").to(runtime.device)  # finite, or an error
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     arrays = {"test": splits.test, "val": splits.val, "train": splits.train}[split]

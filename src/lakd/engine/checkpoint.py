@@ -116,13 +116,14 @@ def model_from_checkpoint(ckpt: dict[str, Any], meta: dict[str, Any], what: str)
     except ValueError as exc:
         raise LakdError(f"{what}: {exc}") from None
     from lakd.models.adapter import user_model
-    from lakd.models.weights import state_dict_mismatch
+    from lakd.models.weights import check_finite, state_dict_mismatch
 
     target = user_model(model)  # a hooked model's checkpoint has its module's own keys
     state = ckpt["model"]
     mismatch, _ = state_dict_mismatch(target.state_dict(), state) if isinstance(state, dict) else ("not a mapping", 0)
     if mismatch:
         raise LakdError(f"{what}: weights do not fit architecture '{arch}': {mismatch}")
+    check_finite(state, what)
     try:
         target.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:

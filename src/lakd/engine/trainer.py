@@ -33,6 +33,7 @@ from lakd.engine.metrics import MetricsLog, peak_memory_mb, topk_correct
 from lakd.engine.schedule import lr_at
 from lakd.engine.task import TrainTask
 from lakd.errors import LakdError
+from lakd.models.weights import non_finite_tensors
 
 
 def seed_everything(seed: int) -> None:
@@ -44,12 +45,6 @@ def seed_everything(seed: int) -> None:
 
 class NonFiniteLoss(LakdError):
     """A loss (or a weight) became NaN/inf; the message names the term."""
-
-
-def non_finite_tensors(state: dict[str, Any]) -> list[str]:
-    """Names of the floating-point tensors of a state_dict holding a NaN or inf."""
-    return [name for name, t in state.items()
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 class TrainingStopped(Exception):

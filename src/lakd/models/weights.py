@@ -38,6 +38,22 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
 _SUFFIXES = (".pth", ".th", ".pt", ".bin", ".safetensors")
 
 
+def non_finite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state_dict holding a NaN or inf."""
+    return [name for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite(state: Mapping[str, Any], what: str) -> None:
+    """Weights that enter a run or a tool (a teacher, initial weights, a checkpoint to evaluate or export) are
+    finite, or one error names them: a NaN teacher would otherwise show up later as a 'non-finite loss' blamed on
+    the learning rate. lakd itself never writes a non-finite checkpoint."""
+    bad = non_finite_tensors(state)
+    if bad:
+        raise LakdError(f"{what} holds non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                        "no finished lakd run writes those: use another file (or the run's last.prev.pt)")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file (unwrapped, ``module.`` stripped); never runs pickled code."""
     path = Path(path)
@@ -65,6 +81,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     state = _unwrap(raw, path)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
+    check_finite(state, f"weights file '{path}'")
     return state
 
 
