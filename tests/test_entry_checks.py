@@ -135,3 +135,34 @@ def test_the_lists_say_what_each_method_is_and_that_library_models_work(capsys: 
     assert main(["train", "--list-models"]) == 0
     out = capsys.readouterr().out
     assert "resnet20" in out and "torchvision:<name>" in out and "timm:<name>" in out
+
+
+def test_a_small_checkpoint_naming_a_huge_model_allocates_nothing_before_it_is_refused(tmp_path: Path) -> None:
+    """A resnet8 checkpoint whose metadata names mobilenetv2 (1280 features into its head) with the largest allowed
+    class count: the weights are compared by shape on the meta device and refused, without building the 4.8 GB
+    head first (issue 33)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from lakd.engine.checkpoint import MAX_CLASSES
+    from lakd.models import build_model
+
+    path = tmp_path / "small.pt"
+    torch.save({"model": build_model("resnet8", 10).state_dict(),
+                "meta": {"arch": "mobilenetv2", "num_classes": MAX_CLASSES}}, path)
+    head_mb = 1280 * MAX_CLASSES * 4 / 2**20
+    code = ("import resource, sys\n"
+            "from lakd.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint\n"
+            "from lakd.errors import LakdError\n"
+            f"ckpt = load_checkpoint({str(path)!r})\n"
+            "try:\n"
+            "    model_from_checkpoint(ckpt, checkpoint_meta(ckpt, 'x'), 'checkpoint')\n"
+            "except LakdError as e:\n"
+            "    print('refused:', str(e)[:80])\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "refused: checkpoint: weights do not fit architecture 'mobilenetv2'" in done.stdout, done.stderr[-500:]
+    peak_mb = int(done.stdout.strip().splitlines()[-1])
+    assert head_mb > 1000 and peak_mb < 800  # the head alone would be head_mb

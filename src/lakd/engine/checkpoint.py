@@ -7,6 +7,7 @@ teachers need nothing else. Training state (optimizer, epoch, RNG) rides along f
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -111,19 +112,36 @@ def model_from_checkpoint(ckpt: dict[str, Any], meta: dict[str, Any], what: str)
     if not isinstance(arch, str) or not is_known_model(arch):
         raise LakdError(f"{what}: unknown architecture '{arch}'{did_you_mean(str(arch), list_models())}; it was "
                         "written by another lakd version or is not a lakd checkpoint (see `lakd train --list-models`)")
-    try:
-        model = build_model(arch, int(meta["num_classes"]), stages=meta.get("stages"))
-    except ValueError as exc:
-        raise LakdError(f"{what}: {exc}") from None
     from lakd.models.adapter import user_model
     from lakd.models.weights import check_finite, state_dict_mismatch
 
-    target = user_model(model)  # a hooked model's checkpoint has its module's own keys
     state = ckpt["model"]
-    mismatch, _ = state_dict_mismatch(target.state_dict(), state) if isinstance(state, dict) else ("not a mapping", 0)
+    if not isinstance(state, dict):
+        raise LakdError(f"{what}: weights do not fit architecture '{arch}': not a mapping")
+
+    def build(device: str | None) -> torch.nn.Module:
+        try:
+            with torch.device(device) if device else contextlib.nullcontext():
+                return build_model(arch, int(meta["num_classes"]), stages=meta.get("stages"))
+        except ValueError as exc:
+            raise LakdError(f"{what}: {exc}") from None
+
+    # Compared first on the meta device (shapes, no memory): a small file whose metadata names a wide model with a
+    # large class count must not make us allocate gigabytes before its weights are found not to fit.
+    model = None
+    try:
+        shapes: dict[str, Any] = user_model(build("meta")).state_dict()
+    except LakdError:
+        raise
+    except Exception:  # a library model that cannot be built without memory: compared after the real build
+        model = build(None)
+        shapes = user_model(model).state_dict()
+    mismatch, _ = state_dict_mismatch(shapes, state)
     if mismatch:
         raise LakdError(f"{what}: weights do not fit architecture '{arch}': {mismatch}")
     check_finite(state, what)
+    model = model if model is not None else build(None)
+    target = user_model(model)  # a hooked model's checkpoint has its module's own keys
     try:
         target.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
