@@ -86,3 +86,16 @@ def test_no_method_accepts_a_non_finite_number(method: str) -> None:
         for bad in (float("nan"), float("inf"), float("-inf")):
             with pytest.raises(LakdError, match=name):
                 make_params(method, {name: bad})
+
+
+@pytest.mark.parametrize(("method", "values", "name"), [
+    ("crd", {"feat_dim": 100_000}, "feat_dim"), ("crd", {"nce_k": 10_000_000}, "nce_k"),
+    ("crd", {"nce_k": 65536, "feat_dim": 1024}, "nce_k x feat_dim"), ("reviewkd", {"mid_channels": 1_000_000},
+                                                                      "mid_channels"),
+    ("fitnet", {"regressor_kernel": 999}, "regressor_kernel"), ("fitnet", {"hint_stage": 10**9}, "hint_stage"),
+])
+def test_sizes_that_allocate_have_upper_bounds(method: str, values: dict, name: str) -> None:
+    """A parameter that sizes a tensor is bounded where it enters (CRD's 100,000-d embedding took hundreds of GB)."""
+    with pytest.raises(LakdError, match=f"distill.params.{name}"):
+        make_params(method, values)
+    make_params(method, {})  # the published recipe is inside the bounds

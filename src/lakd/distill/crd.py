@@ -182,6 +182,11 @@ def similarities(anchors: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, 
     return torch.einsum("bkd,bd->bk", bank[rows], anchors)
 
 
+MAX_FEAT_DIM = 1024
+MAX_NCE_K = 65536
+MAX_NCE_K_TIMES_DIM = 4 * 16384 * 128
+
+
 @register("crd", "Tian et al. 2020: CE + contrastive representation distillation (memory bank of negatives)")
 class CRD(Distiller):
     """Cross-entropy plus ``crd_weight`` * (student-anchored + teacher-anchored NCE loss) [+ optional KD]."""
@@ -208,10 +213,16 @@ class CRD(Distiller):
             check_non_negative("kd_weight", self.kd_weight)
             check_positive("temperature", self.temperature)
             check_positive("nce_t", self.nce_t)
-            if self.feat_dim < 1:
-                raise LakdError(f"distill.params.feat_dim must be >= 1, got {self.feat_dim}")
-            if self.nce_k < 1:
-                raise LakdError(f"distill.params.nce_k must be >= 1, got {self.nce_k}")
+            # upper bounds: the memory banks hold train-set size x feat_dim floats, and a gathered step
+            # batch x (nce_k + 1) x feat_dim (the published 128 and 16,384: 1 GB at batch 128)
+            if not 1 <= self.feat_dim <= MAX_FEAT_DIM:
+                raise LakdError(f"distill.params.feat_dim must be in [1, {MAX_FEAT_DIM}], got {self.feat_dim}")
+            if not 1 <= self.nce_k <= MAX_NCE_K:
+                raise LakdError(f"distill.params.nce_k must be in [1, {MAX_NCE_K}], got {self.nce_k}")
+            if self.nce_k * self.feat_dim > MAX_NCE_K_TIMES_DIM:
+                raise LakdError(f"distill.params.nce_k x feat_dim = {self.nce_k * self.feat_dim:,} must be at most "
+                                f"{MAX_NCE_K_TIMES_DIM:,} (4x the published 16,384 x 128): a step would gather "
+                                "batch x nce_k x feat_dim floats")
             if not 0.0 <= self.nce_momentum <= 1.0:
                 raise LakdError(f"distill.params.nce_momentum must be in [0, 1], got {self.nce_momentum}")
 

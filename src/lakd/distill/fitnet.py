@@ -77,9 +77,11 @@ class FitNet(Distiller):
             if self.hint_stage < -1:
                 raise LakdError(f"distill.params.hint_stage must be a stage index >= 0 or -1 (middle), "
                                 f"got {self.hint_stage}")
-            if self.regressor_kernel < 1 or self.regressor_kernel % 2 == 0:
-                raise LakdError(f"distill.params.regressor_kernel must be an odd integer >= 1, "
-                                f"got {self.regressor_kernel}")
+            if not 1 <= self.regressor_kernel <= 7 or self.regressor_kernel % 2 == 0:
+                raise LakdError(f"distill.params.regressor_kernel must be 1, 3, 5 or 7, got {self.regressor_kernel}")
+            if self.hint_stage > 64:
+                raise LakdError(f"distill.params.hint_stage must be a stage index (at most 64) or -1 (middle), "
+                                f"got {self.hint_stage}")
 
     params: Params
 

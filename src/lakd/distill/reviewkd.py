@@ -137,8 +137,8 @@ class ReviewKD(Distiller):
             check_non_negative("ce_weight", self.ce_weight)
             check_non_negative("reviewkd_weight", self.reviewkd_weight)
             check_non_negative("warmup_epochs", self.warmup_epochs)
-            if self.mid_channels < 0:
-                raise LakdError(f"distill.params.mid_channels must be >= 1 (or 0 for the automatic width), "
+            if not 0 <= self.mid_channels <= 2048:  # the official widths are at most 512
+                raise LakdError(f"distill.params.mid_channels must be in [1, 2048] (or 0 for the automatic width), "
                                 f"got {self.mid_channels}")
 
     params: Params
