@@ -166,3 +166,25 @@ def test_a_small_checkpoint_naming_a_huge_model_allocates_nothing_before_it_is_r
     assert "refused: checkpoint: weights do not fit architecture 'mobilenetv2'" in done.stdout, done.stderr[-500:]
     peak_mb = int(done.stdout.strip().splitlines()[-1])
     assert head_mb > 1000 and peak_mb < 800  # the head alone would be head_mb
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"dataset": "synthetic", "synthetic_size": 10**9}, "data.synthetic_size"),
+    ({"dataset": "synthetic", "val_size": "many"}, "val_size"),
+    ({"dataset": "synthetic", "evil": 1}, "meta.data must be a mapping of"),
+    ({"dataset": "synthetic", "image_size": 10**6}, "data.image_size"),
+])
+def test_eval_checks_the_data_a_checkpoint_names_like_a_config(
+    data: dict, message: str, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lakd eval` built its data from a checkpoint's meta.data unchecked (gigabytes allocated, arbitrary keys);
+    now the config schema checks it, as it would a config file's data section (issue 33)."""
+    import torch
+
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    ckpt["meta"]["data"] = data
+    crafted = tmp_path / "crafted.pt"
+    torch.save(ckpt, crafted)
+    assert main(["eval", "--ckpt", str(crafted)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

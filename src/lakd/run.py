@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lakd import __version__
-from lakd.errors import LakdError
+from lakd.errors import LakdError, short_repr
 from lakd.runfolder import RunFolder
 
 
@@ -346,6 +346,27 @@ def _fit_and_summarise(trainer: Any, out: Path, run_info: dict[str, Any]) -> int
     return 0
 
 
+RECORDED_DATA_KEYS = ("dataset", "path", "val_size", "split_seed", "synthetic_size", "synthetic_classes", "stream",
+                      "image_size")
+
+
+def recorded_data(meta: dict[str, Any], path: str) -> dict[str, Any]:
+    """The data a checkpoint says it was made on (``meta.data``), checked by the config schema itself (types,
+    ranges, known keys): a checkpoint is a door for data settings like a config file is."""
+    from lakd.config import RunConfig, build_config
+
+    data = meta.get("data") or {"dataset": meta.get("dataset", "cifar10")}
+    if not isinstance(data, dict) or set(data) - set(RECORDED_DATA_KEYS):
+        extra = sorted(map(str, set(data) - set(RECORDED_DATA_KEYS))) if isinstance(data, dict) else data
+        raise LakdError(f"checkpoint '{path}': meta.data must be a mapping of {', '.join(RECORDED_DATA_KEYS)}; got "
+                        f"{short_repr(extra)}: it was not written by lakd")
+    try:
+        cfg = build_config(RunConfig, base={"data": dict(data)})
+    except LakdError as exc:
+        raise LakdError(f"checkpoint '{path}': meta.data: {exc}") from None
+    return {key: getattr(cfg.data, key) for key in RECORDED_DATA_KEYS if key in data or key == "dataset"}
+
+
 def evaluate_checkpoint(
     path: str, split: str = "test", dataset: str | None = None, data_root: str | None = None,
     device: str = "auto", precision: str = "auto", batch_size: int = 500,
@@ -360,8 +381,8 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(path)
     meta = checkpoint_meta(ckpt, path)
     runtime = resolve_runtime(device, precision, "auto")
-    data = dict(meta.get("data") or {"dataset": meta.get("dataset", "cifar10")})
-    if dataset and dataset != data.get("dataset"):
+    data = recorded_data(meta, path)
+    if dataset and dataset != data["dataset"]:
         data = {"dataset": dataset}
     dataset = data.pop("dataset")
     if split == "test":
