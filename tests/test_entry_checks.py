@@ -157,15 +157,16 @@ def test_a_small_checkpoint_naming_a_huge_model_allocates_nothing_before_it_is_r
             "from lakd.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint\n"
             "from lakd.errors import LakdError\n"
             f"ckpt = load_checkpoint({str(path)!r})\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "try:\n"
             "    model_from_checkpoint(ckpt, checkpoint_meta(ckpt, 'x'), 'checkpoint')\n"
             "except LakdError as e:\n"
             "    print('refused:', str(e)[:80])\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "refused: checkpoint: weights do not fit architecture 'mobilenetv2'" in done.stdout, done.stderr[-500:]
-    peak_mb = int(done.stdout.strip().splitlines()[-1])
-    assert head_mb > 1000 and peak_mb < 800  # the head alone would be head_mb
+    grew_mb = int(done.stdout.strip().splitlines()[-1])  # peak growth over the imports and the file itself
+    assert head_mb > 4000 and grew_mb < 500  # the head alone would be head_mb
 
 
 @pytest.mark.parametrize(("data", "message"), [
