@@ -189,3 +189,19 @@ def test_eval_checks_the_data_a_checkpoint_names_like_a_config(
     assert main(["eval", "--ckpt", str(crafted)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optim.lr=1e38", "'optim.lr' = 1e+38 is out of range: must be finite, in (0, 100]"),
+    ("train.threads=100000000", "'train.threads' = 100000000 is out of range"),
+    ("data.crop_padding=100000", "'data.crop_padding' = 100000 is out of range"),
+])
+def test_values_that_pass_a_lower_bound_and_fail_later_have_an_upper_one(
+    override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A learning rate near the float limit, a thread count and a crop padding no machine has: one error before
+    the run folder is written, not a traceback (or NaN weights) mid-run (issue 33)."""
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet8", *TINY, override, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

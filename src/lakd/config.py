@@ -304,7 +304,7 @@ def validate(cfg: Any) -> None:
         if not ok:
             raise LakdError(f"config key '{key}' = {short_repr(_get(cfg, key))} is out of range: must be {what}")
 
-    check("optim.lr", 0 < cfg.optim.lr < math.inf, "> 0 and finite")
+    check("optim.lr", 0 < cfg.optim.lr <= 100, "finite, in (0, 100]")  # near the float limit one step makes NaN
     check("optim.momentum", 0 <= cfg.optim.momentum < 1, "in [0, 1)")
     check("optim.weight_decay", 0 <= cfg.optim.weight_decay < math.inf, ">= 0 and finite")
     check("schedule.warmup_epochs", 0 <= cfg.schedule.warmup_epochs <= cfg.train.epochs,
@@ -318,7 +318,7 @@ def validate(cfg: Any) -> None:
     check("data.batch_size", cfg.data.batch_size >= 1, ">= 1")
     check("data.eval_batch_size", cfg.data.eval_batch_size >= 1, ">= 1")
     check("data.val_size", cfg.data.val_size >= 0, ">= 0")
-    check("data.crop_padding", cfg.data.crop_padding >= 0, ">= 0")
+    check("data.crop_padding", 0 <= cfg.data.crop_padding <= 64, "in [0, 64]")  # pixels of padding per side
     check("data.synthetic_size", 2 <= cfg.data.synthetic_size <= MAX_SYNTHETIC, f"in [2, {MAX_SYNTHETIC}]")
     check("data.synthetic_classes", 2 <= cfg.data.synthetic_classes <= 10_000, "in [2, 10000]")
     if cfg.data.image_size is not None:
@@ -337,7 +337,7 @@ def validate(cfg: Any) -> None:
         check("data.std", len(cfg.data.std) == 3 and all(0 < s <= 1 for s in cfg.data.std),
               "3 channel stds in (0, 1]")
     if cfg.train.threads is not None:
-        check("train.threads", cfg.train.threads >= 1, ">= 1 or null")
+        check("train.threads", 1 <= cfg.train.threads <= 1024, "in [1, 1024] or null")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise LakdError("config key 'optim.nesterov' = true needs optim.momentum > 0")
     if sorted(cfg.schedule.milestones) != list(cfg.schedule.milestones):
