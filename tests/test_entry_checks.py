@@ -192,7 +192,7 @@ def test_eval_checks_the_data_a_checkpoint_names_like_a_config(
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("optim.lr=1e38", "'optim.lr' = 1e+38 is out of range: must be finite, in (0, 100]"),
+    ("optim.lr=1e38", "'optim.lr' = 1e+38 is out of range: must be > 0, finite and <= 100"),
     ("train.threads=100000000", "'train.threads' = 100000000 is out of range"),
     ("data.crop_padding=100000", "'data.crop_padding' = 100000 is out of range"),
 ])

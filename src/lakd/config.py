@@ -304,7 +304,7 @@ def validate(cfg: Any) -> None:
         if not ok:
             raise LakdError(f"config key '{key}' = {short_repr(_get(cfg, key))} is out of range: must be {what}")
 
-    check("optim.lr", 0 < cfg.optim.lr <= 100, "finite, in (0, 100]")  # near the float limit one step makes NaN
+    check("optim.lr", 0 < cfg.optim.lr <= 100, "> 0, finite and <= 100")  # near the float limit one step makes NaN
     check("optim.momentum", 0 <= cfg.optim.momentum < 1, "in [0, 1)")
     check("optim.weight_decay", 0 <= cfg.optim.weight_decay < math.inf, ">= 0 and finite")
     check("schedule.warmup_epochs", 0 <= cfg.schedule.warmup_epochs <= cfg.train.epochs,
