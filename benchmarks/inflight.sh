@@ -21,8 +21,10 @@ save)
         [ -f "$dir/summary.json" ] && continue
         rel=${dir#runs/}
         mkdir -p "$store/$rel"
-        # plain files only (never a link, so a restore writes nothing outside runs/), not the run's .lock
-        find "$dir" -maxdepth 1 -type f ! -name '.*' -exec cp {} "$store/$rel/" \;
+        # plain files only (never a link, so a restore writes nothing outside runs/), not the run's .lock, and not
+        # last.prev.pt: it is the fallback for a torn last.pt, and the saved last.pt was written whole (SIGTERM
+        # checkpoints before the run exits); a ResNet-56 one would be 7 MB more in git for nothing
+        find "$dir" -maxdepth 1 -type f ! -name '.*' ! -name 'last.prev.pt' -exec cp {} "$store/$rel/" \;
         echo "saved runs/$rel"
     done
     ;;

@@ -310,19 +310,16 @@ def recorded_params(result: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(section, dict) or "method" not in section:
         return None
     try:
-        def current(values: dict[str, Any]) -> dict[str, Any]:
-            return {renamed.get(k, k): v for k, v in values.items()}
-
-        given = DistillConfig(method=section["method"], params=current(section.get("params") or {}),
-                              per_method={m: current(v) if isinstance(v, dict) and m == method else v
-                                          for m, v in (section.get("per_method") or {}).items()})
+        given = DistillConfig(method=section["method"], params=section.get("params") or {},
+                              per_method=section.get("per_method") or {})
+        values = {renamed.get(k, k): v for k, v in given.resolved_params().items()}
         try:
-            return params_as_dict(make_params(given.method, given.resolved_params()))
+            return params_as_dict(make_params(given.method, values))
         except LakdError:  # parameters the method gave to another since (lakd's variants: lakd-study) resolve there
             heir = method_class(given.method).params_moved_to
             if heir is None:
                 raise
-            return params_as_dict(make_params(heir, given.resolved_params()))
+            return params_as_dict(make_params(heir, values))
     except LakdError as e:  # its method or parameters no longer exist: it cannot be what the command gives now
         return {"(recorded config)": str(e)}
 

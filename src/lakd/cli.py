@@ -17,7 +17,7 @@ from typing import Any
 from lakd import __version__
 from lakd.errors import LakdError
 from lakd.run import check_model_name, evaluate_checkpoint, run_training, teacher_source
-from lakd.runfolder import RunFolder, check_out_arguments, check_resume_config
+from lakd.runfolder import RunFolder, check_resume_config
 
 EXIT_USAGE = 2
 
@@ -255,18 +255,10 @@ def _run(cls: type, args: argparse.Namespace, flags: dict[str, Any], default_out
 
     draft = _config_from_args(cls, args, flags)  # where the run goes (an `out:` key of a -c file counts too)
     out = Path(draft.out or default_out(draft))
-    check_out_arguments(out, args.resume, args.force)
     with RunFolder(out, args.resume, args.force, owner=env_from_torchrun().is_main) as folder:
         cfg = draft
         if args.resume:
-            recorded, where = folder.recorded_config(), f"its checkpoint '{out / 'last.pt'}'"
-            if recorded is None and (out / "config.yaml").is_file():  # a checkpoint from before they recorded it
-                from lakd.config import load_yaml
-
-                recorded, where = load_yaml(str(out / "config.yaml")), f"'{out / 'config.yaml'}'"
-            if recorded is None:
-                raise LakdError(f"--resume: '{out / 'last.pt'}' records no settings to continue with; start the "
-                                "run again with --force (or a new --out)")
+            recorded, where = folder.recorded_settings()
             cfg = _config_from_args(cls, args, flags, base=recorded)
             check_resume_config(cfg, recorded, where)
         return run_training(cfg, folder, argv=args.argv, **checks(cfg))

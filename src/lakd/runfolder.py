@@ -109,9 +109,10 @@ class RunFolder:
         for name in RUN_FILES:
             (self.out / name).unlink(missing_ok=True)
 
-    def recorded_config(self) -> dict[str, Any] | None:
-        """The configuration the run to resume was made with, as its checkpoint records it (``last.pt``, else
-        ``last.prev.pt``); ``None`` when neither records one."""
+    def recorded_settings(self) -> tuple[dict[str, Any], str]:
+        """``(configuration, where it was read)`` of the run to resume: as its checkpoint records it (``last.pt``,
+        else ``last.prev.pt``), or, for a checkpoint from before checkpoints recorded it, its ``config.yaml``."""
+        from lakd.config import load_yaml
         from lakd.engine.checkpoint import load_checkpoint
 
         for name in ("last.pt", "last.prev.pt"):
@@ -123,8 +124,11 @@ class RunFolder:
             except LakdError:
                 continue  # torn: the trainer falls back to last.prev.pt, and so does this
             if isinstance(config, dict):
-                return config
-        return None
+                return config, f"its checkpoint '{path}'"
+        if (self.out / "config.yaml").is_file():
+            return load_yaml(str(self.out / "config.yaml")), f"'{self.out / 'config.yaml'}'"
+        raise LakdError(f"--resume: '{self.out / 'last.pt'}' records no settings to continue with; start the run "
+                        "again with --force (or a new --out)")
 
     def close(self) -> None:
         if self._fd is None:

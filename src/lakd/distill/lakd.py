@@ -279,7 +279,6 @@ class LAKD(Distiller):
                                for k in range(1, num_modules)]
         ) if p.teacher_inputs_until > 0 else nn.ModuleList()
         self.module_output_shapes = out_shapes
-        self.teacher_grids = [tuple(shape[1:]) for shape in t_shapes]
 
     # -- hooks a variant overrides (lakd_study.py) ------------------------------------------------------------
     def local_modules(self, student: StagedModel, arch: str | None) -> list[list[Piece]]:

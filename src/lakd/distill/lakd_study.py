@@ -78,7 +78,7 @@ class PiecesView(StagedModel):
             for i, start, end in pieces)
 
 
-def block_pieces(student: StagedModel, modules: list[list[Piece]]) -> list[list[Piece]]:
+def block_pieces(student: StagedModel) -> list[list[Piece]]:
     """``split: block``: every stage of two or more blocks cut in two at its middle block (a one-block stage stays
     one module)."""
     if not student.runs_stage_by_stage:
@@ -125,6 +125,7 @@ class LAKDStudy(LAKD):
         if self.teacher_tail_on and any(self.teacher_index[k] >= len(t_shapes) - 1 for k in range(num_modules - 1)):
             raise LakdError("distill.params.aux_head = 'teacher_tail' needs a teacher stage after the one each "
                             f"intermediate module is matched to (modules -> teacher stages {self.teacher_index})")
+        self.teacher_grids = [tuple(shape[1:]) for shape in t_shapes]  # where the teacher tail starts
         num_classes = self.student_model.num_classes(self.input_shape)
         self.aux_heads = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(out_shapes[k][0], num_classes))
@@ -140,8 +141,7 @@ class LAKDStudy(LAKD):
 
     # -- the hooks ---------------------------------------------------------------------------------------
     def local_modules(self, student: StagedModel, arch: str | None) -> list[list[Piece]]:
-        modules = super().local_modules(student, arch)
-        return block_pieces(student, modules) if self.params.split == "block" else modules
+        return block_pieces(student) if self.params.split == "block" else super().local_modules(student, arch)
 
     def make_runner(self) -> tuple[StagedModel, dict[int, int]]:
         flat = [piece for pieces in self.pieces for piece in pieces]
