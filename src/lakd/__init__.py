@@ -1,7 +1,8 @@
 """lakd: Local Attention Knowledge Distillation and standard KD baselines for image classifiers.
 
-The Python API (imported on first use, so ``import lakd`` stays light): ``lakd.distiller(method, student,
-teacher, ...)`` for your own training loop, ``lakd.StageSpec`` / ``lakd.HookedModel`` for any ``nn.Module``,
+The Python API (imported on first use, so ``import lakd`` stays light): ``lakd.fit(student, teacher, train=...,
+out=...)`` for lakd's trainer on any model and any map-style ``Dataset`` (``lakd.evaluate`` to score one),
+``lakd.distiller(method, student, teacher, ...)`` for your own training loop, ``lakd.StageSpec`` / ``lakd.HookedModel`` for any ``nn.Module``,
 ``lakd.build_model(name, num_classes)`` for zoo, ``torchvision:`` and ``timm:`` models.
 """
 
@@ -12,6 +13,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
+    "fit": "lakd.fitting",
+    "evaluate": "lakd.fitting",
+    "FitSummary": "lakd.fitting",
+    "TrainingStopped": "lakd.engine.trainer",
     "distiller": "lakd.api",
     "staged": "lakd.api",
     "StageSpec": "lakd.models.adapter",

@@ -53,6 +53,19 @@ def staged(model: nn.Module, stages: StagesArg = None, role: str = "model") -> S
                     "['layer1', 'layer2', 'layer3'] (names from model.named_modules())")
 
 
+def plain_or_staged(model: nn.Module, stages: StagesArg, role: str, needs_stages: bool) -> nn.Module:
+    """``staged(model)`` when the model is distilled (``needs_stages``) or its stages are known; otherwise (a plain
+    module trained on labels) the module itself, which needs no stages."""
+    if needs_stages or stages is not None or isinstance(model, StagedModel):
+        return staged(model, stages, role)
+    if not isinstance(model, nn.Module):
+        raise LakdError(f"the {role} must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        return staged(model, None, role)
+    except LakdError:
+        return model
+
+
 def distiller(
     method: str,
     student: nn.Module,

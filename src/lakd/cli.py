@@ -16,8 +16,7 @@ from typing import Any
 
 from lakd import __version__
 from lakd.errors import LakdError
-from lakd.run import check_model_name, evaluate_checkpoint, run_training, teacher_source
-from lakd.runfolder import RunFolder, check_resume_config
+from lakd.run import evaluate_checkpoint
 
 EXIT_USAGE = 2
 
@@ -247,21 +246,33 @@ def _config_from_args(cls: type, args: argparse.Namespace, command_flags: dict[s
     return build_config(cls, list(args.config), args.overrides, flags, base=None if args.config else base)
 
 
-def _run(cls: type, args: argparse.Namespace, flags: dict[str, Any], default_out: Any, checks: Any) -> int:
-    """The run folder is locked and judged first (lakd.runfolder); a resume's settings are then built on, and
-    checked against, what its checkpoint records; ``checks(cfg)`` validates the rest before any work, and gives
-    ``run_training``'s extra arguments."""
+def _run(cls: type, args: argparse.Namespace, flags: dict[str, Any], default_out: Any) -> int:
+    """argv -> config -> ``lakd.fitting.fit_config`` (which locks and judges the run folder, rebuilds a resume's
+    settings on what its checkpoint records, checks, trains) -> exit code."""
+    import shlex
+
     from lakd.engine.distributed import env_from_torchrun
+    from lakd.engine.trainer import TrainingStopped
+    from lakd.fitting import fit_config
 
     draft = _config_from_args(cls, args, flags)  # where the run goes (an `out:` key of a -c file counts too)
     out = Path(draft.out or default_out(draft))
-    with RunFolder(out, args.resume, args.force, owner=env_from_torchrun().is_main) as folder:
-        cfg = draft
-        if args.resume:
-            recorded, where = folder.recorded_settings()
-            cfg = _config_from_args(cls, args, flags, base=recorded)
-            check_resume_config(cfg, recorded, where)
-        return run_training(cfg, folder, argv=args.argv, **checks(cfg))
+    try:
+        summary = fit_config(draft, out, command=" ".join(["lakd", *(shlex.quote(a) for a in args.argv)]),
+                             resume=args.resume, force=args.force,
+                             rebuild=lambda recorded: _config_from_args(cls, args, flags, base=recorded))
+    except TrainingStopped as stop:
+        print(f"\n{stop}: checkpoint saved to {stop.checkpoint}; continue with the same command plus --resume",
+              file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        if not (out / "last.pt").is_file():
+            raise  # before the first checkpoint: main's message
+        print(f"\ninterrupted: {out / 'last.pt'} holds the last saved state; continue with --resume", file=sys.stderr)
+        return 130
+    if env_from_torchrun().is_main:
+        print(json.dumps(summary.as_dict(), indent=2))
+    return 0
 
 
 # -- commands -----------------------------------------------------------------------------------------------
@@ -275,15 +286,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               "timm:<name> (e.g. timm:resnet50), with its stages found for you (README, 'Any model')")
         return 0
 
-    def checks(cfg: RunConfig) -> dict[str, Any]:
-        check_model_name(cfg.model.name)
-        if cfg.model.init_weights and not Path(cfg.model.init_weights).is_file():
-            what = "is a folder, not a weights file" if Path(cfg.model.init_weights).is_dir() else "does not exist"
-            raise LakdError(f"weights file '{cfg.model.init_weights}' (model.init_weights) {what}")
-        return {}
-
     return _run(RunConfig, args, {"model.name": args.model, "model.init_weights": args.init_weights},
-                lambda cfg: f"runs/{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}", checks)
+                lambda cfg: f"runs/{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def describe_methods() -> str:
@@ -304,7 +308,6 @@ def describe_methods() -> str:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from lakd.config import DistillRunConfig
-    from lakd.distill import make_params, method_class
 
     if args.list_methods:
         print(describe_methods())
@@ -312,17 +315,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     flags = {"distill.method": args.method, "distill.teacher": args.teacher, "model.name": args.student,
              "distill.teacher_weights": args.teacher_weights}
 
-    def checks(cfg: DistillRunConfig) -> dict[str, Any]:
-        method = method_class(cfg.distill.method)
-        make_params(cfg.distill.method, cfg.distill.resolved_params())  # validate before any work
-        check_model_name(cfg.model.name)
-        if method.requires_teacher and not cfg.distill.teacher:
-            raise LakdError(f"method '{cfg.distill.method}' needs a teacher: pass --teacher runs/<teacher>/best.pt "
-                            "(a checkpoint written by `lakd train`)")
-        return {"teacher_ckpt": teacher_source(cfg.distill) if cfg.distill.teacher else None}
-
     return _run(DistillRunConfig, args, flags,
-                lambda cfg: f"runs/{cfg.distill.method}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}", checks)
+                lambda cfg: f"runs/{cfg.distill.method}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -419,7 +413,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lakd.demo import run_demo
 
-    return run_demo(args, main)  # each demo step is an ordinary lakd command
+    return run_demo(args)  # each demo step is one lakd.fit call
 
 
 def cmd_export(args: argparse.Namespace) -> int:

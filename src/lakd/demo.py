@@ -2,8 +2,8 @@
 
 Teacher (the committed CIFAR-10 resnet56, a given checkpoint, or a quickly trained one) -> resnet20 students
 distilled with KD and with LAKD under the same budget -> a comparison table (top-1, img/s, peak memory, time),
-training curves and NDAM pictures in the demo folder. Every step is an ordinary ``lakd`` command run in-process,
-so each sub-run folder is a normal run folder (config, metrics, checkpoints, run.json with its exact command).
+training curves and NDAM pictures in the demo folder. Every step is one ``lakd.fit`` call, shown as the ``lakd``
+command that does the same, so each sub-run folder is a normal run folder (config, metrics, checkpoints, run.json).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import json
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,16 @@ COMMITTED_TEACHER = PACKAGE_ROOT / "teachers" / "cifar10_resnet56_e8.pt"  # ship
 DEMO_METHODS = ("kd", "lakd")
 
 
-def _step(run_command: Callable[[list[str]], int], argv: list[str]) -> None:
-    """Run one lakd command in-process; its failure stops the demo with that command's message."""
-    print(f"\n$ lakd {' '.join(argv)}", flush=True)
-    rc = run_command(argv)
-    if rc != 0:
-        raise LakdError(f"demo step failed (exit {rc}): lakd {' '.join(argv)}")
+def _step(command: list[str], **fit_args: Any) -> None:
+    """One run through ``lakd.fit``, shown as the ``lakd`` command that does the same; a failure stops the demo
+    with that run's message."""
+    from lakd.fitting import fit
+
+    print(f"\n$ lakd {' '.join(command)}", flush=True)
+    try:
+        fit(**fit_args)
+    except LakdError as exc:
+        raise LakdError(f"demo step failed: lakd {' '.join(command)}: {exc}") from None
 
 
 def _check_data(root: str | None) -> None:
@@ -63,8 +66,14 @@ def comparison_table(rows: list[dict[str, Any]], teacher_top1: float) -> str:
     return "\n".join(lines)
 
 
-def run_demo(args: argparse.Namespace, run_command: Callable[[list[str]], int]) -> int:
-    """The tour; ``run_command(argv) -> exit code`` runs one lakd command (the CLI passes its own ``main``)."""
+def _settings(overrides: list[str]) -> dict[str, Any]:
+    from lakd.config import parse_override
+
+    return dict(parse_override(text) for text in overrides)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The tour: a teacher, then KD and LAKD students, each one ``lakd.fit`` call (an ordinary run folder)."""
     start = time.perf_counter()
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -76,12 +85,15 @@ def run_demo(args: argparse.Namespace, run_command: Callable[[list[str]], int]) 
     if args.data_root:
         common += ["--data-root", args.data_root]
     if args.tiny:  # synthetic images, tiny models: exercises every step in about a minute
-        data = ["--dataset", "synthetic", "data.synthetic_size=256", "data.val_size=64", "data.eval_batch_size=128"]
+        dataset, overrides = "synthetic", ["data.synthetic_size=256", "data.val_size=64", "data.eval_batch_size=128"]
         student, epochs, limit = "resnet8", args.epochs or 1, args.train_limit
     else:
         _check_data(args.data_root)
-        data = ["--dataset", "cifar10", "data.val_size=5000"]
+        dataset, overrides = "cifar10", ["data.val_size=5000"]
         student, epochs, limit = "resnet20", args.epochs or 2, args.train_limit or 20000
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    run_args = {"train": dataset, "progress": False if args.no_progress else None, "log": print}
     if args.force and out.exists():
         for name in ("teacher", *DEMO_METHODS):
             shutil.rmtree(out / name, ignore_errors=True)
@@ -95,15 +107,17 @@ def run_demo(args: argparse.Namespace, run_command: Callable[[list[str]], int]) 
         arch = "resnet8" if args.tiny else "resnet32"
         print(f"teacher: none given or committed here, so training a quick {arch} teacher first (1 epoch; for real "
               "work train one with `lakd train -c configs/cifar10_teacher.yaml`)")
-        _step(run_command, ["train", "--model", arch, "--epochs", "1", "--out", str(out / "teacher"), *data, *common])
+        _step(["train", "--model", arch, "--epochs", "1", "--out", str(out / "teacher"), "--dataset", dataset,
+               *overrides, *common], student=arch, epochs=1, out=out / "teacher", settings=_settings(overrides),
+              **run_args)
         teacher = str(out / "teacher" / "best.pt")
 
     for method in DEMO_METHODS:
-        argv = ["distill", "--method", method, "--teacher", teacher, "--student", student, "--epochs", str(epochs),
-                "--out", str(out / method), *data, *common]
-        if limit is not None:
-            argv.append(f"data.train_limit={limit}")
-        _step(run_command, argv)
+        steps = [*overrides, *([f"data.train_limit={limit}"] if limit is not None else [])]
+        _step(["distill", "--method", method, "--teacher", teacher, "--student", student, "--epochs", str(epochs),
+               "--out", str(out / method), "--dataset", dataset, *steps, *common],
+              student=student, teacher=teacher, method=method, epochs=epochs, out=out / method,
+              settings=_settings(steps), **run_args)
 
     from lakd.explain import explain_checkpoints
     from lakd.report import plot_curves, read_jsonl

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lakd import __version__
+from lakd.atomic import atomic_write
 from lakd.errors import LakdError, short_repr
 from lakd.runfolder import RunFolder
 
@@ -121,8 +123,47 @@ def _build_teacher(teacher_ckpt: tuple[dict[str, Any] | None, dict[str, Any], st
     return teacher
 
 
-def run_training(cfg: Any, folder: RunFolder, argv: list[str], teacher_ckpt: Any = None) -> int:
-    """Train (or distil) into ``folder``, which this process has locked and judged (lakd.runfolder)."""
+PYTHON_PREFIX = "python:"  # how a run records a model or dataset given as a Python object: python:<class name>
+
+
+def python_name(obj: Any) -> str:
+    return f"{PYTHON_PREFIX}{type(obj).__name__}"
+
+
+@dataclass
+class GivenObjects:
+    """What a run trains on when its caller gives objects rather than names (``lakd.fit``): the config records
+    them as ``python:<class>``, and these are used instead of building them from the config."""
+
+    student: Any = None  # nn.Module
+    teacher: Any = None  # nn.Module
+    splits: Any = None  # DatasetSplits built from the user's datasets
+    student_stages: Any = None
+    teacher_stages: Any = None
+
+
+def check_distill_config(cfg: Any, given: GivenObjects | None = None) -> tuple[Any, ...] | None:
+    """A distillation config checked before any work: the method, its parameters, the student's name, a teacher
+    when the method needs one. Returns the teacher's source (``teacher_source``) when it is named, else None."""
+    from lakd.distill import make_params, method_class
+
+    method = method_class(cfg.distill.method)
+    make_params(cfg.distill.method, cfg.distill.resolved_params())  # validate before any work
+    if given is None or given.student is None:
+        check_model_name(cfg.model.name)
+    if given is not None and given.teacher is not None:
+        return None
+    if method.requires_teacher and not cfg.distill.teacher:
+        raise LakdError(f"method '{cfg.distill.method}' needs a teacher: pass --teacher runs/<teacher>/best.pt "
+                        "(a checkpoint written by `lakd train`)")
+    return teacher_source(cfg.distill) if cfg.distill.teacher else None
+
+
+def run_training(cfg: Any, folder: RunFolder, command: str, teacher_ckpt: Any = None,
+                 given: GivenObjects | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or distil) into ``folder``, which this process has locked and judged (lakd.runfolder); return the
+    summary. A stop signal raises ``TrainingStopped`` after its checkpoint is saved; bad input a ``LakdError``
+    before anything is written."""
     import torch
 
     from lakd.engine import resolve_runtime
@@ -135,7 +176,8 @@ def run_training(cfg: Any, folder: RunFolder, argv: list[str], teacher_ckpt: Any
     runtime = resolve_runtime(device_name, cfg.train.precision, cfg.train.channels_last)
     init_process_group(dist_env, runtime.device)
     try:
-        return _train_in_process(cfg, folder, argv, teacher_ckpt, runtime, dist_env)
+        return _train_in_process(cfg, folder, command, teacher_ckpt, given or GivenObjects(), runtime, dist_env,
+                                 log)
     finally:
         shutdown()
 
@@ -151,50 +193,72 @@ def prepare_teacher(teacher: Any, input_shape: tuple[int, int, int]) -> tuple[An
     return fold_batchnorm(teacher, torch.randn(8, *input_shape, generator=generator))
 
 
-def _train_in_process(
-    cfg: Any, folder: RunFolder, argv: list[str], teacher_ckpt: Any, runtime: Any, dist_env: Any
-) -> int:
+def _train_in_process(cfg: Any, folder: RunFolder, command: str, teacher_ckpt: Any, given: GivenObjects,
+                      runtime: Any, dist_env: Any, log: Callable[[str], None]) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
     from lakd.engine import Trainer
     from lakd.engine.host_memory import keep_freed_host_memory
-    from lakd.engine.trainer import TrainingStopped
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     malloc = keep_freed_host_memory(cfg.train.malloc) if runtime.device.type == "cpu" else \
         f"system (train.malloc applies to CPU training; this run is on {runtime.device.type})"
-    splits = _load_data(cfg.data)
-    teacher = _build_teacher(teacher_ckpt, splits) if teacher_ckpt is not None else None
-    model, input_shape = _build_student(cfg, splits, teacher)
+    splits = given.splits if given.splits is not None else _load_data(cfg.data)
+    teacher, teacher_arch = _teacher_for(cfg, teacher_ckpt, given, splits, log)
+    model, input_shape = _build_student(cfg, splits, teacher, given)
     task, folded, compiled_parts = _build_task(cfg, model, teacher, splits, input_shape, runtime, dist_env)
-    meta = _checkpoint_meta(cfg, splits, task, teacher_ckpt, folded, compiled_parts)
-    trainer = Trainer(task, cfg, splits, runtime, folder.out, meta,
-                      log=print if dist_env.is_main else (lambda _m: None), dist_env=dist_env)
+    meta = _checkpoint_meta(cfg, splits, task, teacher_arch, folded, compiled_parts, input_shape)
+    if not dist_env.is_main:
+        log = _silent
+    trainer = Trainer(task, cfg, splits, runtime, folder.out, meta, log=log, dist_env=dist_env)
     if dist_env.enabled:
         dist.barrier()  # every rank has checked its input before rank 0 touches the run folder
     if folder.resume:
         trainer.resume_from(folder.out / "last.pt")
     if not dist_env.is_main:
-        try:
-            trainer.fit()
-        except TrainingStopped as stop:
-            return 128 + stop.signum
-        return 0
+        return {**trainer.fit(), "out": str(folder.out)}
     # Everything that can fail on bad input has run; only now write into the run folder (locked since the start).
     if folder.force:
         folder.clear()
-    run_info = _write_run_record(cfg, folder.out, argv, runtime, dist_env, malloc, splits, meta)
+    run_info = _write_run_record(cfg, folder.out, command, runtime, dist_env, malloc, splits, meta)
     what = "training "
     if "distill" in meta:
         how = f"compiled {' + '.join(compiled_parts)}" if compiled_parts else "not compiled"
-        arch = f"{teacher_ckpt[1]['arch']} ({how})" if teacher_ckpt else "no teacher"
+        arch = f"{teacher_arch} ({how})" if teacher is not None else "no teacher"
         what = f"distilling ({meta['distill']['method']}) {arch} -> "
     procs = f" x {dist_env.world_size} processes" if dist_env.enabled else ""
-    print(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / "
-          f"{run_info['data']['val']} val / {len(splits.test)} test) on {runtime.describe()}{procs} -> {folder.out}")
-    return _fit_and_summarise(trainer, folder.out, run_info)
+    test = len(splits.test) if splits.test is not None else 0
+    log(f"{what}{cfg.model.name} on {splits.name} ({len(splits.train)} train / {run_info['data']['val']} val / "
+        f"{test} test) on {runtime.describe()}{procs} -> {folder.out}")
+    summary = trainer.fit()
+    summary["out"] = str(folder.out)
+    text = json.dumps({**summary, **run_info}, indent=2).encode()
+    atomic_write(folder.out / "summary.json", lambda f: f.write(text))  # a torn summary would block report/bench
+    return summary
+
+
+def _silent(_message: str) -> None:
+    pass
+
+
+def _teacher_for(cfg: Any, teacher_ckpt: Any, given: GivenObjects, splits: Any,
+                 log: Callable[[str], None]) -> tuple[Any, str | None]:
+    """``(teacher model or None, its architecture's name)``: the caller's module, or built from its source."""
+    if given.teacher is not None:
+        from lakd.api import staged
+
+        return staged(given.teacher, given.teacher_stages, "teacher"), python_name(given.teacher)
+    if teacher_ckpt is None:
+        return None, None
+    teacher = _build_teacher(teacher_ckpt, splits)
+    meta = teacher_ckpt[1]
+    if splits.name.startswith(PYTHON_PREFIX) and tuple(splits.std) == (1.0, 1.0, 1.0) and meta.get("mean"):
+        log(f"note: teacher '{teacher_ckpt[2]}' was trained on images normalised with mean {meta['mean']} and std "
+            f"{meta['std']}; your dataset yields float tensors, which lakd passes on as they are: normalise them "
+            "the same way in your transform")
+    return teacher, meta["arch"]
 
 
 def _load_data(d: Any) -> Any:
@@ -208,27 +272,34 @@ def _load_data(d: Any) -> Any:
     return splits
 
 
-def _build_student(cfg: Any, splits: Any, teacher: Any) -> tuple[Any, tuple[int, int, int]]:
-    """The model to train (seeded, its initial weights loaded if asked) and the input shape both models take."""
+def _build_student(cfg: Any, splits: Any, teacher: Any, given: GivenObjects) -> tuple[Any, tuple[int, int, int]]:
+    """The model to train (seeded, its initial weights loaded if asked; or the caller's module, staged when it is
+    distilled) and the input shape both models take."""
     from lakd.engine import seed_everything
     from lakd.models import build_model
+    from lakd.models.adapter import user_model
     from lakd.models.base import check_input_size
 
     seed_everything(cfg.train.seed)
-    try:
-        model = build_model(cfg.model.name, splits.num_classes, stages=cfg.model.stages)
-    except ValueError as exc:
-        raise LakdError(f"model.stages: {exc}") from None
+    distilled = getattr(cfg, "distill", None) is not None
+    if given.student is not None:
+        from lakd.api import plain_or_staged
+
+        model = plain_or_staged(given.student, given.student_stages, "student", needs_stages=distilled)
+    else:
+        try:
+            model = build_model(cfg.model.name, splits.num_classes, stages=cfg.model.stages)
+        except ValueError as exc:
+            raise LakdError(f"model.stages: {exc}") from None
     if cfg.model.init_weights:
-        from lakd.models.adapter import user_model
         from lakd.models.weights import load_weights_into
 
         load_weights_into(user_model(model), cfg.model.init_weights, cfg.model.init_key_map,
                           "student" if teacher is not None else "model")
-    input_shape = (3, splits.image_size, splits.image_size)
-    check_input_size(model, "student" if teacher is not None else "", input_shape)
+    input_shape = splits.input_shape
+    check_input_size(model, "student" if teacher is not None else "", input_shape, splits.num_classes)
     if teacher is not None:
-        check_input_size(teacher, "teacher", input_shape)
+        check_input_size(teacher, "teacher", input_shape, splits.num_classes)
     return model, input_shape
 
 
@@ -277,14 +348,15 @@ def _build_task(cfg: Any, model: Any, teacher: Any, splits: Any, input_shape: tu
     return task, folded, compiled_parts
 
 
-def _checkpoint_meta(cfg: Any, splits: Any, task: Any, teacher_ckpt: Any, folded: int,
-                     compiled_parts: list[str]) -> dict[str, Any]:
+def _checkpoint_meta(cfg: Any, splits: Any, task: Any, teacher_arch: str | None, folded: int,
+                     compiled_parts: list[str], input_shape: tuple[int, int, int]) -> dict[str, Any]:
     """What every checkpoint of the run records about its model, data and (for a distillation) method."""
     d = cfg.data
     meta: dict[str, Any] = {
         "arch": cfg.model.name, "stages": cfg.model.stages, "num_classes": splits.num_classes, "dataset": splits.name,
         "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
-        "image_size": splits.image_size, "val_size": d.val_size, "split_seed": d.split_seed,
+        "image_size": splits.image_size, "input_shape": list(input_shape), "val_size": d.val_size,
+        "split_seed": d.split_seed,
         "data": {"dataset": d.dataset, "path": d.path, "val_size": d.val_size, "split_seed": d.split_seed,
                  "synthetic_size": d.synthetic_size, "synthetic_classes": d.synthetic_classes,
                  "stream": d.stream, "image_size": d.image_size},
@@ -294,7 +366,7 @@ def _checkpoint_meta(cfg: Any, splits: Any, task: Any, teacher_ckpt: Any, folded
         from lakd.distill import params_as_dict
 
         meta["distill"] = {"method": distill.method, "teacher": distill.teacher,
-                           "teacher_arch": teacher_ckpt[1]["arch"] if teacher_ckpt else None,
+                           "teacher_arch": teacher_arch,
                            # every parameter as resolved (defaults included), so runs made before and after a
                            # default changed can be told apart; the overrides alone are in config.yaml
                            "params": params_as_dict(task.params),
@@ -303,7 +375,7 @@ def _checkpoint_meta(cfg: Any, splits: Any, task: Any, teacher_ckpt: Any, folded
     return meta
 
 
-def _write_run_record(cfg: Any, out: Path, argv: list[str], runtime: Any, dist_env: Any, malloc: str,
+def _write_run_record(cfg: Any, out: Path, command: str, runtime: Any, dist_env: Any, malloc: str,
                       splits: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """``config.yaml`` and ``run.json`` (command, environment, data sizes, the method's resolved parameters)."""
     from lakd.atomic import atomic_write_text
@@ -311,39 +383,17 @@ def _write_run_record(cfg: Any, out: Path, argv: list[str], runtime: Any, dist_e
 
     # on --resume too: only keys check_resume_config allows can differ, and a later resume compares with these
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-    run_info = {"command": " ".join(["lakd", *(shlex.quote(a) for a in argv)]), "config": cfg.to_dict(),
+    run_info = {"command": command, "config": cfg.to_dict(),
                 "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
                 "environment": {**environment_info(runtime), "world_size": dist_env.world_size,
                                 "malloc": malloc},
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
-                         "test": len(splits.test)}}
+                         "test": len(splits.test) if splits.test is not None else 0}}
     if "distill" in meta:  # the method's parameters as resolved (defaults included), not only the overrides
         run_info["distill"] = meta["distill"]
     atomic_write_text(out / "run.json", json.dumps(run_info, indent=2))
     return run_info
-
-
-def _fit_and_summarise(trainer: Any, out: Path, run_info: dict[str, Any]) -> int:
-    """Train; on a stop signal say how to continue; when done write ``summary.json`` (atomically) and print it."""
-    from lakd.atomic import atomic_write
-    from lakd.engine.trainer import TrainingStopped
-
-    try:
-        summary = trainer.fit()
-    except TrainingStopped as stop:
-        print(f"\n{stop}: checkpoint saved to {stop.checkpoint}; continue with the same command plus --resume",
-              file=sys.stderr)
-        return 128 + stop.signum
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {out / 'last.pt'} holds the last saved state; continue with --resume",
-              file=sys.stderr)
-        return 130
-    summary["out"] = str(out)
-    text = json.dumps({**summary, **run_info}, indent=2).encode()
-    atomic_write(out / "summary.json", lambda f: f.write(text))  # a torn summary would block report/bench
-    print(json.dumps(summary, indent=2))
-    return 0
 
 
 RECORDED_DATA_KEYS = ("dataset", "path", "val_size", "split_seed", "synthetic_size", "synthetic_classes", "stream",
@@ -385,6 +435,10 @@ def evaluate_checkpoint(
     if dataset and dataset != data["dataset"]:
         data = {"dataset": dataset}
     dataset = data.pop("dataset")
+    if dataset.startswith(PYTHON_PREFIX):
+        raise LakdError(f"checkpoint '{path}' was trained on a Python dataset object ({dataset[len(PYTHON_PREFIX):]}), "
+                        "which lakd eval cannot rebuild: name a lakd dataset to evaluate it on (--dataset, "
+                        "--data-path), or evaluate it from Python with lakd.evaluate(model, dataset)")
     if split == "test":
         data["val_size"] = 0  # the test split does not depend on the validation carve-out
     splits = load_splits(dataset, data_root, **data)

@@ -78,3 +78,29 @@ class EpochBatches:
 
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
         raise NotImplementedError
+
+    def _planned_steps(
+        self, start_step: int, crop_padding: int
+    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]]:
+        """``(this rank's sample indices, its crop/flip draws or None)`` for each step of the epoch from
+        ``start_step`` on: the batch-level augmentation of the in-memory loaders (CIFAR's pad-crop and flip).
+
+        Every step's augmentation is drawn, even a skipped one, so resumed steps match exactly. With
+        ``world_size`` N, step s covers the same ``batch_size * N`` samples, with the same augmentation, as step s
+        of a single process with an N-times larger batch; rank r takes every N-th of them from r on.
+        """
+        from lakd.data.augment import draw_crop_flip
+
+        order = self._order()
+        aug_gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 31 + 17)
+        gb = self.global_batch_size
+        for step in range(len(self)):
+            index = order[step * gb:(step + 1) * gb]
+            params = draw_crop_flip(len(index), crop_padding, True, aug_gen) if self.augment else None
+            if step < start_step:
+                continue
+            if self.world_size > 1:
+                mine = slice(self.rank, None, self.world_size)
+                index = index[mine]
+                params = tuple(p[mine] for p in params) if params is not None else None
+            yield index, params

@@ -88,7 +88,7 @@ class DatasetSplits:
     name: str
     train: Split
     val: Split | None
-    test: Split
+    test: Split | None  # None only for a user's datasets given without a test set
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
@@ -100,6 +100,12 @@ class DatasetSplits:
     def image_size(self) -> int:
         """Side of the square images the model gets (a streamed split's crop size, else the arrays' size)."""
         return self.train.image_size
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One image as the models take it, (C, H, W)."""
+        shape = getattr(self.train, "input_shape", None)
+        return shape if shape is not None else (3, self.image_size, self.image_size)
 
     @property
     def streamed(self) -> bool:
@@ -181,11 +187,20 @@ def load_splits(
     request = DatasetRequest(name, root, path, split_seed, synthetic_size, synthetic_classes,
                              stream or info.streams == "always", image_size)
     train, test, mean, std = info.loader(request)
-    train, val = carve_validation(train, val_size, split_seed)
+    return finish_splits(name, train, None, test, mean, std, val_size, split_seed, train_limit, test_limit)
+
+
+def finish_splits(name: str, train: Split, val: Split | None, test: Split | None, mean: tuple[float, ...],
+                  std: tuple[float, ...], val_size: int, split_seed: int, train_limit: int | None,
+                  test_limit: int | None) -> DatasetSplits:
+    """The splits of a run: validation carved from ``train`` (unless ``val`` is given), then the limits (after
+    the carve, so validation is unchanged by them)."""
+    if val is None:
+        train, val = carve_validation(train, val_size, split_seed)
     if train_limit:
         train = _limit(train, train_limit, split_seed)
     if test_limit:
-        test = _limit(test, test_limit, split_seed)
+        test = _limit(test, test_limit, split_seed) if test is not None else None
         if val is not None:
             val = _limit(val, test_limit, split_seed)
     return DatasetSplits(name, train, val, test, tuple(mean), tuple(std))  # type: ignore[arg-type]

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lakd.data.augment import apply_crop_flip, draw_crop_flip, normalise
+from lakd.data.augment import apply_crop_flip, normalise
 from lakd.data.batches import EpochBatches
 from lakd.data.cifar import ImageArrays
 
 if TYPE_CHECKING:
+    from lakd.data.objects import DatasetLoader, DatasetSplit
     from lakd.data.stream import FileList, StreamLoader
 
 
@@ -54,29 +55,10 @@ class BatchLoader(EpochBatches):
         return len(self.labels)
 
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Batches of the current epoch starting at ``start_step`` (mid-epoch resume).
-
-        With ``world_size`` N, step s covers the same ``batch_size * N`` samples, with the same augmentation, as
-        step s of a single process with an N-times larger batch; rank r takes every N-th of them from r on. So
-        data-parallel training sees exactly the global batches a single process would.
-        """
-        order = self._order()
-        aug_gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 31 + 17)
-        gb = self.global_batch_size
-        for step in range(len(self)):
-            index = order[step * gb:(step + 1) * gb]
-            if self.augment:
-                # Draw every step's augmentation, even a skipped one, so resumed steps match exactly.
-                params = draw_crop_flip(len(index), self.crop_padding, True, aug_gen)
-            if step < start_step:
-                continue
-            if self.world_size > 1:
-                mine = slice(self.rank, None, self.world_size)
-                index = index[mine]
-                if self.augment:
-                    params = tuple(p[mine] for p in params)
+        """Batches of the current epoch starting at ``start_step`` (mid-epoch resume); see ``_planned_steps``."""
+        for index, params in self._planned_steps(start_step, self.crop_padding):
             images = self.images[index]
-            if self.augment:
+            if params is not None:
                 images = apply_crop_flip(images, self.crop_padding, *params)
             batch = normalise(images, self.mean, self.std)
             labels = self.labels[index]
@@ -86,7 +68,7 @@ class BatchLoader(EpochBatches):
 
 
 def make_loader(
-    data: ImageArrays | FileList,
+    data: ImageArrays | FileList | DatasetSplit,
     batch_size: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
@@ -101,12 +83,20 @@ def make_loader(
     return_index: bool = False,
     pin_memory: bool = False,
     workers: int | None = None,
-) -> BatchLoader | StreamLoader:
+) -> BatchLoader | StreamLoader | DatasetLoader:
     """The loader for a split: in-memory arrays -> ``BatchLoader``, a file list -> ``StreamLoader``.
 
-    The one place that knows there are two kinds of split, so the trainer and ``evaluate`` never branch on the
-    dataset. ``crop_padding`` only applies to arrays (pad-crop); ``workers`` (decode threads) only to files.
+    The one place that knows there are three kinds of split (arrays, files, a user's ``Dataset``), so the trainer
+    and ``evaluate`` never branch on the dataset. ``crop_padding`` applies to arrays and datasets (pad-crop);
+    ``workers``: decode threads for files, worker processes for a dataset.
     """
+    from lakd.data.objects import DatasetLoader, DatasetSplit
+
+    if isinstance(data, DatasetSplit):
+        return DatasetLoader(data, batch_size, mean, std, shuffle=shuffle, augment=augment,
+                             crop_padding=crop_padding, drop_last=drop_last, seed=seed, rank=rank,
+                             world_size=world_size, return_index=return_index, pin_memory=pin_memory,
+                             workers=workers)
     if isinstance(data, ImageArrays):
         return BatchLoader(data, batch_size, mean, std, shuffle=shuffle, augment=augment, crop_padding=crop_padding,
                            drop_last=drop_last, seed=seed, rank=rank, world_size=world_size,

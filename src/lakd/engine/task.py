@@ -58,7 +58,8 @@ class SupervisedTask(nn.Module):
     def forward_train(
         self, x: torch.Tensor, y: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits, _ = self.model(x)
+        out = self.model(x)  # a staged model's (logits, features), or a plain module's logits
+        logits = out[0] if isinstance(out, tuple) else out
         return logits, {"ce": F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)}
 
     def train_step(

@@ -431,7 +431,7 @@ class Trainer:
                 for k, v in evaluate(student, self.splits.val, self.splits.mean, self.splits.std, self.runtime,
                                      cfg.data.eval_batch_size, cfg.data.workers).items():
                     row[f"val_{k}"] = v
-            if cfg.train.eval_test or self.splits.val is None:
+            if (cfg.train.eval_test or self.splits.val is None) and self.splits.test is not None:
                 for k, v in evaluate(student, self.splits.test, self.splits.mean, self.splits.std, self.runtime,
                                      cfg.data.eval_batch_size, cfg.data.workers).items():
                     row[f"test_{k}"] = v

@@ -97,32 +97,62 @@ class StagedModel(nn.Module):
         return int(self._probe(input_shape)[0].shape[1])
 
 
-def _accepts(model: StagedModel, side: int, channels: int) -> bool:
+# what a model's forward raises on an input it cannot take (timm's ViTs assert their image size)
+MODEL_INPUT_ERRORS = (RuntimeError, AssertionError, ValueError, IndexError)
+
+
+@torch.no_grad()
+def probe_logits(model: nn.Module, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    """The logits of one eval-mode forward of a zero image of ``input_shape``, for any model (a staged one's
+    stages are shaped by the same forward); the train/eval mode is restored."""
+    if isinstance(model, StagedModel):
+        return model._probe(input_shape)[0]
+    was_training = model.training
+    model.eval()
     try:
-        model.stage_shapes((channels, side, side))
-    except RuntimeError:
+        param = next(model.parameters(), None)
+        x = torch.zeros(1, *input_shape, device=param.device if param is not None else None)
+        out = model(x)
+        return out[0] if isinstance(out, tuple | list) else out
+    finally:
+        model.train(was_training)
+
+
+def _accepts(model: nn.Module, side: int, channels: int) -> bool:
+    try:
+        probe_logits(model, (channels, side, side))
+    except MODEL_INPUT_ERRORS:
         return False
     return True
 
 
-def check_input_size(model: StagedModel, role: str, input_shape: tuple[int, int, int]) -> None:
-    """A clear error when ``model`` cannot run on images of ``input_shape`` (C, H, W).
+def check_input_size(model: nn.Module, role: str, input_shape: tuple[int, int, int],
+                     num_classes: int | None = None) -> None:
+    """A clear error when ``model`` cannot run on images of ``input_shape`` (C, H, W), or (given
+    ``num_classes``) does not predict that many classes.
 
     Too-small images make a pooling or strided layer produce an empty map; PyTorch reports that deep inside the
     forward. We say which model, which size, and the smallest square size that works.
     """
     channels, height, width = input_shape
-    try:
-        model.stage_shapes(input_shape)
-        return
-    except RuntimeError as err:
-        reason = first_line(err)
-    sides = [*range(1, 65), 96, 128, 192, 256, 384, 512]  # small models at small sizes: a few ms each
-    smallest = next((side for side in sides if _accepts(model, side, channels)), None)
-    hint = (f"use images of at least {smallest}x{smallest} pixels, or a model made for small images" if smallest
-            else "this model cannot run on these images")
     who = f"the {role} model" if role else "the model"
-    raise LakdError(f"{who} '{model.arch_name}' cannot take {height}x{width} images ({reason}); {hint}")
+    name = getattr(model, "arch_name", None) or type(model).__name__
+    try:
+        logits = probe_logits(model, input_shape)
+    except MODEL_INPUT_ERRORS as err:
+        reason = first_line(err)
+        sides = [*range(1, 65), 96, 128, 192, 256, 384, 512]  # small models at small sizes: a few ms each
+        smallest = next((side for side in sides if _accepts(model, side, channels)), None)
+        hint = (f"use images of at least {smallest}x{smallest} pixels, or a model made for small images" if smallest
+                else "this model cannot run on these images")
+        raise LakdError(f"{who} '{name}' cannot take {height}x{width} images ({reason}); {hint}") from None
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        shown = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise LakdError(f"{who} '{name}' returns {shown} from its forward, not logits of shape (batch, classes): "
+                        "wrap it so that forward returns the logits tensor")
+    if num_classes is not None and logits.shape[1] != num_classes:
+        raise LakdError(f"{who} '{name}' predicts {logits.shape[1]} classes but the data has {num_classes}: build "
+                        f"it with {num_classes} outputs (replace its classifier head)")
 
 
 def forward_stage_with_preact(stage: nn.Sequential, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
