@@ -175,7 +175,7 @@ def test_mismatched_models_and_images_are_refused_before_the_folder_is_written(t
     with pytest.raises(lakd.LakdError, match="predicts 10 classes but the data has 4"):
         lakd.fit(Net(classes=10), train=Shapes(20, 0), out=tmp_path / "a", **FAST)
     # an odd image deep in the dataset is found when it is fetched (a dataset is read lazily): one clear error
-    with pytest.raises(lakd.LakdError, match="item 5 is a Tensor of shape .3, 14, 12.*same kind and size"):
+    with pytest.raises(lakd.LakdError, match=r"item \d+ is a Tensor of shape .3, 14, 12.*same kind and size"):
         lakd.fit(Net(), train=_Sizes(20, 0), out=tmp_path / "b", epochs=1, **FAST)
     with pytest.raises(lakd.LakdError, match=r"teacher model 'Net' predicts 10 classes"):
         lakd.fit(Net(), Net(classes=10), train=Shapes(20, 0), student_stages=["b1", "b2"],
