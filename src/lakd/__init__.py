@@ -1,9 +1,10 @@
 """lakd: Local Attention Knowledge Distillation and standard KD baselines for image classifiers.
 
-The Python API (imported on first use, so ``import lakd`` stays light): ``lakd.fit(student, teacher, train=...,
-out=...)`` for lakd's trainer on any model and any map-style ``Dataset`` (``lakd.evaluate`` to score one),
-``lakd.distiller(method, student, teacher, ...)`` for your own training loop, ``lakd.StageSpec`` / ``lakd.HookedModel`` for any ``nn.Module``,
-``lakd.build_model(name, num_classes)`` for zoo, ``torchvision:`` and ``timm:`` models.
+The Python API (imported on first use, so ``import lakd`` stays light): ``lakd.fit(student, teacher,
+train=..., out=...)`` for lakd's trainer on any model and any map-style ``Dataset`` (``lakd.evaluate`` scores
+one), ``lakd.distiller(method, student, teacher, ...)`` for your own training loop, ``lakd.StageSpec`` /
+``lakd.HookedModel`` for any ``nn.Module``, ``lakd.build_model(name, num_classes)`` for zoo, ``torchvision:``
+and ``timm:`` models.
 """
 
 from __future__ import annotations
