@@ -80,7 +80,7 @@ def build_way(name: str, x: torch.Tensor, y: torch.Tensor, compile_it: bool, run
     """Way ``name``'s distiller and one optimizer step of it as a closure (built once: model, teacher, optimizer,
     batch), under ``runtime_spec`` (see ``runtime_of``)."""
     from lakd.engine import load_checkpoint
-    from lakd.engine.checkpoint import checkpoint_meta, model_from_checkpoint
+    from lakd.checkpoint import checkpoint_meta, model_from_checkpoint
     from lakd.models.frozen import FrozenForward
     from lakd.run import prepare_teacher
 

@@ -206,7 +206,7 @@ def test_a_refused_checkpoint_is_explained_without_torchs_advice(tmp_path, capsy
 
 
 def test_a_state_dict_mismatch_names_the_keys(tmp_path) -> None:
-    from lakd.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
+    from lakd.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
     from lakd.models import build_model
 
     state = build_model("resnet8", 10).state_dict()

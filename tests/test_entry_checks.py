@@ -62,7 +62,7 @@ def test_bytes_that_are_no_torch_file_are_called_so_not_pickled_objects(tmp_path
 
     import torch
 
-    from lakd.engine.checkpoint import load_checkpoint
+    from lakd.checkpoint import load_checkpoint
     from lakd.models.weights import read_state_dict
 
     noise, text, objects = tmp_path / "noise.pt", tmp_path / "notes.pt", tmp_path / "objects.pt"
@@ -146,7 +146,7 @@ def test_a_small_checkpoint_naming_a_huge_model_allocates_nothing_before_it_is_r
 
     import torch
 
-    from lakd.engine.checkpoint import MAX_CLASSES
+    from lakd.checkpoint import MAX_CLASSES
     from lakd.models import build_model
 
     path = tmp_path / "small.pt"
@@ -154,7 +154,7 @@ def test_a_small_checkpoint_naming_a_huge_model_allocates_nothing_before_it_is_r
                 "meta": {"arch": "mobilenetv2", "num_classes": MAX_CLASSES}}, path)
     head_mb = 1280 * MAX_CLASSES * 4 / 2**20
     code = ("import resource, sys\n"
-            "from lakd.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint\n"
+            "from lakd.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint\n"
             "from lakd.errors import LakdError\n"
             f"ckpt = load_checkpoint({str(path)!r})\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"

@@ -155,7 +155,7 @@ def test_a_refused_last_checkpoint_is_never_kept_as_the_previous_one(tmp_path: P
 def test_disk_full_while_saving_is_one_clear_error_and_keeps_the_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import lakd.engine.checkpoint as checkpoint
+    import lakd.checkpoint as checkpoint
 
     out = tmp_path / "run"
     args = [*ARGS[:ARGS.index("--epochs")], "--epochs", "1", *ARGS[ARGS.index("--epochs") + 2:], "--out", str(out)]

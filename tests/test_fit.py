@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 import lakd
+from lakd.checkpoint import load_checkpoint
 from lakd.data.objects import DatasetLoader, splits_from_datasets
-from lakd.engine.checkpoint import load_checkpoint
 
 FAST = {"batch_size": 16, "lr": 0.05, "precision": "fp32", "progress": False, "log": lambda _m: None}
 
@@ -77,7 +77,7 @@ def test_supervised_fit_on_a_user_dataset_writes_a_normal_run_folder(tmp_path: P
     meta = load_checkpoint(summary.best_checkpoint)["meta"]
     again = lakd.evaluate(best, Shapes(48, 1), mean=meta["mean"], std=meta["std"], precision="fp32")
     assert again["top1"] == pytest.approx(summary.best_test_top1)
-    from lakd.engine.checkpoint import model_from_checkpoint
+    from lakd.checkpoint import model_from_checkpoint
     from lakd.run import evaluate_checkpoint
 
     with pytest.raises(lakd.LakdError, match="trained on a Python dataset object"):  # lakd eval cannot rebuild it

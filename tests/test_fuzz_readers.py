@@ -18,9 +18,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from lakd.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint  # noqa: E402
 from lakd.data.cifar import decode_jpeg_npz  # noqa: E402
 from lakd.data.safe_pickle import read_cifar_python, write_cifar_python  # noqa: E402
-from lakd.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint  # noqa: E402
 from lakd.errors import LakdError  # noqa: E402
 from lakd.models import build_model  # noqa: E402
 

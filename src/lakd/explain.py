@@ -288,7 +288,7 @@ class ExplainInputs:
 
 def _load_model(path: str | Path, what: str) -> tuple[StagedModel, dict[str, Any]]:
     """Rebuild ``meta['arch']`` from a lakd checkpoint and load its weights, in eval mode."""
-    from lakd.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
+    from lakd.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(path)
     meta = checkpoint_meta(ckpt, path)

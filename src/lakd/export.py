@@ -30,7 +30,7 @@ from torch import nn
 
 from lakd import __version__
 from lakd.atomic import atomic_write
-from lakd.engine.checkpoint import check_meta_fields, checkpoint_meta, load_checkpoint, model_from_checkpoint
+from lakd.checkpoint import check_meta_fields, checkpoint_meta, load_checkpoint, model_from_checkpoint
 from lakd.errors import LakdError, first_line
 
 EXPORT_FORMATS = ("safetensors", "onnx")

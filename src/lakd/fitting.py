@@ -61,7 +61,7 @@ class FitSummary:
 
     def load_best(self, model: Any) -> Any:
         """Load the best-on-validation weights into ``model`` (the student module you trained) and return it."""
-        from lakd.engine.checkpoint import load_checkpoint
+        from lakd.checkpoint import load_checkpoint
 
         state = load_checkpoint(self.best_checkpoint)["model"]
         try:

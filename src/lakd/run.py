@@ -57,8 +57,7 @@ def check_model_name(name: str) -> None:
 
 
 def load_teacher_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    from lakd.engine import load_checkpoint
-    from lakd.engine.checkpoint import checkpoint_meta
+    from lakd.checkpoint import checkpoint_meta, load_checkpoint
 
     ckpt = load_checkpoint(path)
     meta = checkpoint_meta(ckpt, path)
@@ -113,7 +112,7 @@ def _build_teacher(teacher_ckpt: tuple[dict[str, Any] | None, dict[str, Any], st
                         f"'{splits.name}' has {splits.num_classes}: use a teacher trained on {splits.name}")
     if meta.get("dataset") and meta["dataset"] != splits.name:
         raise LakdError(f"teacher '{path}' was trained on '{meta['dataset']}', not on '{splits.name}'")
-    from lakd.engine.checkpoint import model_from_checkpoint
+    from lakd.checkpoint import model_from_checkpoint
     from lakd.models.base import feed_with_normalisation
 
     teacher = model_from_checkpoint(ckpt, meta, f"teacher '{path}'")
@@ -424,9 +423,9 @@ def evaluate_checkpoint(
     """Top-1/top-5/loss/img/s of a checkpoint's model on one split of its dataset (or ``dataset``)."""
     import torch
 
+    from lakd.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
     from lakd.data import load_splits
-    from lakd.engine import evaluate, load_checkpoint, resolve_runtime
-    from lakd.engine.checkpoint import checkpoint_meta, model_from_checkpoint
+    from lakd.engine import evaluate, resolve_runtime
 
     ckpt = load_checkpoint(path)
     meta = checkpoint_meta(ckpt, path)

@@ -112,8 +112,8 @@ class RunFolder:
     def recorded_settings(self) -> tuple[dict[str, Any], str]:
         """``(configuration, where it was read)`` of the run to resume: as its checkpoint records it (``last.pt``,
         else ``last.prev.pt``), or, for a checkpoint from before checkpoints recorded it, its ``config.yaml``."""
+        from lakd.checkpoint import load_checkpoint
         from lakd.config import load_yaml
-        from lakd.engine.checkpoint import load_checkpoint
 
         for name in ("last.pt", "last.prev.pt"):
             path = self.out / name

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lakd.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
 from lakd.config import RunConfig
 from lakd.data import DatasetSplits, FileList, ImageArrays, make_loader
-from lakd.engine.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
 from lakd.engine.device import Runtime
 from lakd.engine.distributed import SINGLE, DistEnv, all_reduce_sum, average_gradients, broadcast_module, sync_batchnorm
 from lakd.engine.metrics import MetricsLog, peak_memory_mb, topk_correct

@@ -1,8 +1,10 @@
-"""Checkpoints: written atomically, read without executing code (``weights_only=True``).
+"""The checkpoint format, shared by the trainer and the tools (eval, export, explain, a teacher's loading):
+written atomically, read without executing code (``weights_only=True``), its metadata checked at the door.
 
-Layout: ``{'model': student state_dict, 'meta': {...}, ...}`` — ``meta`` holds what is needed to rebuild the
-model without the config (architecture, class count, normalisation), so ``lakd eval --ckpt`` and distillation
-teachers need nothing else. Training state (optimizer, epoch, RNG) rides along for ``--resume``.
+Layout: ``{'model': student state_dict, 'meta': CheckpointMeta, ...}`` — ``meta`` holds what is needed to rebuild
+the model without the config (architecture, class count, normalisation), so ``lakd eval --ckpt`` and
+distillation teachers need nothing else. Training state (optimizer, epoch, RNG) rides along for ``--resume``.
+This module imports nothing of the engine: the tools read checkpoints without the training loop.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -19,6 +21,26 @@ from lakd.atomic import atomic_write
 from lakd.errors import LakdError, first_line, refused_load
 
 CHECKPOINT_FORMAT = 1
+
+
+class CheckpointMeta(TypedDict, total=False):
+    """``ckpt['meta']``: what a run records about its model, data and method (``lakd.run._checkpoint_meta``
+    writes it; :func:`checkpoint_meta` checks what every reader builds from)."""
+
+    arch: str  # model name (zoo, torchvision:, timm:), or python:<class> for a module given to lakd.fit
+    num_classes: int
+    stages: list[str] | None  # a library model's stage paths, when not its preset
+    dataset: str
+    classes: list[str]
+    mean: list[float]  # the normalisation the model was trained with (0..1 units)
+    std: list[float]
+    image_size: int
+    input_shape: list[int]  # (C, H, W) of one training image
+    val_size: int
+    split_seed: int
+    data: dict[str, Any]  # the data settings, re-read by lakd eval through the config schema (run.recorded_data)
+    lakd_version: str
+    distill: dict[str, Any]  # method, teacher, its resolved parameters, folds, compiled parts (distillations)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -58,7 +80,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def checkpoint_meta(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+def checkpoint_meta(ckpt: dict[str, Any], path: str | Path) -> CheckpointMeta:
     """The ``meta`` block, with the fields every consumer needs checked."""
     meta = ckpt.get("meta")
     if not isinstance(meta, dict) or "arch" not in meta or "num_classes" not in meta:
