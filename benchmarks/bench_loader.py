@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from lakd.data import BatchLoader, load_splits
+from lakd.data import Batching, BatchLoader, load_splits
 
 
 def main() -> None:
@@ -29,8 +29,8 @@ def main() -> None:
     start = time.perf_counter()
     splits = load_splits(args.dataset, args.data_root, synthetic_size=50000)
     load_s = time.perf_counter() - start
-    loader = BatchLoader(splits.train, args.batch_size, splits.mean, splits.std, shuffle=True, augment=True,
-                         drop_last=True)
+    loader = BatchLoader(splits.train, Batching(args.batch_size, splits.mean, splits.std, shuffle=True, augment=True,
+                         drop_last=True))
     rates = []
     for epoch in range(args.epochs):
         loader.set_epoch(epoch)

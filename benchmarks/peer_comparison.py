@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from lakd.checkpoint import checkpoint_meta
 from lakd.data import load_splits
 from lakd.engine import load_checkpoint
-from lakd.checkpoint import checkpoint_meta
 from lakd.engine.host_memory import MMAP_THRESHOLD, TRIM_THRESHOLD
 from lakd.models import build_model
 from lakd.run import environment_info

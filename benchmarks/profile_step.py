@@ -30,8 +30,8 @@ def run(method: str, steps: int, warmup: int, top: int, params: dict[str, Any], 
     runtime = resolve_runtime("cpu", "auto", "auto")
     student, teacher = build_model("resnet20", 10), build_model(teacher_arch, 10)
     if teacher_ckpt is not None:  # a trained teacher: its activations, not a random network's
-        from lakd.engine import load_checkpoint
         from lakd.checkpoint import checkpoint_meta, model_from_checkpoint
+        from lakd.engine import load_checkpoint
 
         ckpt = load_checkpoint(teacher_ckpt)
         teacher = model_from_checkpoint(ckpt, checkpoint_meta(ckpt, teacher_ckpt), "teacher")

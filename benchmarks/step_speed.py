@@ -79,8 +79,8 @@ def build_way(name: str, x: torch.Tensor, y: torch.Tensor, compile_it: bool, run
               ) -> tuple[Distiller, Callable[[], None]]:
     """Way ``name``'s distiller and one optimizer step of it as a closure (built once: model, teacher, optimizer,
     batch), under ``runtime_spec`` (see ``runtime_of``)."""
-    from lakd.engine import load_checkpoint
     from lakd.checkpoint import checkpoint_meta, model_from_checkpoint
+    from lakd.engine import load_checkpoint
     from lakd.models.frozen import FrozenForward
     from lakd.run import prepare_teacher
 

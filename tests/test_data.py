@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lakd.data import BatchLoader, carve_validation, load_cifar, load_splits, make_synthetic
+from lakd.data import Batching, BatchLoader, carve_validation, load_cifar, load_splits, make_synthetic
 from lakd.data.augment import apply_crop_flip, normalise, random_crop_flip
 from lakd.data.cifar import ImageArrays
 from lakd.data.root import decoded_cache_dir, resolve_data_root
@@ -194,7 +194,7 @@ def test_normalise_by_hand() -> None:
 def test_loader_epochs_shards_and_resume() -> None:
     data = make_synthetic(100, 10, seed=0)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    loader = BatchLoader(data, 16, mean, std, shuffle=True, augment=True, drop_last=True, seed=1)
+    loader = BatchLoader(data, Batching(16, mean, std, shuffle=True, augment=True, drop_last=True, seed=1))
     assert len(loader) == 6
     loader.set_epoch(0)
     e0 = list(loader)
@@ -209,15 +209,15 @@ def test_loader_epochs_shards_and_resume() -> None:
     assert len(tail) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(tail, e0[4:], strict=True))
     # Two ranks with batch 10 see, step by step, exactly one process's batches of 20, augmentation included:
     # rank r holds every second sample from r on.
-    single = list(BatchLoader(data, 20, mean, std, shuffle=True, augment=True, drop_last=True, seed=1))
-    ranks = [list(BatchLoader(data, 10, mean, std, shuffle=True, augment=True, drop_last=True, seed=1, rank=r,
-                              world_size=2)) for r in (0, 1)]
+    single = list(BatchLoader(data, Batching(20, mean, std, shuffle=True, augment=True, drop_last=True, seed=1)))
+    ranks = [list(BatchLoader(data, Batching(10, mean, std, shuffle=True, augment=True, drop_last=True, seed=1, rank=r,
+                              world_size=2))) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == len(single) == 5
     for step, (x, y) in enumerate(single):
         for r in (0, 1):
             assert torch.equal(ranks[r][step][0], x[r::2]) and torch.equal(ranks[r][step][1], y[r::2])
     with pytest.raises(ValueError, match="drop_last"):
-        BatchLoader(data, 10, mean, std, rank=0, world_size=2)
+        BatchLoader(data, Batching(10, mean, std, rank=0, world_size=2))
 
 
 def test_synthetic_splits_are_learnable_shapes() -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 import lakd
 from lakd.checkpoint import load_checkpoint
+from lakd.data import Batching
 from lakd.data.objects import DatasetLoader, splits_from_datasets
 
 FAST = {"batch_size": 16, "lr": 0.05, "precision": "fp32", "progress": False, "log": lambda _m: None}
@@ -118,7 +119,8 @@ def test_workers_do_not_change_the_images(tmp_path: Path) -> None:
     splits = splits_from_datasets(Shapes(40, 0), val_size=0)
     batches = []
     for workers in (0, 2):
-        loader = DatasetLoader(splits.train, 8, splits.mean, splits.std, shuffle=True, seed=3, workers=workers)
+        batching = Batching(8, splits.mean, splits.std, shuffle=True, seed=3, workers=workers)
+        loader = DatasetLoader(splits.train, batching)
         loader.set_epoch(1)
         batches.append(list(loader))
     assert len(batches[0]) == 5
@@ -129,7 +131,7 @@ def test_workers_do_not_change_the_images(tmp_path: Path) -> None:
 def test_float_images_pass_as_given_and_refuse_mean_std(tmp_path: Path) -> None:
     splits = splits_from_datasets(Shapes(20, 0, floats=True), val_size=0)
     assert splits.mean == (0.0, 0.0, 0.0) and splits.std == (1.0, 1.0, 1.0)
-    x, _ = next(iter(DatasetLoader(splits.train, 4, splits.mean, splits.std)))
+    x, _ = next(iter(DatasetLoader(splits.train, Batching(4, splits.mean, splits.std))))
     assert 0 <= float(x.min()) and float(x.max()) <= 1  # not normalised again
     with pytest.raises(lakd.LakdError, match="normalise them in your transform"):
         lakd.fit(Net(), train=Shapes(20, 0, floats=True), mean=[0.5] * 3, std=[0.2] * 3, out=tmp_path / "f", **FAST)

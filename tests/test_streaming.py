@@ -19,6 +19,7 @@ from lakd.bench import load_protocol
 from lakd.cli import main
 from lakd.config import DistillRunConfig, build_config
 from lakd.data import (
+    Batching,
     BatchLoader,
     FileList,
     ImageArrays,
@@ -126,8 +127,8 @@ def test_random_resized_crop_boxes_and_fallback() -> None:
 
 def test_train_augmentation_shape_and_determinism(train_files: FileList) -> None:
     def epoch(seed: int, e: int) -> list[tuple[torch.Tensor, ...]]:
-        loader = StreamLoader(train_files, 6, MEAN, STD, shuffle=True, augment=True, drop_last=True, seed=seed,
-                              workers=2)
+        loader = StreamLoader(train_files, Batching(6, MEAN, STD, shuffle=True, augment=True, drop_last=True, seed=seed,
+                              workers=2))
         loader.set_epoch(e)
         return list(loader)
 
@@ -141,7 +142,7 @@ def test_train_augmentation_shape_and_determinism(train_files: FileList) -> None
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
     assert not torch.equal(first[0][0], epoch(1, 0)[0][0])
     # Evaluation transform, no shuffle: the files in order, each exactly as load_eval_image gives it.
-    plain = next(iter(StreamLoader(train_files, 4, MEAN, STD, workers=1)))[0]
+    plain = next(iter(StreamLoader(train_files, Batching(4, MEAN, STD, workers=1))))[0]
     expected = torch.from_numpy(np.array(load_eval_image(train_files.files[1], 32))).permute(2, 0, 1).float()
     torch.testing.assert_close(plain[1], (expected / 255 - 0.5) / 0.25)
 
@@ -150,8 +151,9 @@ def test_same_order_and_length_as_batch_loader(train_files: FileList) -> None:
     """Order and step count come from the shared EpochBatches: identical to BatchLoader's for the same labels."""
     arrays = ImageArrays(np.zeros((18, 4, 4, 3), np.uint8), train_files.y, train_files.classes)
     for drop_last, batch in ((True, 4), (False, 4), (False, 5)):
-        stream = StreamLoader(train_files, batch, MEAN, STD, shuffle=True, drop_last=drop_last, seed=3, workers=2)
-        memory = BatchLoader(arrays, batch, MEAN, STD, shuffle=True, drop_last=drop_last, seed=3, return_index=True)
+        order = {"shuffle": True, "drop_last": drop_last, "seed": 3}
+        stream = StreamLoader(train_files, Batching(batch, MEAN, STD, workers=2, **order))
+        memory = BatchLoader(arrays, Batching(batch, MEAN, STD, return_index=True, **order))
         stream.return_index = True
         for e in (0, 1):
             stream.set_epoch(e)
@@ -164,11 +166,11 @@ def test_same_order_and_length_as_batch_loader(train_files: FileList) -> None:
 
 def test_two_ranks_see_the_halves_of_the_single_process_batch(train_files: FileList) -> None:
     kw = {"shuffle": True, "augment": True, "drop_last": True, "seed": 5, "return_index": True, "workers": 2}
-    single = StreamLoader(train_files, 6, MEAN, STD, **kw)
+    single = StreamLoader(train_files, Batching(6, MEAN, STD, **kw))
     single.set_epoch(2)
     ranks = []
     for r in (0, 1):
-        loader = make_loader(train_files, 3, MEAN, STD, rank=r, world_size=2, **kw)
+        loader = make_loader(train_files, Batching(3, MEAN, STD, rank=r, world_size=2, **kw))
         assert isinstance(loader, StreamLoader) and loader.global_batch_size == 6
         loader.set_epoch(2)
         ranks.append(list(loader))
@@ -179,12 +181,12 @@ def test_two_ranks_see_the_halves_of_the_single_process_batch(train_files: FileL
             rx, ry, ri = ranks[r][step]
             assert torch.equal(rx, x[r::2]) and torch.equal(ry, y[r::2]) and torch.equal(ri, index[r::2])
     with pytest.raises(ValueError, match="drop_last"):
-        StreamLoader(train_files, 3, MEAN, STD, rank=0, world_size=2)
+        StreamLoader(train_files, Batching(3, MEAN, STD, rank=0, world_size=2))
 
 
 def test_mid_epoch_resume_replays_the_same_batches(train_files: FileList) -> None:
-    loader = StreamLoader(train_files, 4, MEAN, STD, shuffle=True, augment=True, drop_last=True, seed=1, workers=2,
-                          prefetch=1)
+    loader = StreamLoader(train_files, Batching(4, MEAN, STD, shuffle=True, augment=True, drop_last=True, seed=1,
+                                                workers=2), prefetch=1)
     loader.set_epoch(3)
     full = list(loader)
     assert len(full) == 4
@@ -270,7 +272,7 @@ def test_corrupt_image_names_the_file(tmp_path: Path) -> None:
     write_folder(tmp_path, {"train": 2})
     bad = tmp_path / "train" / "bee" / "01.JPEG"
     bad.write_bytes(b"not a jpeg")
-    loader = StreamLoader(scan_file_list(tmp_path / "train", 32), 3, MEAN, STD, workers=2)
+    loader = StreamLoader(scan_file_list(tmp_path / "train", 32), Batching(3, MEAN, STD, workers=2))
     with pytest.raises(LakdError, match=r"cannot decode image .*bee.01\.JPEG"):
         list(loader)
 

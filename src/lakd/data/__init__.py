@@ -4,6 +4,7 @@ Small datasets are decoded into RAM (``ImageArrays`` + ``BatchLoader``); large o
 (``FileList`` + ``StreamLoader``). ``make_loader`` picks the loader for a split.
 """
 
+from lakd.data.batches import Batching
 from lakd.data.cifar import ImageArrays, load_cifar
 from lakd.data.datasets import DATASETS, DatasetSplits, as_arrays, carve_validation, load_splits
 from lakd.data.loader import BatchLoader, make_loader
@@ -12,6 +13,7 @@ from lakd.data.stream import FileList, StreamLoader, scan_file_list
 from lakd.data.synthetic import make_synthetic
 
 __all__ = [
+    "Batching",
     "DATASETS",
     "BatchLoader",
     "DatasetSplits",

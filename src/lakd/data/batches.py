@@ -7,48 +7,67 @@ The in-memory ``BatchLoader`` (loader.py) and the streaming ``StreamLoader`` (st
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a split is batched: the one description every loader (in-memory, streamed, a user's dataset) and
+    ``make_loader`` take, so the settings are written once, by the trainer or ``evaluate``.
+
+    ``crop_padding`` applies to the batch-level pad-crop of arrays and datasets; ``workers`` is decode threads for
+    streamed files, worker processes for a user's dataset; ``return_index`` also yields each sample's index in the
+    split (CRD's memory bank); ``pin_memory`` page-locks batches so the host->GPU copy can overlap compute.
+    """
+
+    batch_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    shuffle: bool = False
+    augment: bool = False
+    crop_padding: int = 4
+    drop_last: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    return_index: bool = False
+    pin_memory: bool = False
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.world_size > 1 and not self.drop_last:
+            raise ValueError("a sharded loader (world_size > 1) needs drop_last=True so every rank runs the same steps")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
 
 
 class EpochBatches:
     """What every loader shares: the epoch's sample order, the step count and the DDP sharding rule.
 
-    Subclasses call ``__init__`` with the settings every loader has and define ``num_images`` and ``iter_from``.
+    Subclasses call ``__init__`` with the split's labels and its :class:`Batching`, and define ``num_images``
+    and ``iter_from``.
     """
 
-    def __init__(
-        self,
-        labels: torch.Tensor,
-        batch_size: int,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        shuffle: bool,
-        augment: bool,
-        drop_last: bool,
-        seed: int,
-        rank: int,
-        world_size: int,
-        return_index: bool,
-        pin_memory: bool,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size > 1 and not drop_last:
-            raise ValueError("a sharded loader (world_size > 1) needs drop_last=True so every rank runs the same steps")
+    def __init__(self, labels: torch.Tensor, batching: Batching) -> None:
         self.labels = labels
-        self.batch_size = batch_size
-        self.mean = torch.tensor(mean, dtype=torch.float32)
-        self.std = torch.tensor(std, dtype=torch.float32)
-        self.shuffle = shuffle
-        self.augment = augment
-        self.drop_last = drop_last
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
+        self.batching = batching
+        self.batch_size = batching.batch_size
+        self.mean = torch.tensor(batching.mean, dtype=torch.float32)
+        self.std = torch.tensor(batching.std, dtype=torch.float32)
+        self.shuffle = batching.shuffle
+        self.augment = batching.augment
+        self.crop_padding = batching.crop_padding
+        self.drop_last = batching.drop_last
+        self.seed = batching.seed
+        self.rank = batching.rank
+        self.world_size = batching.world_size
         self.epoch = 0
-        self.return_index = return_index  # also yield each sample's index in the split (CRD's memory bank)
-        self.pin_memory = pin_memory  # page-locked batches: the host->GPU copy can overlap compute (CUDA only)
+        self.return_index = batching.return_index
+        self.pin_memory = batching.pin_memory
 
     @property
     def num_images(self) -> int:
@@ -79,9 +98,7 @@ class EpochBatches:
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
         raise NotImplementedError
 
-    def _planned_steps(
-        self, start_step: int, crop_padding: int
-    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]]:
+    def _planned_steps(self, start_step: int) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]]:
         """``(this rank's sample indices, its crop/flip draws or None)`` for each step of the epoch from
         ``start_step`` on: the batch-level augmentation of the in-memory loaders (CIFAR's pad-crop and flip).
 
@@ -96,7 +113,7 @@ class EpochBatches:
         gb = self.global_batch_size
         for step in range(len(self)):
             index = order[step * gb:(step + 1) * gb]
-            params = draw_crop_flip(len(index), crop_padding, True, aug_gen) if self.augment else None
+            params = draw_crop_flip(len(index), self.crop_padding, True, aug_gen) if self.augment else None
             if step < start_step:
                 continue
             if self.world_size > 1:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from lakd.data.augment import apply_crop_flip, normalise
-from lakd.data.batches import EpochBatches
+from lakd.data.batches import Batching, EpochBatches
 from lakd.errors import LakdError, short_repr
 
 FLOAT, UINT8 = "float", "uint8"  # the two kinds of image a split can hold
@@ -183,15 +183,10 @@ class DatasetLoader(EpochBatches):
     asked for.
     """
 
-    def __init__(self, split: DatasetSplit, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 shuffle: bool = False, augment: bool = False, crop_padding: int = 4, drop_last: bool = False,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, return_index: bool = False,
-                 pin_memory: bool = False, workers: int | None = None) -> None:
-        super().__init__(torch.from_numpy(split.y.astype(np.int64)), batch_size, mean, std, shuffle, augment,
-                         drop_last, seed, rank, world_size, return_index, pin_memory)
+    def __init__(self, split: DatasetSplit, batching: Batching) -> None:
+        super().__init__(torch.from_numpy(split.y.astype(np.int64)), batching)
         self.split = split
-        self.crop_padding = crop_padding
-        self.workers = workers or 0
+        self.workers = batching.workers or 0
 
     @property
     def num_images(self) -> int:
@@ -211,7 +206,7 @@ class DatasetLoader(EpochBatches):
         yield from loader
 
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        plan = list(self._planned_steps(start_step, self.crop_padding))
+        plan = list(self._planned_steps(start_step))
         for (index, params), (images, labels) in zip(plan, self._batches([i for i, _ in plan]), strict=True):
             if params is not None:
                 images = apply_crop_flip(images, self.crop_padding, *params)

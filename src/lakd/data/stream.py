@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lakd.data.batches import EpochBatches
+from lakd.data.batches import Batching, EpochBatches
 from lakd.data.cifar import ImageArrays
 from lakd.data.folder import list_image_folder
 from lakd.data.transforms import load_eval_image, load_train_image
@@ -91,30 +91,11 @@ class StreamLoader(EpochBatches):
     channels-last, which is what the trainer asks for on CPU and CUDA.
     """
 
-    def __init__(
-        self,
-        files: FileList,
-        batch_size: int,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        shuffle: bool = False,
-        augment: bool = False,
-        drop_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        return_index: bool = False,
-        pin_memory: bool = False,
-        workers: int | None = None,
-        prefetch: int = 2,
-    ) -> None:
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        super().__init__(torch.from_numpy(files.y.astype(np.int64)), batch_size, mean, std, shuffle, augment,
-                         drop_last, seed, rank, world_size, return_index, pin_memory)
+    def __init__(self, files: FileList, batching: Batching, prefetch: int = 2) -> None:
+        super().__init__(torch.from_numpy(files.y.astype(np.int64)), batching)
         self.files = files
         self.image_size = files.image_size
-        self.workers = workers or default_workers()
+        self.workers = batching.workers or default_workers()
         self.prefetch = max(1, prefetch)
         # (x / 255 - mean) / std as one multiply-add over whole NHWC rows: per-channel factors tiled along a row
         # (W*3 values) keep the inner loop long; broadcasting over a size-3 last dim is ~4x slower.

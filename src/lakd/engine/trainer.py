@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from lakd.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
 from lakd.config import RunConfig
-from lakd.data import DatasetSplits, FileList, ImageArrays, make_loader
+from lakd.data import Batching, DatasetSplits, FileList, ImageArrays, make_loader
 from lakd.engine.device import Runtime
 from lakd.engine.distributed import SINGLE, DistEnv, all_reduce_sum, average_gradients, broadcast_module, sync_batchnorm
 from lakd.engine.metrics import MetricsLog, peak_memory_mb, topk_correct
@@ -98,7 +98,8 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    loader = make_loader(arrays, batch_size, mean, std, pin_memory=runtime.device.type == "cuda", workers=workers)
+    loader = make_loader(arrays, Batching(batch_size, mean, std, pin_memory=runtime.device.type == "cuda",
+                                          workers=workers))
     correct1 = correct5 = 0
     loss_sum = 0.0
     start = time.perf_counter()
@@ -157,12 +158,11 @@ class Trainer:
             weight_decay=cfg.optim.weight_decay,
         )
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype is torch.float16)
-        self.train_loader = make_loader(
-            splits.train, cfg.data.batch_size // dist_env.world_size, splits.mean, splits.std, shuffle=True,
+        self.train_loader = make_loader(splits.train, Batching(
+            cfg.data.batch_size // dist_env.world_size, splits.mean, splits.std, shuffle=True,
             augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=True, seed=cfg.train.seed,
-            return_index=task.needs_index, pin_memory=runtime.device.type == "cuda",
-            rank=dist_env.rank, world_size=dist_env.world_size, workers=cfg.data.workers,
-        )
+            rank=dist_env.rank, world_size=dist_env.world_size, return_index=task.needs_index,
+            pin_memory=runtime.device.type == "cuda", workers=cfg.data.workers))
         if len(self.train_loader) == 0:
             raise LakdError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                             f"({self.train_loader.num_images} images): no full batch to train on")
