@@ -185,3 +185,36 @@ def test_mismatched_models_and_images_are_refused_before_the_folder_is_written(t
     with pytest.raises(lakd.LakdError, match="cannot guess its stages"):
         lakd.fit(Net(), Net(), train=Shapes(20, 0), out=tmp_path / "d", **FAST)
     assert not any((tmp_path / n).exists() for n in "acd")
+
+
+def test_a_student_at_chance_is_warned_about_and_bn_recalibration_fixes_stale_statistics(tmp_path: Path) -> None:
+    """BatchNorm with a very slow momentum keeps its initial running statistics through a short run: the model
+    learns (train accuracy) but evaluates at chance. The first epoch says so and names train.bn_recalibrate;
+    with it the same run evaluates as it trains."""
+
+    def slow_bn_net() -> Net:
+        torch.manual_seed(0)
+        net = Net()
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 1e-4
+        return net
+
+    def brighter(n: int, seed: int) -> Shapes:
+        data = Shapes(n, seed)
+        data.x = np.clip(data.x.astype(int) + 60, 0, 255).astype(np.uint8)  # far from BatchNorm's initial mean
+        return data
+
+    logged: list[str] = []
+    common = {**FAST, "log": logged.append, "epochs": 2, "val": brighter(48, 2), "mean": [0.0] * 3,
+              "std": [0.02] * 3}
+    stale = lakd.fit(slow_bn_net(), train=brighter(160, 0), out=tmp_path / "stale", **common)
+    warning = [m for m in logged if m.startswith("warning: after epoch 1 the student is at chance")]
+    assert len(warning) == 1 and "train.bn_recalibrate" in warning[0], logged
+    logged.clear()
+    fixed = lakd.fit(slow_bn_net(), train=brighter(160, 0), out=tmp_path / "fixed",
+                     settings={"train.bn_recalibrate": 5}, **common)
+    assert not any(m.startswith("warning:") for m in logged)
+    assert fixed.best_val_top1 > stale.best_val_top1 + 30
+    rows = [json.loads(line) for line in (tmp_path / "fixed" / "metrics.jsonl").read_text().splitlines()]
+    assert all("train_top1" in r and "val_pred_top_share" in r for r in rows)

@@ -79,6 +79,9 @@ class TrainConfig:
     malloc: str = "auto"  # auto (glibc: keep freed host memory for the next step; engine.host_memory) | system
     progress: bool = True
     eval_test: bool = True  # also evaluate on test every epoch (selection always uses val)
+    # re-estimate the student's BatchNorm running statistics on this many training batches before each evaluation
+    # (0: off); for models whose slow BatchNorm momentum leaves the statistics stale after a short run
+    bn_recalibrate: int = 0
     tensorboard: bool = False  # also write TensorBoard event files to <out>/tb (needs the tensorboard package)
 
 
@@ -336,6 +339,7 @@ def validate(cfg: Any) -> None:
               "3 channel means in [0, 1]")
         check("data.std", len(cfg.data.std) == 3 and all(0 < s <= 1 for s in cfg.data.std),
               "3 channel stds in (0, 1]")
+    check("train.bn_recalibrate", 0 <= cfg.train.bn_recalibrate <= 10_000, "in [0, 10000] batches")
     if cfg.train.threads is not None:
         check("train.threads", 1 <= cfg.train.threads <= 1024, "in [1, 1024] or null")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:

@@ -106,14 +106,16 @@ def _pyplot():
 
 
 def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str | None = None) -> Path:
-    """Accuracy (val and test top-1) and training loss per epoch, one line per run label; writes a PNG."""
+    """Accuracy (train, val and test top-1) and training loss per epoch, one line per run label; writes a PNG.
+    Train accuracy beside validation shows a student that learns but is evaluated wrongly (stale BatchNorm
+    statistics) or one that does not learn at all."""
     figure_cls = _pyplot()
     fig = figure_cls(figsize=(11, 4), dpi=100)
     ax_acc, ax_loss = fig.subplots(1, 2)
     for label, epochs in runs.items():
         xs = [row["epoch"] for row in epochs]
         line = None
-        for key, style in (("val_top1", "-"), ("test_top1", ":")):
+        for key, style in (("val_top1", "-"), ("test_top1", ":"), ("train_top1", "--")):
             ys = [row.get(key) for row in epochs]
             if any(v is not None for v in ys):
                 kw = {"color": line.get_color()} if line is not None else {}
@@ -123,7 +125,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: 
         ys = [row.get("train_loss") for row in epochs]
         ax_loss.plot(xs, ys, "-", marker="o", ms=3, label=label,
                      **({"color": line.get_color()} if line is not None else {}))
-    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy (solid: val, dotted: test)")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy (solid: val, dotted: test, dashed: train)")
     ax_loss.set(xlabel="epoch", ylabel="training loss (sum of weighted terms)", title="training loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)

@@ -159,8 +159,11 @@ def check_resume_config(cfg: Any, recorded: dict[str, Any], where: str) -> None:
         return out
 
     before, now = flat(recorded), flat(cfg.to_dict())
+    defaults = flat(type(cfg)().to_dict())
+    # a key the run's lakd version did not have yet is no difference at its default (which does what it did)
+    new_keys = {k for k in now if k not in before and k in defaults and now[k] == defaults[k]}
     changed = [k for k in sorted(set(before) | set(now))
-               if k not in RESUME_MAY_CHANGE and before.get(k) != now.get(k)]
+               if k not in RESUME_MAY_CHANGE and k not in new_keys and before.get(k) != now.get(k)]
     if "train.epochs" in changed:  # extending (or shortening) a run is allowed, and said
         changed.remove("train.epochs")
         print(f"lakd: note: --resume with train.epochs {before.get('train.epochs')} -> {now.get('train.epochs')}: "

@@ -15,7 +15,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,7 @@ def evaluate(
                                           workers=workers))
     correct1 = correct5 = 0
     loss_sum = 0.0
+    predicted: torch.Tensor | None = None  # how often each class is predicted: a collapsed model shows here
     start = time.perf_counter()
     for x, y in loader:
         x, y = runtime.to_input(x), y.to(runtime.device)
@@ -112,11 +113,26 @@ def evaluate(
         c1, c5 = topk_correct(logits, y)
         correct1 += c1
         correct5 += c5
+        counts = torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1])
+        predicted = counts if predicted is None else predicted + counts
     elapsed = time.perf_counter() - start
     model.train(was_training)
     n = max(len(arrays), 1)
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n,
-            "img_per_s": len(arrays) / max(elapsed, 1e-9)}
+            "img_per_s": len(arrays) / max(elapsed, 1e-9),
+            "pred_top_share": float(predicted.max()) / n if predicted is not None else 0.0}
+
+
+def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[torch.Tensor], runtime: Runtime) -> int:
+    """Re-estimate ``model``'s BatchNorm running statistics from ``batches`` (a plain average over them, by
+    ``torch.optim.swa_utils.update_bn``); returns how many BatchNorm layers there are. After a short run a slow
+    BatchNorm momentum (torchvision's MobileNetV3: 0.01) leaves statistics far from the weights' own."""
+    from torch.optim.swa_utils import update_bn
+
+    norms = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if norms:
+        update_bn((runtime.to_input(x) for x in batches), model, device=runtime.device)
+    return norms
 
 
 class Trainer:
@@ -427,6 +443,7 @@ class Trainer:
                 self._stop_at_epoch_end(epoch, end, None)
                 continue
             eval_start = time.perf_counter()
+            self._recalibrate_batchnorm(epoch)
             if self.splits.val is not None:
                 for k, v in evaluate(student, self.splits.val, self.splits.mean, self.splits.std, self.runtime,
                                      cfg.data.eval_batch_size, cfg.data.workers).items():
@@ -444,7 +461,46 @@ class Trainer:
             self.metrics.append(row)
             self._save(epoch + 1, is_best)
             self.log(self._format_row(row))
+            if epoch == 0:
+                self._warn_if_useless(row)
             self._stop_at_epoch_end(epoch, end, self.out_dir / "last.pt" if self.out_dir else None)
+
+    def _recalibrate_batchnorm(self, epoch: int) -> None:
+        """``train.bn_recalibrate`` batches of training images (no augmentation, a seeded order per epoch) set the
+        student's BatchNorm statistics before it is evaluated (and saved)."""
+        count = self.cfg.train.bn_recalibrate
+        if not count:
+            return
+        loader = make_loader(self.splits.train, Batching(
+            self.cfg.data.batch_size, self.splits.mean, self.splits.std, shuffle=True, seed=self.cfg.train.seed,
+            pin_memory=self.runtime.device.type == "cuda", workers=self.cfg.data.workers))
+        loader.set_epoch(epoch)
+        batches = (batch[0] for _, batch in zip(range(count), loader, strict=False))
+        recalibrate_batchnorm(self.task.student(), batches, self.runtime)
+
+    def _warn_if_useless(self, row: dict[str, Any]) -> None:
+        """After the first epoch: a student at chance level, or predicting one class, gets a warning with the
+        likely causes, instead of a run that ends at chance with exit 0."""
+        split = "val" if "val_top1" in row else "test"
+        if f"{split}_top1" not in row:
+            return
+        classes = self.splits.num_classes
+        chance = 100.0 / classes
+        top1, share = row[f"{split}_top1"], row.get(f"{split}_pred_top_share", 0.0)
+        collapsed = classes > 2 and share >= 0.9
+        if top1 > 1.5 * chance and not collapsed:
+            return
+        what = f"{split} top-1 is {top1:.2f} % (chance: {chance:.2f} %)" + (
+            f" and {100 * share:.0f} % of its predictions are one class" if collapsed else "")
+        if row["train_top1"] > 2 * chance and not self.cfg.train.bn_recalibrate:
+            cause = (f"train accuracy is {row['train_top1']:.2f} %, so the model learns but is evaluated wrongly: "
+                     "its BatchNorm running statistics are likely stale (a slow BatchNorm momentum, e.g. "
+                     "torchvision's MobileNetV3); set train.bn_recalibrate=50 to re-estimate them before evaluation")
+        else:
+            cause = (f"train accuracy is {row['train_top1']:.2f} % too: check optim.lr (too high diverges, too low "
+                     "stalls), that labels match images, and that a teacher gets the input size and normalisation "
+                     "it was trained with")
+        self.log(f"warning: after epoch 1 the student is at chance: {what}. Likely cause: {cause}")
 
     def _stop_at_epoch_end(self, epoch: int, end: int, checkpoint: Path | None) -> None:
         """Stop after this epoch (its checkpoint saved) if any rank was asked to: a signal that reaches one rank
