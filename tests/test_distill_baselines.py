@@ -319,3 +319,22 @@ def test_bad_params_raise_lakd_error() -> None:
         build_distiller("fitnet", s, t, {"regressor_kernel": 2})
     with pytest.raises(LakdError, match="needs a teacher"):
         build_distiller("at", s, None, {})
+
+
+def test_warm_ups_in_epochs_read_the_epoch_from_the_step_context() -> None:
+    """The trainer gives each step its epoch (lakd.engine.step); a method's epoch-based warm-up follows it, and
+    matches a distiller built for that many epochs whose loop passes progress only (your own loop)."""
+    torch.manual_seed(0)
+    student, teacher = build_model("resnet8", 10), build_model("resnet14", 10)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+
+    def dkd_loss(total_epochs: float, **context: float) -> float:
+        torch.manual_seed(1)
+        d = build_distiller("dkd", student, teacher, {}, total_epochs=total_epochs)
+        _, losses = d.train_step(x, y, 0.05, backward=lambda loss: None, **context)
+        return float(losses["dkd"])
+
+    built_for_100 = dkd_loss(100)  # in epoch 6 of 100: 6/20 of DKD's 20-epoch warm-up (mdistiller's rule)
+    from_context = dkd_loss(1, epoch=5.0)  # built without the run's length; the step says where it is
+    assert from_context == pytest.approx(built_for_100, rel=1e-6)
+    assert dkd_loss(1) == pytest.approx(built_for_100 / 6, rel=1e-4)  # progress 0.05 of 1 epoch: in epoch 1, 1/20

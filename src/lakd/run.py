@@ -326,7 +326,7 @@ def _build_task(cfg: Any, model: Any, teacher: Any, splits: Any, input_shape: tu
         from lakd.distill import build_distiller
 
         task = build_distiller(distill.method, model, teacher, distill.resolved_params(),
-                               input_shape=input_shape, total_epochs=cfg.train.epochs,
+                               input_shape=input_shape,  # epochs come with each step (lakd.engine.step)
                                train_labels=torch.as_tensor(splits.train.y))
     per_process = cfg.data.batch_size // dist_env.world_size
     if per_process < task.min_batch_size:

@@ -18,7 +18,6 @@ Methods register with ``@register("name", "one-line summary")`` and declare thei
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterator
@@ -27,27 +26,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lakd.engine.step import Autocast, Backward, joint_step
 from lakd.errors import LakdError
 from lakd.models.adapter import user_model
 from lakd.models.base import StagedModel
 from lakd.models.frozen import FrozenForward, TeacherOutputs, all_outputs
 
 TEACHER_PREFIX = "teacher."
-
-Backward = Callable[[torch.Tensor], None]
-Autocast = Callable[[], contextlib.AbstractContextManager]
-
-
-def joint_step(
-    forward_train: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]], x: torch.Tensor, y: torch.Tensor,
-    progress: float, backward: Backward, autocast: Autocast | None, **batch: Any,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``forward_train`` under ``autocast``, one ``backward`` of the summed losses; logits and losses detached."""
-    with (autocast or contextlib.nullcontext)():
-        logits, losses = forward_train(x, y, progress, **batch)
-    backward(sum(losses.values()))
-    return logits.detach(), {name: v.detach() for name, v in losses.items()}
-
 
 @dataclasses.dataclass
 class DistillParams:
@@ -113,13 +98,22 @@ class Distiller(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor, progress: float, backward: Backward,
         autocast: Autocast | None = None, **batch: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The trainer's step contract (lakd.engine.task): forward under autocast, one backward of the sum.
-        Methods that backpropagate in pieces (LAKD's local modules) override it."""
+        """The trainer's step contract (lakd.engine.step): forward under autocast, one backward of the sum.
+        Methods that backpropagate in pieces (LAKD's local modules) override it and call ``_enter_step``."""
+        self._enter_step(batch)
         return joint_step(self.forward_train, x, y, progress, backward, autocast, **batch)
 
+    def _enter_step(self, batch: dict[str, Any]) -> None:
+        """Take the step's context out of its keywords: ``epoch``, where the caller knows it (the trainer does)."""
+        epoch = batch.pop("epoch", None)
+        self._step_epoch = None if epoch is None else float(epoch)
+
     def epochs_done(self, progress: float) -> float:
-        """``progress`` in epochs of a ``total_epochs`` run: for recipes whose warm-ups are stated in epochs."""
-        return progress * self.total_epochs
+        """Where this step is in epochs, for recipes whose warm-ups are stated in epochs: the step context's
+        ``epoch`` (the trainer's), else ``progress`` times the ``epochs`` the distiller was built with (your own
+        loop, which passes progress only)."""
+        epoch = getattr(self, "_step_epoch", None)
+        return epoch if epoch is not None else progress * self.total_epochs
 
     # -- the Python API (your own training loop) ----------------------------------------------------------
     @staticmethod
@@ -141,6 +135,7 @@ class Distiller(nn.Module):
                 **batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(student logits, {name: weighted loss})`` with graphs: sum and backpropagate them yourself. For LAKD
         this is the joint form (same gradients as ``step``, without its per-module memory saving)."""
+        self._enter_step(batch)
         return self.forward_train(x, y, self._checked(progress), **batch)
 
     def check_batch(self, x: torch.Tensor) -> None:

@@ -533,6 +533,7 @@ class LAKD(Distiller):
 
         Once ``detach_until`` has passed, modules are no longer cut and one joint backward runs.
         """
+        self._enter_step(batch)
         p = self.params
         if p.backward == "local" and self.detached(progress):
             logits, losses = self._forward(x, y, progress, backward=backward, autocast=autocast)

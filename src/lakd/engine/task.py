@@ -1,6 +1,7 @@
 """What the trainer drives: one step contract, shared by supervised training and every distiller.
 
-``train_step(x, y, progress, backward, autocast, **batch) -> (logits, {name: detached loss})`` runs one step's
+``train_step(x, y, progress, backward, autocast, **batch) -> (logits, {name: detached loss})`` (its types in
+``lakd.engine.step``) runs one step's
 forward and calls ``backward(loss)`` itself, once or several times (LAKD's module-local backward frees each
 module's graph before the next module runs); the trainer zeroes gradients before and steps the optimizer after,
 and never knows which method produced the losses. ``needs_index`` says whether the step wants ``index=`` (each
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lakd.distill.base import Autocast, Backward, joint_step
+from lakd.engine.step import Autocast, Backward, joint_step
 from lakd.models.adapter import user_model
 
 
@@ -66,6 +67,7 @@ class SupervisedTask(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor, progress: float, backward: Backward, autocast: Autocast | None = None,
         **batch: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch.pop("epoch", None)  # labels have no warm-up
         return joint_step(self.forward_train, x, y, progress, backward, autocast)
 
     def learnable_parameters(self) -> Iterable[nn.Parameter]:

@@ -352,8 +352,10 @@ class Trainer:
             progress = (epoch + step / steps) / self.cfg.train.epochs  # fraction of training done, in [0, 1]
             self.optimizer.zero_grad(set_to_none=True)
             # The task runs its own backward calls (once, or module by module for LAKD), through ours.
+            # the step's context: where training is, as a fraction and in epochs (warm-ups stated in epochs)
             logits, losses = self.task.train_step(x, y, progress, backward=self._backward,
-                                                  autocast=self.runtime.autocast, **extra)
+                                                  autocast=self.runtime.autocast,
+                                                  epoch=progress * self.cfg.train.epochs, **extra)
             values = {name: float(v.detach()) for name, v in losses.items()}
             stop_now = self._agree_to_stop(values, epoch, step)
             if self.dist.enabled:
