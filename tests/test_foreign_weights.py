@@ -203,3 +203,60 @@ def test_akamaster_resnet56_loads_and_is_accurate(shared_data: Path) -> None:
         pred = model.eval()(x)[0].argmax(1)
     accuracy = float((pred == torch.from_numpy(splits.test.y).long()).float().mean())
     assert accuracy > 0.75  # 83.2 % on the whole JPEG test set
+
+
+def test_new_head_loads_pretrained_weights_for_another_class_count(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Weights for 100 classes into a 10-class model: with model.new_head every key but the classifier's loads
+    (strictly), the classifier keeps its fresh initialisation; without it the error says to ask for it."""
+    torch.manual_seed(0)
+    pretrained = build_model("resnet8", 100)
+    path = tmp_path / "pretrained.pt"
+    torch.save(pretrained.state_dict(), path)
+    model = build_model("resnet8", 10)
+    fresh = load_weights_into(model, path, new_head=True, num_classes=10)
+    assert fresh == ["head.fc.weight", "head.fc.bias"]
+    mine, theirs = model.state_dict(), pretrained.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine if k not in fresh)
+    assert mine["head.fc.weight"].shape == (10, 64)
+    with pytest.raises(LakdError, match=r"wrong shape: head\.fc\.weight.*add model\.new_head=true"):
+        load_weights_into(build_model("resnet8", 10), path, num_classes=10)
+    broken = dict(theirs)
+    broken["stem.0.weight"] = broken["stem.0.weight"][:, :2]  # a real mismatch outside the head still fails
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(LakdError, match=r"wrong shape: stem\.0\.weight"):
+        load_weights_into(build_model("resnet8", 10), tmp_path / "broken.pt", new_head=True, num_classes=10)
+    # the CLI door: fine-tune the 100-class weights on 10 classes, then distil from the fine-tuned teacher
+    common = ["--dataset", "synthetic", "data.synthetic_size=64", "data.val_size=16", "--epochs", "1",
+              "--batch-size", "16", "--no-progress"]
+    assert main(["train", "--model", "resnet8", "--init-weights", str(path), "model.new_head=true",
+                 "--out", str(tmp_path / "t"), *common]) == 0
+    assert "model.new_head: head.fc.weight, head.fc.bias initialised for 10 classes" in capsys.readouterr().err
+    assert main(["distill", "--method", "kd", "--teacher", str(tmp_path / "t" / "best.pt"), "--student", "resnet8",
+                 "--out", str(tmp_path / "s"), *common]) == 0
+    assert main(["train", "--model", "resnet8", "model.new_head=true", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "give the weights file too" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ("{num_classes: 3}", "model.kwargs'.num_classes cannot be set: the data sets it"),
+    ("{pretrained: true}", "never from the constructor"),
+    ("{checkpoint_path: /etc/passwd}", "never from the constructor"),
+    ("{width: {a: 1}}", "is not a plain value"),
+    ("{bogus: 1}", r"does not take option\(s\) \['bogus'\]"),
+])
+def test_model_kwargs_are_checked_at_every_door(kwargs: str, message: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--model", "resnet8", "--dataset", "synthetic", "data.synthetic_size=64", "data.val_size=16",
+            "--epochs", "1", "--no-progress", f"model.kwargs={kwargs}", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_naming_constructor_options_is_checked_before_building(tmp_path: Path) -> None:
+    from lakd.checkpoint import checkpoint_meta
+
+    meta = {"arch": "resnet8", "num_classes": 10, "kwargs": {"checkpoint_path": "/etc/passwd"}}
+    with pytest.raises(LakdError, match="meta.kwargs.checkpoint_path cannot be set.*not written by lakd"):
+        checkpoint_meta({"model": {}, "meta": meta}, tmp_path / "x.pt")

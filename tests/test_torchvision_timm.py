@@ -155,6 +155,42 @@ def test_cli_distils_a_torchvision_student_from_a_timm_teacher(tmp_path: Path) -
     torchvision.models.resnet18(num_classes=10).load_state_dict(load_file(str(tmp_path / "run" / "best.safetensors")))
 
 
+def test_pretrained_teacher_fine_tuned_to_an_image_folder_then_distilled(tmp_path: Path) -> None:
+    """The practitioner's flow: ImageNet-style weights (1,000 classes; random here) -> fine-tuned with a new head
+    to a 10-class ImageFolder -> teaches a torchvision student built with its own constructor options."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 3)):
+        for c in range(10):
+            (tmp_path / "images" / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "images" / split / f"class{c}" / f"{i}.png")
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), tmp_path / "resnet18_imagenet.pth")
+    data = ["--dataset", "imagefolder", "data.path=images", "data.val_size=20", "--epochs", "1", "--batch-size",
+            "16", "--no-progress", "train.threads=1"]
+    strict = run_cli("train", "--model", "torchvision:resnet18", "--init-weights", "resnet18_imagenet.pth",
+                     "--out", "nope", *data, cwd=tmp_path)
+    assert strict.returncode == 2 and "add model.new_head=true" in strict.stderr, strict.stderr[-800:]
+    tuned = run_cli("train", "--model", "torchvision:resnet18", "--init-weights", "resnet18_imagenet.pth",
+                    "model.new_head=true", "--out", "teacher", *data, cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert "model.new_head: fc.weight, fc.bias initialised for 10 classes" in tuned.stderr
+    student = run_cli("distill", "--method", "kd", "--teacher", "teacher/best.pt", "--student",
+                      "torchvision:mobilenet_v3_small", "model.kwargs={dropout: 0.1}", "--out", "student", *data,
+                      cwd=tmp_path)
+    assert student.returncode == 0, student.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "student" / "best.pt", weights_only=True)
+    assert ckpt["meta"]["kwargs"] == {"dropout": 0.1}
+    torchvision.models.mobilenet_v3_small(num_classes=10, dropout=0.1).load_state_dict(ckpt["model"])
+    wrong = run_cli("distill", "--method", "kd", "--teacher", "teacher/best.pt", "--student",
+                    "torchvision:mobilenet_v3_small", "model.kwargs={no_such_option: 1}", "--out", "bad", *data,
+                    cwd=tmp_path)
+    assert wrong.returncode == 2 and "no_such_option" in wrong.stderr and not (tmp_path / "bad").exists()
+
+
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
 
 

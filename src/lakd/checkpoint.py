@@ -30,6 +30,7 @@ class CheckpointMeta(TypedDict, total=False):
     arch: str  # model name (zoo, torchvision:, timm:), or python:<class> for a module given to lakd.fit
     num_classes: int
     stages: list[str] | None  # a library model's stage paths, when not its preset
+    kwargs: dict[str, Any]  # the model constructor's options (model.kwargs), plain values
     dataset: str
     classes: list[str]
     mean: list[float]  # the normalisation the model was trained with (0..1 units)
@@ -119,6 +120,13 @@ def check_meta_fields(meta: dict[str, Any], path: str | Path) -> None:
             raise bad(key, "three finite channel values")
     if isinstance(meta.get("std"), (list, tuple)) and any(v <= 0 for v in meta["std"]):
         raise bad("std", "three positive channel values")
+    if meta.get("kwargs") is not None:
+        from lakd.models import check_model_kwargs
+
+        try:
+            meta["kwargs"] = check_model_kwargs(meta["kwargs"], "meta.kwargs")
+        except LakdError as exc:
+            raise LakdError(f"checkpoint '{path}': {exc}; the file was not written by lakd, or was altered") from None
     stages = meta.get("stages")
     if stages is not None and not (isinstance(stages, list) and stages and len(stages) <= 64
                                    and all(isinstance(s, str) and 0 < len(s) <= 200 for s in stages)):
@@ -148,7 +156,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], meta: dict[str, Any], what: str)
     def build(device: str | None) -> torch.nn.Module:
         try:
             with torch.device(device) if device else contextlib.nullcontext():
-                return build_model(arch, int(meta["num_classes"]), stages=meta.get("stages"))
+                return build_model(arch, int(meta["num_classes"]), stages=meta.get("stages"), **meta.get("kwargs", {}))
         except ValueError as exc:
             raise LakdError(f"{what}: {exc}") from None
 

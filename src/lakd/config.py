@@ -25,6 +25,12 @@ class ModelConfig:
     init_weights: str | None = None  # start from these weights (.pth/.th/.pt/.safetensors state_dict, read safely)
     init_key_map: Any = None  # rename their keys: a preset ("akamaster") or [[regex, replacement], ...]
     stages: list[str] | None = None  # torchvision:/timm: models: these module paths as stages instead of the preset
+    # the constructor's own options, e.g. {drop_path_rate: 0.1} for a timm model (plain values; recorded in
+    # checkpoints, which rebuild the model with them)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # init_weights are for another class count: the classifier keeps its fresh initialisation for this data's
+    # classes, every other key still loads strictly
+    new_head: bool = False
 
 
 @dataclass
@@ -339,6 +345,12 @@ def validate(cfg: Any) -> None:
               "3 channel means in [0, 1]")
         check("data.std", len(cfg.data.std) == 3 and all(0 < s <= 1 for s in cfg.data.std),
               "3 channel stds in (0, 1]")
+    from lakd.models import check_model_kwargs
+
+    check_model_kwargs(cfg.model.kwargs, "config key 'model.kwargs'")
+    if cfg.model.new_head and not cfg.model.init_weights:
+        raise LakdError("config key 'model.new_head' = true replaces the classifier of model.init_weights: give "
+                        "the weights file too (model.init_weights / --init-weights)")
     check("train.bn_recalibrate", 0 <= cfg.train.bn_recalibrate <= 10_000, "in [0, 10000] batches")
     if cfg.train.threads is not None:
         check("train.threads", 1 <= cfg.train.threads <= 1024, "in [1, 1024] or null")

@@ -287,14 +287,19 @@ def _build_student(cfg: Any, splits: Any, teacher: Any, given: GivenObjects) -> 
         model = plain_or_staged(given.student, given.student_stages, "student", needs_stages=distilled)
     else:
         try:
-            model = build_model(cfg.model.name, splits.num_classes, stages=cfg.model.stages)
+            model = build_model(cfg.model.name, splits.num_classes, stages=cfg.model.stages, **cfg.model.kwargs)
         except ValueError as exc:
-            raise LakdError(f"model.stages: {exc}") from None
+            raise LakdError(f"model.stages: {exc}" if cfg.model.stages else f"model '{cfg.model.name}': {exc}") \
+                from None
     if cfg.model.init_weights:
         from lakd.models.weights import load_weights_into
 
-        load_weights_into(user_model(model), cfg.model.init_weights, cfg.model.init_key_map,
-                          "student" if teacher is not None else "model")
+        fresh = load_weights_into(user_model(model), cfg.model.init_weights, cfg.model.init_key_map,
+                                  "student" if teacher is not None else "model", new_head=cfg.model.new_head,
+                                  num_classes=splits.num_classes)
+        if fresh:
+            print(f"model.new_head: {', '.join(fresh)} initialised for {splits.num_classes} classes; the rest of "
+                  f"'{cfg.model.init_weights}' loaded", file=sys.stderr)
     input_shape = splits.input_shape
     check_input_size(model, "student" if teacher is not None else "", input_shape, splits.num_classes)
     if teacher is not None:
@@ -352,7 +357,8 @@ def _checkpoint_meta(cfg: Any, splits: Any, task: Any, teacher_arch: str | None,
     """What every checkpoint of the run records about its model, data and (for a distillation) method."""
     d = cfg.data
     meta: dict[str, Any] = {
-        "arch": cfg.model.name, "stages": cfg.model.stages, "num_classes": splits.num_classes, "dataset": splits.name,
+        "arch": cfg.model.name, "stages": cfg.model.stages, "kwargs": dict(cfg.model.kwargs),
+        "num_classes": splits.num_classes, "dataset": splits.name,
         "classes": list(splits.train.classes), "mean": list(splits.mean), "std": list(splits.std),
         "image_size": splits.image_size, "input_shape": list(input_shape), "val_size": d.val_size,
         "split_seed": d.split_seed,

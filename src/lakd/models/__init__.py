@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lakd.errors import did_you_mean
+from lakd.errors import LakdError, did_you_mean, first_line
 from lakd.models import mobilenetv2, resnet_cifar, resnet_imagenet, shufflenet, vgg, wrn  # noqa: F401 (register)
 from lakd.models.adapter import HookedModel, StageSpec, check_gradient_isolation
 from lakd.models.base import ClassifierHead, StagedModel
@@ -79,6 +79,37 @@ def model_info(name: str) -> ModelInfo | None:
     return MODELS.get(_canonical_name(name))
 
 
+# Constructor options a config or checkpoint may not set: the data sets the class count, and lakd never lets a
+# model constructor fetch or read weights on its own (weights come through model.init_weights, read safely).
+RESERVED_OPTIONS = ("num_classes", "pretrained", "weights", "checkpoint_path", "pretrained_cfg",
+                    "pretrained_cfg_overlay", "cache_dir", "progress")
+
+
+def check_model_kwargs(kwargs: Any, where: str) -> dict[str, Any]:
+    """``model.kwargs`` checked wherever it enters (a config, a checkpoint's metadata): a mapping of option names
+    to plain values (numbers, strings, booleans, short lists of them), none of them reserved."""
+    from lakd.errors import short_repr
+
+    if not isinstance(kwargs, dict):
+        raise LakdError(f"{where} must be a mapping of constructor options, e.g. {{drop_rate: 0.1}}; got "
+                        f"{short_repr(kwargs)}")
+
+    def plain(v: Any) -> bool:
+        return v is None or isinstance(v, bool | int | float | str) and (not isinstance(v, str) or len(v) <= 200)
+
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise LakdError(f"{where}: {short_repr(key)} is not an option name")
+        if key in RESERVED_OPTIONS:
+            hint = ("the data sets it" if key == "num_classes" else
+                    "weights come from model.init_weights (a file, read safely), never from the constructor")
+            raise LakdError(f"{where}.{key} cannot be set: {hint}")
+        if not (plain(value) or isinstance(value, list | tuple) and len(value) <= 16 and all(map(plain, value))):
+            raise LakdError(f"{where}.{key} = {short_repr(value)} is not a plain value (a number, string, boolean "
+                            "or a short list of them)")
+    return dict(kwargs)
+
+
 def build_model(name: str, num_classes: int, stages: list[str] | None = None, **options: Any) -> StagedModel:
     """Build model ``name`` with a ``num_classes``-way head; ``options`` go to its builder. ``stages``: module
     paths to use as the stages of a ``torchvision:`` / ``timm:`` model instead of its preset."""
@@ -91,7 +122,16 @@ def build_model(name: str, num_classes: int, stages: list[str] | None = None, **
     if stages is not None:
         raise ValueError(f"zoo model '{key}' has its own stages: leave out 'stages' (it is for torchvision:/timm: "
                          "models)")
-    model = MODELS[key].builder(num_classes=num_classes, **options)
+    try:
+        model = MODELS[key].builder(num_classes=num_classes, **options)
+    except TypeError as exc:
+        if not options:
+            raise
+        import inspect
+
+        known = [p for p in inspect.signature(MODELS[key].builder).parameters if p != "num_classes"]
+        raise ValueError(f"zoo model '{key}' does not take option(s) {sorted(options)} ({first_line(exc, 120)}); "
+                         f"its options: {', '.join(known) or 'none'}") from None
     model.arch_name = key  # lets split tables (LAKD) and checkpoints name the architecture
     return model
 

@@ -113,8 +113,31 @@ def build_library_model(library: str, name: str, num_classes: int, stages: list[
             model = lib.get_model(name, weights=None, num_classes=num_classes, **options)
     except (ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise LakdError(f"cannot build {library} model '{name}': {first_line(exc, 300)}") from None
+    _check_options_taken(library, lib, name, model, options)
     spec = StageSpec(tuple(stages), source=f"{library}:{name} (given)") if stages else spec_for(model, library, name)
     return HookedModel(model, spec, name=f"{library}:{name}")
+
+
+def _check_options_taken(library: str, lib: Any, name: str, model: Any, options: dict[str, Any]) -> None:
+    """Library constructors swallow unknown keywords (``**kwargs``): an option that is neither a named parameter
+    of the model's class nor of its builder would be accepted and do nothing, so it is an error here."""
+    import inspect
+
+    def named(fn: Any) -> set[str]:
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            return set()
+        return {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+    taken = named(type(model).__init__)
+    if library == "torchvision":
+        taken |= named(lib.get_model_builder(name))
+    unknown = sorted(set(options) - taken)
+    if unknown:
+        shown = ", ".join(sorted(taken - {"self", "num_classes", "weights", "progress", "pretrained"})[:24])
+        raise LakdError(f"{library} model '{name}' has no constructor option(s) {unknown} ({library} would ignore "
+                        f"them); its options: {shown}")
 
 
 def list_library_models(library: str) -> list[str]:

@@ -156,15 +156,58 @@ def state_dict_mismatch(own: dict[str, torch.Tensor], state: dict[str, Any]) -> 
     return "; ".join(parts), bool(missing and unexpected)
 
 
+def classifier_name(model: nn.Module, num_classes: int) -> str:
+    """The module path of ``model``'s classifier (the layer that makes the logits): timm's ``get_classifier()``,
+    else the last ``Linear`` (or 1x1 ``Conv2d``) with ``num_classes`` outputs."""
+    getter = getattr(model, "get_classifier", None)
+    head = getter() if callable(getter) else None
+    found = [name for name, m in model.named_modules() if name and (
+        m is head or head is None and (isinstance(m, nn.Linear) and m.out_features == num_classes
+                                       or isinstance(m, nn.Conv2d) and m.out_channels == num_classes
+                                       and m.kernel_size == (1, 1)))]
+    if not found:
+        arch = getattr(model, "arch_name", None) or type(model).__name__
+        raise LakdError(f"cannot find the classifier of '{arch}' (no Linear layer with {num_classes} outputs) to "
+                        "give it a new head: leave out model.new_head and give weights that fit it")
+    return found[-1]
+
+
+def _head_differs(model: nn.Module, own: dict[str, Any], state: dict[str, Any], num_classes: int) -> bool:
+    try:
+        head = classifier_name(model, num_classes) + "."
+    except LakdError:
+        return False
+    return any(k.startswith(head) and k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)
+               for k in own)
+
+
 def load_weights_into(
-    model: nn.Module, path: str | Path, key_map: str | Sequence[Sequence[str]] | None = None, what: str = "model"
-) -> None:
-    """Load a foreign weights file into ``model`` strictly; every mismatch is listed in one error."""
+    model: nn.Module, path: str | Path, key_map: str | Sequence[Sequence[str]] | None = None, what: str = "model",
+    new_head: bool = False, num_classes: int | None = None,
+) -> list[str]:
+    """Load a foreign weights file into ``model`` strictly; every mismatch is listed in one error.
+
+    ``new_head``: the model's classifier (:func:`classifier_name`, ``num_classes`` outputs) keeps its fresh
+    initialisation and the file's classifier keys are ignored (pretrained weights for another class count); every
+    other key still loads strictly. Returns the keys left as initialised.
+    """
     state = remap_keys(read_state_dict(path), resolve_key_map(key_map))
     own = model.state_dict()
-    mismatch, renamed = state_dict_mismatch(own, state)
+    fresh: list[str] = []
+    if new_head:
+        if num_classes is None:
+            raise LakdError("new_head needs num_classes (the class count of the new classifier)")
+        head = classifier_name(model, num_classes) + "."
+        fresh = [k for k in own if k.startswith(head)]
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+    checked = {k: v for k, v in own.items() if k not in fresh}
+    mismatch, renamed = state_dict_mismatch(checked, state)
     if mismatch:
         arch = getattr(model, "arch_name", None) or type(model).__name__
         hint = " — pass a key map (model.init_key_map=akamaster, or [[regex, replacement], ...])" if renamed else ""
-        raise LakdError(f"weights '{path}' do not fit the {what} '{arch}': {mismatch}{hint}")
+        head_hint = ""
+        if not new_head and num_classes is not None and _head_differs(model, own, state, num_classes):
+            head_hint = " — for weights trained on another class count, add model.new_head=true (a fresh classifier)"
+        raise LakdError(f"weights '{path}' do not fit the {what} '{arch}': {mismatch}{hint}{head_hint}")
     model.load_state_dict({k: (state[k] if k in state else own[k]).to(own[k].dtype) for k in own})
+    return fresh
