@@ -205,3 +205,43 @@ def test_values_that_pass_a_lower_bound_and_fail_later_have_an_upper_one(
     assert main(["train", "--model", "resnet8", *TINY, override, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_validation_given_as_a_fraction_and_a_count_that_does_not_fit(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The data decides: a count that would hold out half the training set is refused with the fraction to use;
+    a fraction holds out that share (issue 34)."""
+    import json
+
+    common = ["train", "--model", "resnet8", "--dataset", "synthetic", "data.synthetic_size=100", "--epochs", "1",
+              "--batch-size", "16", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 2  # the default 5,000 on 100 images
+    assert "give a fraction instead (data.val_size=0.1" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert main([*common, "data.val_size=0.2", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["data"] == {"train": 80, "val": 20, "test": 25}
+    assert main([*common, "data.val_size=2.5", "--out", str(tmp_path / "c")]) == 2
+    assert "a whole count of images, or a fraction in (0, 1)" in capsys.readouterr().err
+
+
+def test_a_teacher_is_not_fed_another_image_size_than_it_learned_on(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 10), ("test", 2)):
+        for c in range(3):
+            (tmp_path / "img" / split / f"c{c}").mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / f"c{c}" / f"{i}.png")
+    data = ["--dataset", "imagefolder", f"data.path={tmp_path / 'img'}", "data.val_size=0.2", "--epochs", "1",
+            "--batch-size", "8", "--no-progress"]
+    assert main(["train", "--model", "resnet8", "--out", str(tmp_path / "t"), *data]) == 0
+    capsys.readouterr()
+    assert main(["distill", "--method", "kd", "--teacher", str(tmp_path / "t" / "best.pt"), "--student", "resnet8",
+                 "data.image_size=24", "--out", str(tmp_path / "s"), *data]) == 2
+    err = capsys.readouterr().err
+    assert "trained on 32x32 images, but this data gives 24x24" in err and "data.image_size=32" in err
+    assert not (tmp_path / "s").exists()

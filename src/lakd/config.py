@@ -41,7 +41,7 @@ class DataConfig:
     stream: bool = False  # imagefolder: decode from disk batch by batch instead of into RAM (imagenet always does)
     image_size: int | None = None  # streamed sets: crop side (default 224); in-memory imagefolder: resize to it
     workers: int | None = None  # streamed sets: decode threads (default min(8, cpu count))
-    val_size: int = 5000
+    val_size: int | float = 5000  # validation images held out of train: a count, or a fraction in (0, 1)
     split_seed: int = 0
     batch_size: int = 128
     eval_batch_size: int = 500
@@ -163,7 +163,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key)
+        for arg in args[:-1]:  # the first type that takes the value (int | float keeps 5000 an int, takes 0.1)
+            try:
+                return _coerce(value, arg, key)
+            except LakdError:
+                continue
+        return _coerce(value, args[-1], key)
     if origin is dict:
         if not isinstance(value, dict):
             raise LakdError(f"config key '{key}': expected a mapping, got {short_repr(value)}")
@@ -326,7 +331,8 @@ def validate(cfg: Any) -> None:
     check("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "in [0, 1)")
     check("data.batch_size", cfg.data.batch_size >= 1, ">= 1")
     check("data.eval_batch_size", cfg.data.eval_batch_size >= 1, ">= 1")
-    check("data.val_size", cfg.data.val_size >= 0, ">= 0")
+    check("data.val_size", 0 <= cfg.data.val_size < 1 or float(cfg.data.val_size).is_integer(),
+          ">= 0: a whole count of images, or a fraction in (0, 1)")
     check("data.crop_padding", 0 <= cfg.data.crop_padding <= 64, "in [0, 64]")  # pixels of padding per side
     check("data.synthetic_size", 2 <= cfg.data.synthetic_size <= MAX_SYNTHETIC, f"in [2, {MAX_SYNTHETIC}]")
     check("data.synthetic_classes", 2 <= cfg.data.synthetic_classes <= 10_000, "in [2, 10000]")

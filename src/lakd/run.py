@@ -112,6 +112,12 @@ def _build_teacher(teacher_ckpt: tuple[dict[str, Any] | None, dict[str, Any], st
                         f"'{splits.name}' has {splits.num_classes}: use a teacher trained on {splits.name}")
     if meta.get("dataset") and meta["dataset"] != splits.name:
         raise LakdError(f"teacher '{path}' was trained on '{meta['dataset']}', not on '{splits.name}'")
+    trained_at = meta.get("image_size")
+    if trained_at and trained_at != splits.image_size:
+        raise LakdError(f"teacher '{path}' was trained on {trained_at}x{trained_at} images, but this data gives "
+                        f"{splits.image_size}x{splits.image_size}: a teacher fed another size than it learned on "
+                        f"teaches badly. Give the data its size (data.image_size={trained_at} for an image folder) "
+                        "or use a teacher trained at this size")
     from lakd.checkpoint import model_from_checkpoint
     from lakd.models.base import feed_with_normalisation
 

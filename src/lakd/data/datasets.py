@@ -112,8 +112,9 @@ class DatasetSplits:
         return isinstance(self.train, FileList)
 
 
-def carve_validation(train: Split, val_size: int, seed: int) -> tuple[Split, Split | None]:
-    """Hold out ``val_size`` training images, chosen by a fixed seed (stratified by class), as validation.
+def carve_validation(train: Split, val_size: int | float, seed: int) -> tuple[Split, Split | None]:
+    """Hold out ``val_size`` training images (a count, or a fraction in (0, 1)), chosen by a fixed seed (stratified
+    by class), as validation.
 
     Stratifying keeps every class equally represented in the held-out set; the seed makes the split identical
     across runs and machines, so model selection on it is reproducible. Arrays and file lists alike.
@@ -121,8 +122,12 @@ def carve_validation(train: Split, val_size: int, seed: int) -> tuple[Split, Spl
     if val_size <= 0:
         return train, None
     n = len(train)
-    if val_size >= n:
-        raise LakdError(f"data.val_size={val_size} must be smaller than the training set ({n} images)")
+    if val_size < 1:  # a fraction of the training set
+        val_size = max(1, round(n * val_size))
+    val_size = int(val_size)
+    if val_size * 2 > n:
+        raise LakdError(f"data.val_size={val_size} would hold out half or more of the training set ({n} images) for "
+                        "validation: give a fraction instead (data.val_size=0.1 holds out a tenth) or a smaller count")
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     # Round-robin over classes in a random order gives a stratified pick of exactly val_size images.
