@@ -312,3 +312,37 @@ def test_a_full_disk_for_the_decode_cache_is_a_note_not_a_failure(npz_root: Path
     assert "could not write the decode cache" in err and "No space left on device" in err
     cache = decoded_cache_dir(npz_root)
     assert not cache.exists() or not list(cache.iterdir())  # no torn cache, no temp file
+
+
+def test_augmentation_follows_the_image_size_and_replays_exactly() -> None:
+    """data.augmentation=auto: pad-crop for small images, random-resized-crop for larger ones (torchvision's
+    RandomResizedCrop draw); either way an epoch's batches are the same when replayed from a step."""
+    from lakd.data.augment import apply_resized_crop_flip, draw_resized_crop_flip
+    from lakd.data.batches import augmentation_for
+
+    assert augmentation_for(32) == "pad_crop" and augmentation_for(64) == "pad_crop"
+    assert augmentation_for(96) == "resized_crop"
+    g = torch.Generator().manual_seed(0)
+    top, left, h, w, flip = draw_resized_crop_flip(2000, 96, 80, g)
+    assert bool(((top >= 0) & (left >= 0) & (top + h <= 96) & (left + w <= 80) & (h > 0) & (w > 0)).all())
+    share = (h * w).float() / (96 * 80)
+    assert 0.07 <= float(share.min()) and float(share.max()) <= 1.0 and 0.4 < float(flip.float().mean()) < 0.6
+    aspect = (w.float() / h.float())[share < 0.99]
+    assert float(aspect.min()) > 0.7 and float(aspect.max()) < 1.4
+    # a crop of the whole image, unflipped, is the image (bilinear resize to its own size)
+    image = torch.randint(0, 256, (1, 3, 12, 10), dtype=torch.uint8)
+    same = apply_resized_crop_flip(image, torch.tensor([0]), torch.tensor([0]), torch.tensor([12]), torch.tensor([10]),
+                                   torch.tensor([False]))
+    assert torch.allclose(same, image.float())
+    data = make_synthetic(40, 4, image_size=96)
+    stats = ((0.5,) * 3, (0.25,) * 3)
+    loader = BatchLoader(data, Batching(8, *stats, shuffle=True, augment=True, drop_last=True, seed=2,
+                                        augmentation="resized_crop"))
+    loader.set_epoch(1)
+    whole = list(loader)
+    assert len(whole) == 5 and whole[0][0].shape == (8, 3, 96, 96)
+    tail = list(loader.iter_from(3))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(whole[3:], tail, strict=True))
+    plain = next(iter(BatchLoader(data, Batching(8, *stats, shuffle=True, seed=2))))[0]
+    loader.set_epoch(1)
+    assert not torch.equal(next(iter(loader))[0], plain)

@@ -219,7 +219,9 @@ def test_validation_given_as_a_fraction_and_a_count_that_does_not_fit(tmp_path: 
     assert "give a fraction instead (data.val_size=0.1" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
     assert main([*common, "data.val_size=0.2", "--out", str(tmp_path / "b")]) == 0
-    assert json.loads((tmp_path / "b" / "run.json").read_text())["data"] == {"train": 80, "val": 20, "test": 25}
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert run["data"] == {"train": 80, "val": 20, "test": 25}
+    assert run["augmentation"] == "pad_crop"  # data.augmentation=auto, as resolved for 32-px images
     assert main([*common, "data.val_size=2.5", "--out", str(tmp_path / "c")]) == 2
     assert "a whole count of images, or a fraction in (0, 1)" in capsys.readouterr().err
 

@@ -70,7 +70,7 @@ def test_supervised_fit_on_a_user_dataset_writes_a_normal_run_folder(tmp_path: P
         assert (tmp_path / "run" / name).is_file(), name
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["config"]["model"]["name"] == "python:Net" and run["config"]["data"]["dataset"] == "python:Shapes"
-    assert run["config"]["data"]["augment"] is False  # the user's transforms augment, not lakd
+    assert run["config"]["data"]["augment"] is False and run["augmentation"] is None  # the user's transforms do
     assert run["data"] == {"train": 144, "val": 16, "test": 48}  # a tenth held out for selection
     assert summary.best_test_top1 is not None and summary.best_test_top1 > 50  # it learned (chance: 25 %)
     # the best weights load into the user's own module; evaluate() scores them as the trainer did

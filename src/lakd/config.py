@@ -46,6 +46,9 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 500
     augment: bool = True
+    # auto: CIFAR's pad-crop-flip for images up to 64 px, random-resized-crop + flip above (torchvision's recipes);
+    # pad_crop | resized_crop force one (streamed sets always random-resized-crop from the files)
+    augmentation: str = "auto"
     crop_padding: int = 4
     train_limit: int | None = None  # keep only this many training images (quick runs)
     test_limit: int | None = None  # keep only this many val/test images
@@ -144,6 +147,7 @@ MAX_SEED = 2**32 - 1  # what every random generator the run seeds (Python, NumPy
 
 CHOICES = {
     "optim.name": ("sgd",),
+    "data.augmentation": ("auto", "pad_crop", "resized_crop"),
     "schedule.name": ("cosine", "step", "constant"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "train.channels_last": ("auto", "true", "false"),

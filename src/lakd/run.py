@@ -227,7 +227,9 @@ def _train_in_process(cfg: Any, folder: RunFolder, command: str, teacher_ckpt: A
     # Everything that can fail on bad input has run; only now write into the run folder (locked since the start).
     if folder.force:
         folder.clear()
-    run_info = _write_run_record(cfg, folder.out, command, runtime, dist_env, malloc, splits, meta)
+    augmentation = None if not cfg.data.augment else "resized_crop (streamed from files)" if splits.streamed else \
+        trainer.train_loader.batching.augmentation
+    run_info = _write_run_record(cfg, folder.out, command, runtime, dist_env, malloc, splits, meta, augmentation)
     what = "training "
     if "distill" in meta:
         how = f"compiled {' + '.join(compiled_parts)}" if compiled_parts else "not compiled"
@@ -387,7 +389,7 @@ def _checkpoint_meta(cfg: Any, splits: Any, task: Any, teacher_arch: str | None,
 
 
 def _write_run_record(cfg: Any, out: Path, command: str, runtime: Any, dist_env: Any, malloc: str,
-                      splits: Any, meta: dict[str, Any]) -> dict[str, Any]:
+                      splits: Any, meta: dict[str, Any], augmentation: str | None) -> dict[str, Any]:
     """``config.yaml`` and ``run.json`` (command, environment, data sizes, the method's resolved parameters)."""
     from lakd.atomic import atomic_write_text
     from lakd.config import dump_yaml
@@ -400,7 +402,9 @@ def _write_run_record(cfg: Any, out: Path, command: str, runtime: Any, dist_env:
                                 "malloc": malloc},
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "data": {"train": len(splits.train), "val": len(splits.val) if splits.val else 0,
-                         "test": len(splits.test) if splits.test is not None else 0}}
+                         "test": len(splits.test) if splits.test is not None else 0},
+                # data.augmentation as resolved (auto: by image size), None without augmentation
+                "augmentation": augmentation}
     if "distill" in meta:  # the method's parameters as resolved (defaults included), not only the overrides
         run_info["distill"] = meta["distill"]
     atomic_write_text(out / "run.json", json.dumps(run_info, indent=2))

@@ -11,6 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
+AUGMENTATIONS = ("pad_crop", "resized_crop")
+
+
+def augmentation_for(image_size: int) -> str:
+    """``data.augmentation: auto``: CIFAR's pad-and-crop for small images (up to 64 px), random-resized-crop for
+    larger ones, as torchvision's reference recipes do; both with horizontal flips."""
+    return "pad_crop" if image_size <= 64 else "resized_crop"
+
 
 @dataclass(frozen=True)
 class Batching:
@@ -35,12 +43,15 @@ class Batching:
     return_index: bool = False
     pin_memory: bool = False
     workers: int | None = None
+    augmentation: str = "pad_crop"  # with augment: pad_crop (CIFAR: pad, crop, flip) | resized_crop (ImageNet-style)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.world_size > 1 and not self.drop_last:
             raise ValueError("a sharded loader (world_size > 1) needs drop_last=True so every rank runs the same steps")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
@@ -98,6 +109,21 @@ class EpochBatches:
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
         raise NotImplementedError
 
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(height, width) of the split's images, for augmentations drawn per image."""
+        raise NotImplementedError
+
+    def _augmented(self, images: torch.Tensor, params: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        """``images`` with this step's drawn augmentation applied (or as they are)."""
+        from lakd.data.augment import apply_crop_flip, apply_resized_crop_flip
+
+        if params is None:
+            return images
+        if self.batching.augmentation == "resized_crop":
+            return apply_resized_crop_flip(images, *params)
+        return apply_crop_flip(images, self.crop_padding, *params)
+
     def _planned_steps(self, start_step: int) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]]:
         """``(this rank's sample indices, its crop/flip draws or None)`` for each step of the epoch from
         ``start_step`` on: the batch-level augmentation of the in-memory loaders (CIFAR's pad-crop and flip).
@@ -106,14 +132,18 @@ class EpochBatches:
         ``world_size`` N, step s covers the same ``batch_size * N`` samples, with the same augmentation, as step s
         of a single process with an N-times larger batch; rank r takes every N-th of them from r on.
         """
-        from lakd.data.augment import draw_crop_flip
+        from lakd.data.augment import draw_crop_flip, draw_resized_crop_flip
 
         order = self._order()
         aug_gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 31 + 17)
         gb = self.global_batch_size
         for step in range(len(self)):
             index = order[step * gb:(step + 1) * gb]
-            params = draw_crop_flip(len(index), self.crop_padding, True, aug_gen) if self.augment else None
+            params: tuple[torch.Tensor, ...] | None = None
+            if self.augment and self.batching.augmentation == "resized_crop":
+                params = draw_resized_crop_flip(len(index), *self.image_hw, aug_gen)
+            elif self.augment:
+                params = draw_crop_flip(len(index), self.crop_padding, True, aug_gen)
             if step < start_step:
                 continue
             if self.world_size > 1:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lakd.data.augment import apply_crop_flip, normalise
+from lakd.data.augment import normalise
 from lakd.data.batches import Batching, EpochBatches
 from lakd.data.cifar import ImageArrays
 
@@ -37,12 +37,14 @@ class BatchLoader(EpochBatches):
     def num_images(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """Batches of the current epoch starting at ``start_step`` (mid-epoch resume); see ``_planned_steps``."""
         for index, params in self._planned_steps(start_step):
-            images = self.images[index]
-            if params is not None:
-                images = apply_crop_flip(images, self.crop_padding, *params)
+            images = self._augmented(self.images[index], params)
             batch = normalise(images, self.mean, self.std)
             labels = self.labels[index]
             if self.pin_memory:

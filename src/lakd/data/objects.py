@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lakd.data.augment import apply_crop_flip, normalise
+from lakd.data.augment import normalise
 from lakd.data.batches import Batching, EpochBatches
 from lakd.errors import LakdError, short_repr
 
@@ -192,6 +192,10 @@ class DatasetLoader(EpochBatches):
     def num_images(self) -> int:
         return len(self.split)
 
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return int(self.split.sample_shape[1]), int(self.split.sample_shape[2])
+
     def _salt(self, position: int) -> int:
         return ((self.seed * 1_000_003 + self.epoch) * 2_147_483_659 + int(self.split.index[position])) % 2**63
 
@@ -208,8 +212,7 @@ class DatasetLoader(EpochBatches):
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, ...]]:
         plan = list(self._planned_steps(start_step))
         for (index, params), (images, labels) in zip(plan, self._batches([i for i, _ in plan]), strict=True):
-            if params is not None:
-                images = apply_crop_flip(images, self.crop_padding, *params)
+            images = self._augmented(images, params)
             batch = normalise(images, self.mean, self.std) if self.split.kind == UINT8 else images.float()
             if self.pin_memory:
                 batch, labels = batch.pin_memory(), labels.pin_memory()

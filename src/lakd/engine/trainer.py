@@ -27,6 +27,7 @@ from tqdm import tqdm
 from lakd.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint
 from lakd.config import RunConfig
 from lakd.data import Batching, DatasetSplits, FileList, ImageArrays, make_loader
+from lakd.data.batches import augmentation_for
 from lakd.engine.device import Runtime
 from lakd.engine.distributed import SINGLE, DistEnv, all_reduce_sum, average_gradients, broadcast_module, sync_batchnorm
 from lakd.engine.metrics import MetricsLog, peak_memory_mb, topk_correct
@@ -178,7 +179,9 @@ class Trainer:
             cfg.data.batch_size // dist_env.world_size, splits.mean, splits.std, shuffle=True,
             augment=cfg.data.augment, crop_padding=cfg.data.crop_padding, drop_last=True, seed=cfg.train.seed,
             rank=dist_env.rank, world_size=dist_env.world_size, return_index=task.needs_index,
-            pin_memory=runtime.device.type == "cuda", workers=cfg.data.workers))
+            pin_memory=runtime.device.type == "cuda", workers=cfg.data.workers,
+            augmentation=augmentation_for(splits.image_size) if cfg.data.augmentation == "auto"
+            else cfg.data.augmentation))
         if len(self.train_loader) == 0:
             raise LakdError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                             f"({self.train_loader.num_images} images): no full batch to train on")
