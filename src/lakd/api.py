@@ -66,6 +66,29 @@ def plain_or_staged(model: nn.Module, stages: StagesArg, role: str, needs_stages
         return model
 
 
+def _check_pair(student: StagedModel, teacher: StagedModel | None, input_shape: tuple[int, ...]) -> None:
+    """The pair checked at construction, whatever the method: two different modules that run on ``input_shape``
+    and predict the same number of classes (a raw torch error, or nothing at all, otherwise)."""
+    from lakd.models.adapter import user_model
+    from lakd.models.base import check_input_size, probe_logits
+
+    if not (isinstance(input_shape, tuple) and len(input_shape) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in input_shape)):
+        raise LakdError(f"input_shape must be one image's (channels, height, width), each in 1..4096; got "
+                        f"{input_shape!r}")
+    if teacher is not None and user_model(student) is user_model(teacher):
+        raise LakdError("the student and the teacher are the same module: distil into a separate student (e.g. "
+                        "copy.deepcopy(teacher), or a smaller model)")
+    check_input_size(student, "student", input_shape)  # type: ignore[arg-type]
+    if teacher is None:
+        return
+    check_input_size(teacher, "teacher", input_shape)  # type: ignore[arg-type]
+    ns, nt = (probe_logits(m, input_shape).shape[1] for m in (student, teacher))  # type: ignore[arg-type]
+    if ns != nt:
+        raise LakdError(f"the student predicts {ns} classes but the teacher {nt}: both need the same classes (give "
+                        f"the student a {nt}-way head, or fine-tune the teacher to {ns} classes first)")
+
+
 def distiller(
     method: str,
     student: nn.Module,
@@ -88,6 +111,7 @@ def distiller(
     """
     s = staged(student, student_stages, "student")
     t = staged(teacher, teacher_stages, "teacher") if teacher is not None else None
+    _check_pair(s, t, tuple(input_shape))
     if not (isinstance(epochs, (int, float)) and 0 < epochs < float("inf")):
         raise LakdError(f"epochs must be a positive number, got {epochs!r}")
     labels = torch.as_tensor(train_labels) if train_labels is not None else None

@@ -127,9 +127,32 @@ class Distiller(nn.Module):
         """One training step's forward and backward (module by module where the method needs it); returns the
         total loss, detached. Zero the gradients before and step your optimizer after, as for ``loss.backward()``.
         ``progress``: fraction of training done, in [0, 1] (schedules and warm-ups follow it)."""
+        self._check_loop_state()
         _, losses = self.train_step(x, y, self._checked(progress), backward=lambda loss: loss.backward(),
                                     autocast=autocast, **batch)
         return sum(losses.values(), torch.zeros((), device=x.device))
+
+    def _check_loop_state(self) -> None:
+        """What a hand-written loop gets wrong silently, said once each: a student left in eval mode (BatchNorm
+        would train on running statistics), and an optimizer that does not hold the method's own parameters
+        (projectors, heads: their gradients pile up untouched while the student's are stepped and cleared)."""
+        import warnings
+
+        warned = self.__dict__.setdefault("_warned", set())
+        if not self.student_model.training and "eval" not in warned:
+            warned.add("eval")
+            warnings.warn(f"{self.name}: the student is in eval mode during a training step; call distiller.train() "
+                          "first (the teacher stays in eval mode)", UserWarning, stacklevel=3)
+        own = [p for n, p in self.named_parameters() if not n.startswith((TEACHER_PREFIX, "student_model."))]
+        if "optimizer" in warned or not own:
+            return
+        stale = any(p.grad is not None and bool(p.grad.any()) for p in own)
+        cleared = all(p.grad is None or not bool(p.grad.any()) for p in self.student_model.parameters())
+        if stale and cleared:
+            warned.add("optimizer")
+            warnings.warn(f"{self.name}: the optimizer does not seem to hold the method's own parameters "
+                          "(projectors / heads: their gradients were not cleared since the last step); build it on "
+                          "distiller.learnable_parameters(), not student.parameters()", UserWarning, stacklevel=3)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, progress: float,
                 **batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -47,6 +47,9 @@ class StageSpec:
     layout: str = "nchw"
     prefix_tokens: int = 0
     patch_size: int | None = None
+    #: where the logits are in what the forward returns, when it is not the logits tensor itself: a key of a dict,
+    #: an attribute of an output object (Hugging Face's ``"logits"``), or a position in a tuple
+    logits: str | int | None = None
     source: str = field(default="user", compare=False)  # where the spec came from (a preset's name), for messages
 
     def __post_init__(self) -> None:
@@ -63,6 +66,10 @@ class StageSpec:
             raise LakdError("stage spec: layout 'tokens' needs patch_size (the side of a patch in pixels)")
         if self.prefix_tokens < 0:
             raise LakdError(f"stage spec: prefix_tokens must be >= 0, got {self.prefix_tokens}")
+        if self.logits is not None and not (isinstance(self.logits, str) and self.logits
+                                            or isinstance(self.logits, int) and not isinstance(self.logits, bool)):
+            raise LakdError(f"stage spec: logits must be a key/attribute name or a tuple position, got "
+                            f"{self.logits!r}")
 
 
 def as_spec(spec: StageSpec | Sequence[str] | dict[str, Any]) -> StageSpec:
@@ -70,9 +77,10 @@ def as_spec(spec: StageSpec | Sequence[str] | dict[str, Any]) -> StageSpec:
     if isinstance(spec, StageSpec):
         return spec
     if isinstance(spec, dict):
-        unknown = sorted(set(spec) - {"stages", "layout", "prefix_tokens", "patch_size"})
+        unknown = sorted(set(spec) - {"stages", "layout", "prefix_tokens", "patch_size", "logits"})
         if unknown:
-            raise LakdError(f"stage spec: unknown key(s) {unknown}; known: stages, layout, prefix_tokens, patch_size")
+            raise LakdError(f"stage spec: unknown key(s) {unknown}; known: stages, layout, prefix_tokens, patch_size, "
+                            "logits")
         return StageSpec(**spec)
     return StageSpec(tuple(spec))
 
@@ -174,10 +182,25 @@ class HookedModel(StagedModel):
             self._run = None
             for handle in handles:
                 handle.remove()
+        return self._logits_of(out)
+
+    def _logits_of(self, out: Any) -> torch.Tensor:
+        """The logits in the forward's output: the tensor itself, or where the spec's ``logits`` says."""
+        key = self.spec.logits
+        if key is not None:
+            try:
+                out = out[key] if isinstance(out, dict | tuple | list) else getattr(out, str(key))
+            except (KeyError, IndexError, AttributeError, TypeError):
+                raise LakdError(f"model '{self.arch_name}': its forward's {type(out).__name__} has no {key!r} "
+                                "(the stage spec's logits)") from None
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             what = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
-            raise LakdError(f"model '{self.arch_name}': forward returned {what}, not logits (batch, classes); "
-                            "wrap the model so that its forward returns the logits tensor")
+            has = isinstance(out, dict) and "logits" in out or not isinstance(out, torch.Tensor) and \
+                hasattr(out, "logits")
+            hint = ("name them in the stage spec: StageSpec(stages, logits='logits')" if has else
+                    "name them in the stage spec (StageSpec(stages, logits=<key, attribute or position>)) or wrap "
+                    "the model so that its forward returns the logits tensor")
+            raise LakdError(f"model '{self.arch_name}': forward returned {what}, not logits (batch, classes); {hint}")
         return out
 
     def forward(self, x: torch.Tensor, preact: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
