@@ -13,7 +13,6 @@ import dataclasses
 import math
 import os
 import resource
-from pathlib import Path
 
 import pytest
 

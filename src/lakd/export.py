@@ -39,7 +39,8 @@ ONNX_INPUT = "images"
 ONNX_OUTPUT = "logits"
 IMAGE_CHANNELS = 3  # every lakd dataset is decoded to RGB
 #: Checkpoint meta fields worth carrying to deployment (no local paths, no training config).
-META_FIELDS = ("arch", "stages", "num_classes", "dataset", "classes", "mean", "std", "image_size")
+META_FIELDS = ("arch", "stages", "kwargs", "num_classes", "dataset", "classes", "mean", "std", "image_size",
+               "input_shape")
 _ONNX_HINT = "pip install 'lakd[onnx]' (or: pip install onnx onnxruntime)"
 _SAFETENSORS_HINT = "pip install 'lakd[export]' (or: pip install safetensors)"
 
