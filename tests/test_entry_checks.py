@@ -247,3 +247,31 @@ def test_a_teacher_is_not_fed_another_image_size_than_it_learned_on(tmp_path: Pa
     err = capsys.readouterr().err
     assert "trained on 32x32 images, but this data gives 24x24" in err and "data.image_size=32" in err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(("method", "name"), [("kd", "temperature"), ("dkd", "temperature"), ("nd", "temperature"),
+                                              ("crd", "nce_t"), ("dist", "tau"), ("lakd", "temperature"),
+                                              ("lakd-study", "ndam_tau")])
+def test_softmax_temperatures_have_bounds(method: str, name: str) -> None:
+    """Near zero, logits / T overflow bf16 and the softmax is one-hot; far above, it is uniform (issue 33)."""
+    from lakd.distill import make_params
+
+    for bad in (1e-9, 0.001, 1e6, float("nan")):
+        with pytest.raises(LakdError, match=name):
+            make_params(method, {name: bad})
+    make_params(method, {name: 0.07})  # CRD's published NCE temperature stays allowed
+    make_params(method, {name: 8.0})
+
+
+def test_onnx_export_refuses_a_trace_size_it_would_allocate_gigabytes_for(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from lakd.models import build_model
+
+    path = tmp_path / "wide.pt"
+    torch.save({"model": build_model("resnet8", 10).state_dict(),
+                "meta": {"arch": "resnet8", "num_classes": 10, "image_size": 4096}}, path)  # an allowed size
+    assert main(["export", "--ckpt", str(path), "--format", "onnx"]) == 2
+    assert "ONNX export traces the model on 4096x4096 images" in capsys.readouterr().err
+    assert not (tmp_path / "wide.onnx").exists()

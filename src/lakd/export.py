@@ -39,6 +39,7 @@ ONNX_INPUT = "images"
 ONNX_OUTPUT = "logits"
 IMAGE_CHANNELS = 3  # every lakd dataset is decoded to RGB
 #: Checkpoint meta fields worth carrying to deployment (no local paths, no training config).
+ONNX_MAX_SIDE = 1024  # the ONNX trace's input side: a checkpoint's (allowed) 4096 must not make it allocate GBs
 META_FIELDS = ("arch", "stages", "kwargs", "num_classes", "dataset", "classes", "mean", "std", "image_size",
                "input_shape")
 _ONNX_HINT = "pip install 'lakd[onnx]' (or: pip install onnx onnxruntime)"
@@ -148,14 +149,19 @@ def export_checkpoint(
         raise LakdError(f"export output '{out}' is a directory: give a file path")
     if out.exists() and not force:
         raise LakdError(f"export output '{out}' already exists: use --force to overwrite it")
-    if fmt == "onnx":
-        _require("onnx", "ONNX export", _ONNX_HINT)
-    else:
-        _require("safetensors", "safetensors export", _SAFETENSORS_HINT)
-
     ckpt = load_checkpoint(src)
     meta = checkpoint_meta(ckpt, src)
     what = f"checkpoint '{src}'"
+    if fmt == "onnx":
+        from lakd.models import model_input_size
+
+        image_size = int(meta.get("image_size") or model_input_size(str(meta["arch"])))
+        if image_size > ONNX_MAX_SIDE:  # the trace runs the model on images of this size: bounded before any work
+            raise LakdError(f"{what}: ONNX export traces the model on {image_size}x{image_size} images, more than "
+                            f"the {ONNX_MAX_SIDE}x{ONNX_MAX_SIDE} lakd traces at; export it as safetensors")
+        _require("onnx", "ONNX export", _ONNX_HINT)
+    else:
+        _require("safetensors", "safetensors export", _SAFETENSORS_HINT)
     # Only ckpt['model'] (the student) is read: the distiller's extras under 'task' never reach the export.
     model = model_from_checkpoint(ckpt, meta, what).eval()
     metadata = export_meta(meta, _sha256(src))
@@ -165,9 +171,6 @@ def export_checkpoint(
 
         data, info["tensors"] = _safetensors_bytes(user_model(model), metadata)  # a library model: its own keys
     else:
-        from lakd.models import model_input_size
-
-        image_size = int(meta.get("image_size") or model_input_size(str(meta["arch"])))
         data = _onnx_bytes(model, metadata, image_size, what)
         info.update(opset=ONNX_OPSET, input=ONNX_INPUT, output=ONNX_OUTPUT,
                     input_shape=["batch", IMAGE_CHANNELS, image_size, image_size])

@@ -261,6 +261,17 @@ def check_positive(name: str, value: float) -> None:
         raise LakdError(f"distill.params.{name} must be > 0 and finite, got {value}")
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1000.0  # published values run from CRD's 0.07 to 8; below 0.01 logits / T
+# overflow bf16 and the softmax is a one-hot (no gradient), above 1000 it is uniform
+
+
+def check_temperature(name: str, value: float) -> None:
+    """Range check for a softmax temperature: in [0.01, 1000] (NaN fails too)."""
+    if not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
+        raise LakdError(f"distill.params.{name} is a softmax temperature and must be in [{MIN_TEMPERATURE}, "
+                        f"{MAX_TEMPERATURE:g}], got {value}")
+
+
 def check_non_negative(name: str, value: float) -> None:
     """Range check for ``Params.validate``: ``distill.params.<name>`` must be >= 0 and finite (NaN fails too)."""
     if not 0 <= value < math.inf:

@@ -36,7 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lakd.distill.base import Distiller, DistillParams, check_non_negative, check_positive, register, weighted
+from lakd.distill.base import (
+    Distiller,
+    DistillParams,
+    check_non_negative,
+    check_temperature,
+    register,
+    weighted,
+)
 from lakd.distill.kd import kd_loss
 from lakd.errors import LakdError
 from lakd.models.base import StagedModel
@@ -211,8 +218,8 @@ class CRD(Distiller):
             check_non_negative("ce_weight", self.ce_weight)
             check_non_negative("crd_weight", self.crd_weight)
             check_non_negative("kd_weight", self.kd_weight)
-            check_positive("temperature", self.temperature)
-            check_positive("nce_t", self.nce_t)
+            check_temperature("temperature", self.temperature)
+            check_temperature("nce_t", self.nce_t)
             # upper bounds: the memory banks hold train-set size x feat_dim floats, and a gathered step
             # batch x (nce_k + 1) x feat_dim (the published 128 and 16,384: 1 GB at batch 128)
             if not 1 <= self.feat_dim <= MAX_FEAT_DIM:

@@ -23,7 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lakd.distill.base import Distiller, DistillParams, check_non_negative, check_positive, register, weighted
+from lakd.distill.base import (
+    Distiller,
+    DistillParams,
+    check_non_negative,
+    check_temperature,
+    register,
+    weighted,
+)
 
 #: Added to the product of norms in the Pearson denominator (the authors' ``eps``).
 PEARSON_EPS = 1e-8
@@ -68,7 +75,7 @@ class DIST(Distiller):
             check_non_negative("kd_weight", self.kd_weight)
             check_non_negative("beta", self.beta)
             check_non_negative("gamma", self.gamma)
-            check_positive("tau", self.tau)
+            check_temperature("tau", self.tau)
 
     params: Params
 

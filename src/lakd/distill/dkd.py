@@ -21,7 +21,7 @@ from lakd.distill.base import (
     Distiller,
     DistillParams,
     check_non_negative,
-    check_positive,
+    check_temperature,
     linear_warmup,
     register,
     weighted,
@@ -77,7 +77,7 @@ class DKD(Distiller):
             check_non_negative("ce_weight", self.ce_weight)
             check_non_negative("alpha", self.alpha)
             check_non_negative("beta", self.beta)
-            check_positive("temperature", self.temperature)
+            check_temperature("temperature", self.temperature)
             check_non_negative("warmup_epochs", self.warmup_epochs)
 
     params: Params

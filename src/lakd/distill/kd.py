@@ -18,7 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lakd.distill.base import Distiller, DistillParams, check_non_negative, check_positive, register, weighted
+from lakd.distill.base import (
+    Distiller,
+    DistillParams,
+    check_non_negative,
+    check_temperature,
+    register,
+    weighted,
+)
 
 #: Added to the standard deviation in ``standardise_logits`` (the authors' value).
 STAND_EPS = 1e-7
@@ -61,7 +68,7 @@ class KD(Distiller):
         def validate(self) -> None:
             check_non_negative("ce_weight", self.ce_weight)
             check_non_negative("kd_weight", self.kd_weight)
-            check_positive("temperature", self.temperature)
+            check_temperature("temperature", self.temperature)
 
     params: Params
 

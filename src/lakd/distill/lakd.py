@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lakd.compiling import Compiled
-from lakd.distill.base import Distiller, DistillParams, register, weighted
+from lakd.distill.base import MAX_TEMPERATURE, MIN_TEMPERATURE, Distiller, DistillParams, register, weighted
 from lakd.distill.kd import kd_loss
 from lakd.distill.local_losses import (
     LocalTermsRequest,
@@ -110,9 +110,10 @@ class Params(DistillParams):
         for name in ("ce_weight", "kd_weight", "feat_weight", "ndam_weight"):
             if not 0 <= getattr(self, name) < math.inf:  # NaN fails too
                 raise out_of_range(self, name, ">= 0 and finite")
-        for name in ("temperature", "ndam_p"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise out_of_range(self, name, "> 0 and finite")
+        if not 0 < self.ndam_p < math.inf:
+            raise out_of_range(self, "ndam_p", "> 0 and finite")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:  # the logit term's softmax temperature
+            raise out_of_range(self, "temperature", f"in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE:g}]")
         if not self.ndam_scales or any(s < 0 for s in self.ndam_scales):
             raise out_of_range(self, "ndam_scales", "a non-empty list of grid sizes >= 1, or 0 for the native grid")
         if self.backward not in ("local", "joint"):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from lakd.distill.base import linear_warmup, register, weighted
+from lakd.distill.base import MAX_TEMPERATURE, MIN_TEMPERATURE, linear_warmup, register, weighted
 from lakd.distill.dkd import dkd_loss
 from lakd.distill.kd import kd_loss, standardise_logits
 from lakd.distill.lakd import LAKD, LossForms, Params, Piece, out_of_range
@@ -54,8 +54,8 @@ class StudyParams(Params):
         for name in ("aux_weight", "dkd_alpha", "dkd_beta", "logit_warmup_epochs"):
             if not 0 <= getattr(self, name) < math.inf:  # NaN fails too
                 raise out_of_range(self, name, ">= 0 and finite")
-        if not 0 < self.ndam_tau < math.inf:
-            raise out_of_range(self, "ndam_tau", "> 0 and finite")
+        if not MIN_TEMPERATURE <= self.ndam_tau <= MAX_TEMPERATURE:
+            raise out_of_range(self, "ndam_tau", f"in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE:g}]")
         choices = {"aux_head": ("linear", "teacher_tail"), "feat_form": FEAT_FORMS, "feat_target": ("post", "preact"),
                    "feat_projector": ("auto", "always"), "logit_loss": ("kd", "dkd"), "ndam_mode": ("l2", "kl"),
                    "split": ("stage", "block")}

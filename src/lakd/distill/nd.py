@@ -41,6 +41,7 @@ from lakd.distill.base import (
     DistillParams,
     check_non_negative,
     check_positive,
+    check_temperature,
     register,
     weighted,
 )
@@ -103,7 +104,7 @@ class ND(Distiller):
         def validate(self) -> None:
             check_non_negative("ce_weight", self.ce_weight)
             check_non_negative("kd_weight", self.kd_weight)
-            check_positive("temperature", self.temperature)
+            check_temperature("temperature", self.temperature)
             check_non_negative("nd_weight", self.nd_weight)
             check_non_negative("warmup_epochs", self.warmup_epochs)
             check_positive("center_epochs", self.center_epochs)
