@@ -275,3 +275,26 @@ def test_onnx_export_refuses_a_trace_size_it_would_allocate_gigabytes_for(tmp_pa
     assert main(["export", "--ckpt", str(path), "--format", "onnx"]) == 2
     assert "ONNX export traces the model on 4096x4096 images" in capsys.readouterr().err
     assert not (tmp_path / "wide.onnx").exists()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("labels", ["a"] * 20), ("labels", [[1, 2]] * 19 + [[1]]), ("labels", {"x": 1}), ("labels", [1.5] * 20),
+    ("labels", [True] * 20), ("label_names", 5), ("label_names", []),
+])
+def test_malformed_cifar_pickles_are_one_clear_error(field: str, value: object, tmp_path: Path) -> None:
+    """Class names that are not a list and labels that are not integer indices (issue 33's two leftover
+    malformed pickles ended in a TypeError / ValueError traceback)."""
+    import pickle
+
+    import numpy as np
+
+    from lakd.data.safe_pickle import read_cifar_python, write_cifar_python
+
+    write_cifar_python(tmp_path, "cifar10", np.zeros((20, 32, 32, 3), np.uint8), np.arange(20) % 10,
+                       [f"c{i}" for i in range(10)], split="test")
+    path = tmp_path / "cifar-10-batches-py" / ("batches.meta" if field == "label_names" else "test_batch")
+    content = pickle.loads(path.read_bytes(), encoding="bytes")
+    content[field.encode()] = value
+    path.write_bytes(pickle.dumps(content, protocol=2))
+    with pytest.raises(LakdError, match=f"'{field}' must be"):
+        read_cifar_python(tmp_path, "cifar10", "test")

@@ -256,7 +256,11 @@ def read_cifar_python(
     meta = _str_keys(safe_load_pickle(meta_path), meta_path)
     if _NAMES_KEY[name] not in meta:
         raise CifarFormatError(f"{meta_path}: no '{_NAMES_KEY[name]}' entry (keys: {sorted(meta)})")
-    classes = [_text(c) for c in meta[_NAMES_KEY[name]]]
+    names = meta[_NAMES_KEY[name]]
+    if not isinstance(names, list | tuple) or not names:
+        raise CifarFormatError(f"{meta_path}: '{_NAMES_KEY[name]}' must be a non-empty list of class names, found "
+                               f"{type(names).__name__}")
+    classes = [_text(c) for c in names]
 
     xs, ys = [], []
     for file in _SPLIT_FILES[(name, split)]:
@@ -268,6 +272,13 @@ def read_cifar_python(
             raise CifarFormatError(f"{path}: 'data' must be uint8 of shape (N, {_ROW}), found {found}")
         if labels is None:
             raise CifarFormatError(f"{path}: no '{_LABELS_KEY[name]}' entry (keys: {sorted(batch)})")
+        try:
+            kind = np.asarray(labels).dtype.kind if isinstance(labels, list | tuple | np.ndarray) else "?"
+        except (ValueError, TypeError):  # ragged or mixed
+            kind = "?"
+        if kind not in "iu":
+            raise CifarFormatError(f"{path}: '{_LABELS_KEY[name]}' must be a list of integer class indices, found "
+                                   f"{type(labels).__name__}")
         y = np.asarray(labels, dtype=np.int64).reshape(-1)
         if len(y) != len(data):
             raise CifarFormatError(f"{path}: {len(data)} images but {len(y)} labels")
