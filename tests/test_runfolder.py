@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from lakd.cli import main
+from lakd.errors import LakdError
 from lakd.runfolder import LOCK, lock_folder
 
 ARGS = ["train", "--model", "resnet8", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
@@ -83,3 +84,36 @@ def test_a_resume_is_judged_against_what_its_checkpoint_records(
     # the same settings resume (the epochs may grow), with the recorded config as the base
     assert main(["train", "--out", str(out), "--resume", "--no-progress", "train.epochs=2"]) == 0
     assert yaml.safe_load(config.read_text())["optim"]["lr"] == 0.1
+
+
+def test_temp_files_left_by_a_killed_writer_are_cleared_under_the_lock(tmp_path: Path) -> None:
+    """SIGKILL between a temp file's creation and its rename leaves it behind (issue 33): the next run that owns
+    the folder removes it (the lock proves no writer is running), and a folder holding only such files is empty."""
+    from lakd.runfolder import RunFolder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in (".last.pt.k2j3.tmp", "last.prev.pt.tmp", ".metrics.jsonl.x.tmp"):
+        (out / name).write_bytes(b"torn")
+    (out / "notes.tmp").write_text("the user's own file")  # not ours: kept, and the folder is then not empty
+    with pytest.raises(LakdError, match="already exists and is not empty"):
+        RunFolder(out, resume=False, force=False).open()
+    (out / "notes.tmp").unlink()
+    folder = RunFolder(out, resume=False, force=False)
+    folder.open()
+    folder.close()
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_full_disk_error_names_the_file(tmp_path: Path) -> None:
+    import errno
+
+    from lakd.atomic import atomic_write
+
+    def full(_f: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as info:
+        atomic_write(tmp_path / "run.json", full)
+    assert info.value.filename == str(tmp_path / "run.json") and info.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []

@@ -35,6 +35,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a write or fsync error (a full disk) names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -46,6 +51,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def is_temp_file(name: str) -> bool:
+    """A temp file of :func:`atomic_write` (``.NAME.xxxx.tmp``) or of the trainer's ``keep_previous``
+    (``NAME.tmp``): what a process killed mid-write (SIGKILL, power loss) leaves behind."""
+    return name.endswith(".tmp") and (name.startswith(".") or name.endswith(".prev.pt.tmp"))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -92,7 +92,13 @@ class RunFolder:
             raise
 
     def _judge(self) -> None:
-        """Under the lock: a resume needs a checkpoint; a new run needs an empty folder, or ``--force``."""
+        """Under the lock: a resume needs a checkpoint; a new run needs an empty folder, or ``--force``. Temp files
+        a killed writer left (the lock proves no writer is running) are removed first."""
+        from lakd.atomic import is_temp_file
+
+        for path in self.out.iterdir():
+            if is_temp_file(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
         existing = [p for p in self.out.iterdir() if p.name != LOCK]
         if self.resume:
             if not (self.out / "last.pt").is_file() and not (self.out / "last.prev.pt").is_file():
