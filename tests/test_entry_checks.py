@@ -298,3 +298,32 @@ def test_malformed_cifar_pickles_are_one_clear_error(field: str, value: object, 
     path.write_bytes(pickle.dumps(content, protocol=2))
     with pytest.raises(LakdError, match=f"'{field}' must be"):
         read_cifar_python(tmp_path, "cifar10", "test")
+
+
+def test_a_folder_a_checkpoint_records_is_read_only_when_the_user_names_it(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """meta.data.path of a checkpoint from elsewhere must not make eval or explain read any folder on the machine
+    (issue 33): they ask for --data-path, which then reads it."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("test", 2)):
+        for c in range(3):
+            (tmp_path / "img" / split / f"c{c}").mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / f"c{c}" / f"{i}.png")
+    assert main(["train", "--model", "resnet8", "--dataset", "imagefolder", f"data.path={tmp_path / 'img'}",
+                 "data.val_size=0.2", "--epochs", "1", "--batch-size", "4", "--no-progress",
+                 "--out", str(tmp_path / "t")]) == 0
+    capsys.readouterr()
+    ckpt = str(tmp_path / "t" / "best.pt")
+    for argv in (["eval", "--ckpt", ckpt], ["explain", "--teacher", ckpt, "--student", ckpt, "--images", "2",
+                                             "--out", str(tmp_path / "e.png")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"trained on the folder '{tmp_path / 'img'}'" in err and "add --data-path" in err, err
+        assert main([*argv, "--data-path", str(tmp_path / "img")]) == 0
+        capsys.readouterr()
+    assert (tmp_path / "e.png").is_file()

@@ -3,7 +3,8 @@
 Each test enumerates the doors of one kind of input and sends the same bad value through every one: each door
 must refuse it with the same schema's message, so no reader can skip the check. Kinds: checkpoint metadata (eval,
 export, explain as teacher and as student, distill's teacher, an export's own metadata), config values (a flag,
-an override, a config file, ``lakd.fit``'s settings, a checkpoint's recorded data settings), method parameters
+an override, a config file, ``lakd.fit``'s settings, a checkpoint's recorded data settings as eval and explain
+read them), method parameters
 (the CLI, a config file's per-method entry, ``lakd.fit``, ``lakd.distiller``) and model constructor options.
 """
 
@@ -101,8 +102,10 @@ def test_a_config_value_is_checked_the_same_way_through_every_door(tmp_path: Pat
         lakd.fit("resnet8", train="synthetic", out=tmp_path / "fit", settings={"optim.lr": 1e9})
     # a checkpoint's recorded data settings (lakd eval rebuilds the data from them) go through the same schema
     bad = _checkpoint(tmp_path / "meta.pt", data={"dataset": "synthetic", "synthetic_size": 10**9})
-    assert main(["eval", "--ckpt", str(bad)]) == 2
-    assert "config key 'data.synthetic_size' = 1000000000 is out of range" in capsys.readouterr().err
+    for argv in (["eval", "--ckpt", str(bad)], ["explain", "--teacher", str(bad), "--student", str(bad),
+                                                "--out", str(tmp_path / "e.png")]):
+        assert main(argv) == 2, argv
+        assert "config key 'data.synthetic_size' = 1000000000 is out of range" in capsys.readouterr().err, argv
 
 
 def test_a_method_parameter_is_checked_the_same_way_through_every_door(tmp_path: Path,

@@ -188,6 +188,8 @@ def _add_checkpoint_and_data_commands(sub: Any) -> None:
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--dataset", help="override the dataset stored in the checkpoint")
     p.add_argument("--data-root", help="folder holding the datasets (else $LAKD_DATA)")
+    p.add_argument("--data-path", help="the image folder to evaluate on (a folder the checkpoint records is read "
+                                       "only when named here)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
     p.add_argument("--batch-size", type=int, default=500)
@@ -227,6 +229,8 @@ def _add_output_commands(sub: Any) -> None:
     p.add_argument("--images", type=int, default=4, help="number of test images (default 4)")
     p.add_argument("--seed", type=int, default=0, help="which test images: a seeded random pick (default 0)")
     p.add_argument("--data-root", help="folder holding the datasets (else $LAKD_DATA)")
+    p.add_argument("--data-path", help="the image folder the student was trained on (a folder a checkpoint records "
+                                       "is read only when named here)")
     p.add_argument("--out", help="PNG path (default: ndam.png beside the student checkpoint)")
 
 
@@ -323,7 +327,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise LakdError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = evaluate_checkpoint(args.ckpt, args.split, args.dataset, args.data_root, args.device, args.precision,
-                                 args.batch_size)
+                                 args.batch_size, data_path=args.data_path)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -429,7 +433,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from lakd.explain import explain_checkpoints
 
     result = explain_checkpoints(args.teacher, args.student, before=args.before, images=args.images,
-                                 data_root=args.data_root, out=args.out, seed=args.seed)
+                                 data_root=args.data_root, out=args.out, seed=args.seed, data_path=args.data_path)
     for m in result["modules"]:
         before = m.get("similarity_before")
         extra = f"  (before: {before:.3f})" if before is not None else ""

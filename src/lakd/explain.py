@@ -304,10 +304,12 @@ def load_explain_inputs(
     num_images: int = 8,
     seed: int | None = None,
     dataset: str | None = None,
+    data_path: str | None = None,
 ) -> ExplainInputs:
     """Load the models and ``num_images`` test images (the first ones, or a pick seeded by ``seed``).
 
-    The data and normalisation are the student's (``meta['data']``, as ``lakd eval``); ``dataset`` overrides it.
+    The data and normalisation are the student's (``meta['data']``, as ``lakd eval``: checked by the config
+    schema; a recorded folder is read only as ``data_path``); ``dataset`` overrides it.
     """
     from lakd.data import as_arrays, load_splits
 
@@ -330,10 +332,9 @@ def load_explain_inputs(
                             f"{b_meta['num_classes']} classes but the student '{student_ckpt}' is {s_meta['arch']} "
                             f"with {s_meta['num_classes']}: before/after needs two checkpoints of the same student")
 
-    data = dict(s_meta.get("data") or {"dataset": s_meta.get("dataset", "cifar10")})
-    if dataset and dataset != data.get("dataset"):
-        data = {"dataset": dataset}
-    name = data.pop("dataset")
+    from lakd.run import data_to_read
+
+    name, data = data_to_read(s_meta, str(student_ckpt), dataset, data_path)
     data["val_size"] = 0  # the test split does not depend on the validation carve-out
     splits = load_splits(name, data_root, **data)
     if splits.num_classes != s_meta["num_classes"]:
@@ -371,12 +372,14 @@ def explain_checkpoints(
     data_root: str | Path | None = None,
     out: str | Path | None = None,
     seed: int | None = 0,
+    data_path: str | None = None,
 ) -> dict[str, Any]:
     """``lakd explain``: load checkpoints and test images, write the grid (default: ndam.png beside the student).
 
     ``seed`` picks the test images at random (reproducibly; test sets are often sorted by class); None = the first.
     """
-    inputs = load_explain_inputs(teacher, student, before, data_root=data_root, num_images=images, seed=seed)
+    inputs = load_explain_inputs(teacher, student, before, data_root=data_root, num_images=images, seed=seed,
+                                 data_path=data_path)
     out_path = Path(out) if out else Path(student).parent / "ndam.png"
     return explain(inputs.teacher, inputs.student, inputs.images, inputs.mean, inputs.std, out_path,
                    before=inputs.before, labels=inputs.labels, title=inputs.title)

@@ -432,9 +432,33 @@ def recorded_data(meta: dict[str, Any], path: str) -> dict[str, Any]:
     return {key: getattr(cfg.data, key) for key in RECORDED_DATA_KEYS if key in data or key == "dataset"}
 
 
+def data_to_read(meta: dict[str, Any], path: str, dataset: str | None = None,
+                 data_path: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(dataset name, load_splits settings)`` for a tool that scores a checkpoint on its data (eval, explain):
+    ``meta.data`` through the config schema (:func:`recorded_data`), or ``dataset`` instead. A folder the
+    checkpoint records is read only when the user names it (``data_path``): a checkpoint from elsewhere must not
+    make lakd read any folder on the machine."""
+    data = recorded_data(meta, path)
+    if dataset and dataset != data["dataset"]:
+        data = {"dataset": dataset}
+    name = data.pop("dataset")
+    if name.startswith(PYTHON_PREFIX):
+        raise LakdError(f"checkpoint '{path}' was trained on a Python dataset object ({name[len(PYTHON_PREFIX):]}), "
+                        "which lakd cannot rebuild: name a lakd dataset to evaluate it on (--dataset, "
+                        "--data-path), or evaluate it from Python with lakd.evaluate(model, dataset)")
+    recorded_folder = data.get("path")
+    if data_path is not None:
+        data["path"] = data_path
+    elif recorded_folder:
+        raise LakdError(f"checkpoint '{path}' was trained on the folder '{recorded_folder}' (as it records); lakd "
+                        f"reads a folder only when you name it: add --data-path {recorded_folder} (or another "
+                        "folder with the same classes)")
+    return name, data
+
+
 def evaluate_checkpoint(
     path: str, split: str = "test", dataset: str | None = None, data_root: str | None = None,
-    device: str = "auto", precision: str = "auto", batch_size: int = 500,
+    device: str = "auto", precision: str = "auto", batch_size: int = 500, data_path: str | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5/loss/img/s of a checkpoint's model on one split of its dataset (or ``dataset``)."""
     import torch
@@ -446,14 +470,7 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(path)
     meta = checkpoint_meta(ckpt, path)
     runtime = resolve_runtime(device, precision, "auto")
-    data = recorded_data(meta, path)
-    if dataset and dataset != data["dataset"]:
-        data = {"dataset": dataset}
-    dataset = data.pop("dataset")
-    if dataset.startswith(PYTHON_PREFIX):
-        raise LakdError(f"checkpoint '{path}' was trained on a Python dataset object ({dataset[len(PYTHON_PREFIX):]}), "
-                        "which lakd eval cannot rebuild: name a lakd dataset to evaluate it on (--dataset, "
-                        "--data-path), or evaluate it from Python with lakd.evaluate(model, dataset)")
+    dataset, data = data_to_read(meta, path, dataset, data_path)
     if split == "test":
         data["val_size"] = 0  # the test split does not depend on the validation carve-out
     splits = load_splits(dataset, data_root, **data)
