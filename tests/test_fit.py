@@ -218,3 +218,13 @@ def test_a_student_at_chance_is_warned_about_and_bn_recalibration_fixes_stale_st
     assert fixed.best_val_top1 > stale.best_val_top1 + 30
     rows = [json.loads(line) for line in (tmp_path / "fixed" / "metrics.jsonl").read_text().splitlines()]
     assert all("train_top1" in r and "val_pred_top_share" in r for r in rows)
+
+
+def test_a_run_says_how_long_it_will_take_early_and_how_long_is_left(tmp_path: Path) -> None:
+    logged: list[str] = []
+    lakd.fit(Net(), train=Shapes(240, 0), test=Shapes(16, 1), epochs=2, out=tmp_path / "run",
+             **{**FAST, "log": logged.append})
+    estimates = [m for m in logged if m.startswith("estimate: ")]
+    assert len(estimates) == 1 and "of training left (2 epochs x 13 steps" in estimates[0], logged
+    rows = [m for m in logged if m.startswith("epoch ")]
+    assert "left" in rows[0] and "left" not in rows[1]  # the last epoch has nothing left

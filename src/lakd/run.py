@@ -485,7 +485,8 @@ def evaluate_checkpoint(
         raise LakdError("--split val: this checkpoint was trained without a validation split")
     mean = tuple(meta.get("mean", splits.mean))
     std = tuple(meta.get("std", splits.std))
-    result = evaluate(model, arrays, mean, std, runtime, batch_size)
+    result = evaluate(model, arrays, mean, std, runtime, batch_size,
+                      progress=f"evaluating {split}" if sys.stderr.isatty() else None)
     result.update({"ckpt": str(path), "arch": meta["arch"], "dataset": dataset, "split": split,
                    "images": len(arrays), "device": runtime.describe()})
     return result

@@ -44,6 +44,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+ESTIMATE_AFTER_STEPS = 10  # timed steps before the run's time estimate is printed
+
+
 class NonFiniteLoss(LakdError):
     """A loss (or a weight) became NaN/inf; the message names the term."""
 
@@ -91,11 +94,12 @@ def stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module, arrays: ImageArrays | FileList, mean: tuple[float, ...], std: tuple[float, ...],
-    runtime: Runtime, batch_size: int = 500, workers: int | None = None,
+    runtime: Runtime, batch_size: int = 500, workers: int | None = None, progress: str | None = None,
 ) -> dict[str, float]:
     """Top-1/top-5 accuracy (%), mean CE loss and img/s of ``model`` on a split (no augmentation).
 
     ``workers``: decode threads when the split is streamed from files (ignored for in-memory arrays).
+    ``progress``: a progress bar with this label (None: none).
     """
     was_training = model.training
     model.eval()
@@ -105,7 +109,8 @@ def evaluate(
     loss_sum = 0.0
     predicted: torch.Tensor | None = None  # how often each class is predicted: a collapsed model shows here
     start = time.perf_counter()
-    for x, y in loader:
+    for x, y in tqdm(loader, desc=progress, disable=progress is None, leave=False, dynamic_ncols=True,
+                     mininterval=1.0):
         x, y = runtime.to_input(x), y.to(runtime.device)
         with runtime.autocast():
             out = model(x)
@@ -122,6 +127,10 @@ def evaluate(
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n,
             "img_per_s": len(arrays) / max(elapsed, 1e-9),
             "pred_top_share": float(predicted.max()) / n if predicted is not None else 0.0}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[torch.Tensor], runtime: Runtime) -> int:
@@ -372,6 +381,10 @@ class Trainer:
             seen += len(y)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{sum(values.values()):.3f}", acc=f"{100 * correct / seen:.1f}")
+            if epoch == self.start_epoch and step == first_step + 1:
+                timed_from = time.perf_counter()  # after the first two steps (lazy initialisation, warm-up)
+            if epoch == self.start_epoch and step == first_step + 1 + ESTIMATE_AFTER_STEPS:
+                self._log_estimate(time.perf_counter() - timed_from, ESTIMATE_AFTER_STEPS, step + 1, steps, epoch)
             if stop_now and step + 1 < steps:
                 bar.close()
                 self._stop_mid_epoch(epoch, step + 1, steps, sums, correct, seen,
@@ -388,6 +401,19 @@ class Trainer:
                     "lr": self._lr(epoch), "train_time_s": elapsed, "img_per_s": seen / max(elapsed, 1e-9),
                     "peak_mem_mb": peak_memory_mb(self.runtime.device)})
         return row
+
+    def _bar(self, split: str) -> str | None:
+        """The evaluation's progress-bar label (with train.progress), so an epoch's evaluation is not silence."""
+        return f"evaluating {split}" if self.cfg.train.progress else None
+
+    def _log_estimate(self, elapsed: float, timed: int, done: int, steps: int, epoch: int) -> None:
+        """Early in a run: how long its training steps will take, from ``timed`` steps after the first two
+        (warm-up), so a user sees the cost up front rather than after the first epoch."""
+        per_step = elapsed / timed
+        remaining = (self.cfg.train.epochs - epoch) * steps - done
+        self.log(f"estimate: {per_step * 1000:.0f} ms a step, ~{_minutes(remaining * per_step)} of training left "
+                 f"({self.cfg.train.epochs - epoch} epochs x {steps} steps; evaluation adds to it; it scales with "
+                 "the machine's load)")
 
     def _agree_to_stop(self, values: dict[str, float], epoch: int, step: int) -> bool:
         """Whether to stop after this step (a signal here or, under torchrun, on any rank); a non-finite loss term
@@ -451,11 +477,11 @@ class Trainer:
             self._recalibrate_batchnorm(epoch)
             if self.splits.val is not None:
                 for k, v in evaluate(student, self.splits.val, self.splits.mean, self.splits.std, self.runtime,
-                                     cfg.data.eval_batch_size, cfg.data.workers).items():
+                                     cfg.data.eval_batch_size, cfg.data.workers, self._bar("val")).items():
                     row[f"val_{k}"] = v
             if (cfg.train.eval_test or self.splits.val is None) and self.splits.test is not None:
                 for k, v in evaluate(student, self.splits.test, self.splits.mean, self.splits.std, self.runtime,
-                                     cfg.data.eval_batch_size, cfg.data.workers).items():
+                                     cfg.data.eval_batch_size, cfg.data.workers, self._bar("test")).items():
                     row[f"test_{k}"] = v
             row["eval_time_s"] = time.perf_counter() - eval_start
             # Model selection uses validation only; without a validation split "best" is simply the last.
@@ -544,4 +570,8 @@ class Trainer:
             parts.append(f"test {row['test_top1']:.2f}%")
         parts += [f"lr {row['lr']:.4f}", f"{row['img_per_s']:.0f} img/s",
                   f"{row['train_time_s'] + row['eval_time_s']:.0f}s", f"peak {row['peak_mem_mb']:.0f} MB"]
+        left = self.cfg.train.epochs - row["epoch"]
+        if left > 0:  # the epochs trained in this process so far, as the estimate of the rest
+            walls = [r["train_time_s"] + r["eval_time_s"] for r in self.metrics.rows[-3:]]
+            parts.append(f"~{_minutes(left * sum(walls) / len(walls))} left")
         return " | ".join(parts)
