@@ -273,7 +273,8 @@ def read_cifar_python(
         if labels is None:
             raise CifarFormatError(f"{path}: no '{_LABELS_KEY[name]}' entry (keys: {sorted(batch)})")
         try:
-            kind = np.asarray(labels).dtype.kind if isinstance(labels, list | tuple | np.ndarray) else "?"
+            array = np.asarray(labels) if isinstance(labels, list | tuple | np.ndarray) else None
+            kind = "?" if array is None else "i" if array.size == 0 else array.dtype.kind  # an empty batch is fine
         except (ValueError, TypeError):  # ragged or mixed
             kind = "?"
         if kind not in "iu":

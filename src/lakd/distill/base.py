@@ -268,7 +268,7 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1000.0  # published values run from CRD
 def check_temperature(name: str, value: float) -> None:
     """Range check for a softmax temperature: in [0.01, 1000] (NaN fails too)."""
     if not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
-        raise LakdError(f"distill.params.{name} is a softmax temperature and must be in [{MIN_TEMPERATURE}, "
+        raise LakdError(f"distill.params.{name} must be in [{MIN_TEMPERATURE}, "
                         f"{MAX_TEMPERATURE:g}], got {value}")
 
 
