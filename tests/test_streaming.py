@@ -294,7 +294,7 @@ def test_train_distill_and_eval_end_to_end_on_a_streamed_folder(folder: Path, tm
     assert summary["data"] == {"train": 15, "val": 3, "test": 9}
     assert main(["eval", "--ckpt", str(student / "best.pt"), "--json", "--data-path", str(folder)]) == 0
     # explain decodes just the images it shows (evaluation transform) from the streamed test split.
-    inputs = load_explain_inputs(teacher / "best.pt", student / "best.pt", num_images=2, seed=0)
+    inputs = load_explain_inputs(teacher / "best.pt", student / "best.pt", num_images=2, seed=0, data_path=str(folder))
     assert inputs.images.shape == (2, 32, 32, 3) and set(inputs.labels) <= set(CLASSES)
 
 
