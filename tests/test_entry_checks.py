@@ -228,16 +228,9 @@ def test_validation_given_as_a_fraction_and_a_count_that_does_not_fit(tmp_path: 
 
 def test_a_teacher_is_not_fed_another_image_size_than_it_learned_on(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    import numpy as np
-    from PIL import Image
+    from tests.scripts import write_image_folder
 
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 10), ("test", 2)):
-        for c in range(3):
-            (tmp_path / "img" / split / f"c{c}").mkdir(parents=True)
-            for i in range(count):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-                    tmp_path / "img" / split / f"c{c}" / f"{i}.png")
+    write_image_folder(tmp_path / "img", 3, {"train": 10, "test": 2})
     data = ["--dataset", "imagefolder", f"data.path={tmp_path / 'img'}", "data.val_size=0.2", "--epochs", "1",
             "--batch-size", "8", "--no-progress"]
     assert main(["train", "--model", "resnet8", "--out", str(tmp_path / "t"), *data]) == 0
@@ -304,16 +297,9 @@ def test_a_folder_a_checkpoint_records_is_read_only_when_the_user_names_it(tmp_p
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """meta.data.path of a checkpoint from elsewhere must not make eval or explain read any folder on the machine
     (issue 33): they ask for --data-path, which then reads it."""
-    import numpy as np
-    from PIL import Image
+    from tests.scripts import write_image_folder
 
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("test", 2)):
-        for c in range(3):
-            (tmp_path / "img" / split / f"c{c}").mkdir(parents=True)
-            for i in range(count):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-                    tmp_path / "img" / split / f"c{c}" / f"{i}.png")
+    write_image_folder(tmp_path / "img", 3, {"train": 6, "test": 2})
     assert main(["train", "--model", "resnet8", "--dataset", "imagefolder", f"data.path={tmp_path / 'img'}",
                  "data.val_size=0.2", "--epochs", "1", "--batch-size", "4", "--no-progress",
                  "--out", str(tmp_path / "t")]) == 0

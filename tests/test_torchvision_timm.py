@@ -158,16 +158,9 @@ def test_cli_distils_a_torchvision_student_from_a_timm_teacher(tmp_path: Path) -
 def test_pretrained_teacher_fine_tuned_to_an_image_folder_then_distilled(tmp_path: Path) -> None:
     """The practitioner's flow: ImageNet-style weights (1,000 classes; random here) -> fine-tuned with a new head
     to a 10-class ImageFolder -> teaches a torchvision student built with its own constructor options."""
-    import numpy as np
-    from PIL import Image
+    from tests.scripts import write_image_folder
 
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("test", 3)):
-        for c in range(10):
-            (tmp_path / "images" / split / f"class{c}").mkdir(parents=True)
-            for i in range(count):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-                    tmp_path / "images" / split / f"class{c}" / f"{i}.png")
+    write_image_folder(tmp_path / "images", 10, {"train": 12, "test": 3})
     torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), tmp_path / "resnet18_imagenet.pth")
     data = ["--dataset", "imagefolder", "data.path=images", "data.val_size=20", "--epochs", "1", "--batch-size",
             "16", "--no-progress", "train.threads=1"]
