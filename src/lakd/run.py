@@ -7,7 +7,6 @@ the trainer. Every user mistake is a ``LakdError`` raised before the run folder 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lakd import __version__
-from lakd.atomic import atomic_write
+from lakd.config import dump_yaml
 from lakd.errors import LakdError, short_repr
 from lakd.runfolder import RunFolder
 
@@ -229,7 +228,8 @@ def _train_in_process(cfg: Any, folder: RunFolder, command: str, teacher_ckpt: A
         folder.clear()
     augmentation = None if not cfg.data.augment else "resized_crop (streamed from files)" if splits.streamed else \
         trainer.train_loader.batching.augmentation
-    run_info = _write_run_record(cfg, folder.out, command, runtime, dist_env, malloc, splits, meta, augmentation)
+    run_info = _run_record(cfg, command, runtime, dist_env, malloc, splits, meta, augmentation)
+    folder.write_record(dump_yaml(cfg), run_info)
     what = "training "
     if "distill" in meta:
         how = f"compiled {' + '.join(compiled_parts)}" if compiled_parts else "not compiled"
@@ -241,8 +241,7 @@ def _train_in_process(cfg: Any, folder: RunFolder, command: str, teacher_ckpt: A
         f"{test} test) on {runtime.describe()}{procs} -> {folder.out}")
     summary = trainer.fit()
     summary["out"] = str(folder.out)
-    text = json.dumps({**summary, **run_info}, indent=2).encode()
-    atomic_write(folder.out / "summary.json", lambda f: f.write(text))  # a torn summary would block report/bench
+    folder.write_summary({**summary, **run_info})
     return summary
 
 
@@ -388,14 +387,9 @@ def _checkpoint_meta(cfg: Any, splits: Any, task: Any, teacher_arch: str | None,
     return meta
 
 
-def _write_run_record(cfg: Any, out: Path, command: str, runtime: Any, dist_env: Any, malloc: str,
-                      splits: Any, meta: dict[str, Any], augmentation: str | None) -> dict[str, Any]:
-    """``config.yaml`` and ``run.json`` (command, environment, data sizes, the method's resolved parameters)."""
-    from lakd.atomic import atomic_write_text
-    from lakd.config import dump_yaml
-
-    # on --resume too: only keys check_resume_config allows can differ, and a later resume compares with these
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+def _run_record(cfg: Any, command: str, runtime: Any, dist_env: Any, malloc: str, splits: Any,
+                meta: dict[str, Any], augmentation: str | None) -> dict[str, Any]:
+    """What ``run.json`` records: command, config, environment, data sizes, the method's resolved parameters."""
     run_info = {"command": command, "config": cfg.to_dict(),
                 "env": {k: os.environ[k] for k in ("LAKD_DATA", "LAKD_CACHE") if k in os.environ},
                 "environment": {**environment_info(runtime), "world_size": dist_env.world_size,
@@ -407,7 +401,6 @@ def _write_run_record(cfg: Any, out: Path, command: str, runtime: Any, dist_env:
                 "augmentation": augmentation}
     if "distill" in meta:  # the method's parameters as resolved (defaults included), not only the overrides
         run_info["distill"] = meta["distill"]
-    atomic_write_text(out / "run.json", json.dumps(run_info, indent=2))
     return run_info
 
 

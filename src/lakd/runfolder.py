@@ -1,4 +1,5 @@
-"""A run folder, owned by one process from the start of a run to its end.
+"""A run folder, owned by one process from the start of a run to its end: its lock, its judgement, the settings a
+resume continues with, and its record files (config.yaml, run.json, summary.json), written atomically.
 
 The order is what makes it safe: the folder is locked *before* it is judged (empty, resumable, or to be cleared
 with ``--force``), and the judgement is made under the lock, so a run that finishes in the folder while another
@@ -114,6 +115,24 @@ class RunFolder:
         """``--force``: the previous run's files go, when the new run is about to write its first."""
         for name in RUN_FILES:
             (self.out / name).unlink(missing_ok=True)
+
+    def write_record(self, config_yaml: str, run_info: dict[str, Any]) -> None:
+        """``config.yaml`` and ``run.json``, atomically (on --resume too: only keys ``check_resume_config`` allows
+        can differ, and a later resume compares with these)."""
+        import json
+
+        from lakd.atomic import atomic_write_text
+
+        atomic_write_text(self.out / "config.yaml", config_yaml)
+        atomic_write_text(self.out / "run.json", json.dumps(run_info, indent=2))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """``summary.json``, atomically: a torn summary would block ``report`` and ``bench``."""
+        import json
+
+        from lakd.atomic import atomic_write_text
+
+        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
 
     def recorded_settings(self) -> tuple[dict[str, Any], str]:
         """``(configuration, where it was read)`` of the run to resume: as its checkpoint records it (``last.pt``,
