@@ -195,3 +195,15 @@ def test_examples_run(script: str, tmp_path: Path) -> None:
                                                                                "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "student saved" in result.stdout
+
+
+def test_a_vit_at_another_size_is_one_error_naming_the_option_that_fixes_it(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from lakd.cli import main
+
+    argv = ["train", "--model", "timm:vit_tiny_patch16_224", "--dataset", "synthetic", "data.synthetic_size=48",
+            "data.val_size=8", "--epochs", "1", "--batch-size", "8", "--no-progress", "train.threads=1"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.kwargs={img_size: 32}" in err and not (tmp_path / "a").exists()
+    assert main([*argv, "model.kwargs={img_size: 32}", "--out", str(tmp_path / "b")]) == 0

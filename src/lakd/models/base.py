@@ -141,10 +141,12 @@ def check_input_size(model: nn.Module, role: str, input_shape: tuple[int, int, i
         logits = probe_logits(model, input_shape)
     except MODEL_INPUT_ERRORS as err:
         reason = first_line(err)
-        sides = [*range(1, 65), 96, 128, 192, 256, 384, 512]  # small models at small sizes: a few ms each
+        sides = [*range(1, 65), 96, 128, 192, 224, 256, 384, 512]  # small models at small sizes: a few ms each
         smallest = next((side for side in sides if _accepts(model, side, channels)), None)
         hint = (f"use images of at least {smallest}x{smallest} pixels, or a model made for small images" if smallest
                 else "this model cannot run on these images")
+        if str(name).startswith("timm:"):  # timm's ViTs and the like are built for one size, and take another
+            hint += f"; a timm model built for one size takes yours with model.kwargs={{img_size: {height}}}"
         raise LakdError(f"{who} '{name}' cannot take {height}x{width} images ({reason}); {hint}") from None
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         shown = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
