@@ -49,6 +49,9 @@ def test_bench_runs_collects_tabulates_and_skips_finished(
     runs, results = tmp_path / "runs", tmp_path / "results"
     args = ["bench", str(tiny_protocol), "--runs-dir", str(runs), "--results-dir", str(results), "--no-progress"]
     assert main(args) == 0
+    printed = capsys.readouterr().out
+    # the time left, from the runs trained so far, before each further run (issue 34)
+    assert "[bench] 1 of 4 runs trained in" in printed and "min for the 3 left" in printed
     folder = results / "tiny"
     files = sorted(p.name for p in folder.glob("*-s*.json"))
     assert files == ["kd-s0.json", "kd-s1.json", "vanilla-s0.json", "vanilla-s1.json"]

@@ -501,13 +501,21 @@ def run_bench(
                         "current parameters, or give the protocol an entry with the old ones")
     order = {"done": 0, "collect": 1, "resume": 2, "restart": 3, "new": 4}
     failed = []
+    to_train = sum(run_state(r) not in ("done", "collect") for r in runs)
+    trained: list[float] = []  # wall seconds of the runs trained by this bench so far
     for run in sorted(runs, key=lambda r: order[run_state(r)]):
         state = run_state(run)
         if state == "done":
             print(f"[bench] {run.label}: done ({run.result_path})")
             continue
         if state != "collect":
+            left = to_train - len(trained)
+            if trained:  # the finished runs' mean as the estimate of the rest (each run prints its own too)
+                print(f"[bench] {len(trained)} of {to_train} runs trained in {sum(trained) / 60:.0f} min; about "
+                      f"{left * sum(trained) / len(trained) / 60:.0f} min for the {left} left", flush=True)
+            started = time.perf_counter()
             rc = execute(run, data_root, progress)
+            trained.append(time.perf_counter() - started)
             if rc != 0:
                 failed.append(f"{run.label} (exit {rc}; its output is above, its files in {run.run_dir})")
                 if rc in (130, 143, -2, -15):  # Ctrl-C / SIGTERM: stop the whole bench; the run resumes next time
