@@ -100,3 +100,19 @@ def test_a_loop_that_forgets_train_mode_or_the_projectors_is_warned_once() -> No
             optimizer.zero_grad()
             right.step(x, y, progress=0.2)
             optimizer.step()
+
+
+def test_step_checks_its_batch_against_the_pair() -> None:
+    d = lakd.distiller("kd", build_model("resnet8", 10), build_model("resnet14", 10), input_shape=SHAPE)
+    d.train()
+    x = torch.randn(4, *SHAPE)
+    for images, labels, message in (
+        (x, torch.tensor([0, 1, 2, 10]), "labels run from 0 to 10, but the models predict 10 classes"),
+        (x, torch.tensor([0.0, 1.0, 2.0, 3.0]), "labels must be an integer tensor of 4 class indices"),
+        (x, torch.tensor([0, 1]), "labels must be an integer tensor of 4 class indices"),
+        (torch.randn(4, 1, 32, 32), torch.arange(4), "images have 1 channels, the models take 3"),
+        (torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8), torch.arange(4), "images must be a float tensor"),
+    ):
+        with pytest.raises(lakd.LakdError, match=message):
+            d.step(images, labels, progress=0.1)
+    assert torch.isfinite(d.step(x, torch.arange(4), progress=0.1))

@@ -66,7 +66,7 @@ def plain_or_staged(model: nn.Module, stages: StagesArg, role: str, needs_stages
         return model
 
 
-def _check_pair(student: StagedModel, teacher: StagedModel | None, input_shape: tuple[int, ...]) -> None:
+def _check_pair(student: StagedModel, teacher: StagedModel | None, input_shape: tuple[int, ...]) -> int:
     """The pair checked at construction, whatever the method: two different modules that run on ``input_shape``
     and predict the same number of classes (a raw torch error, or nothing at all, otherwise)."""
     from lakd.models.adapter import user_model
@@ -80,13 +80,15 @@ def _check_pair(student: StagedModel, teacher: StagedModel | None, input_shape: 
         raise LakdError("the student and the teacher are the same module: distil into a separate student (e.g. "
                         "copy.deepcopy(teacher), or a smaller model)")
     check_input_size(student, "student", input_shape)  # type: ignore[arg-type]
+    ns = int(probe_logits(student, input_shape).shape[1])  # type: ignore[arg-type]
     if teacher is None:
-        return
+        return ns
     check_input_size(teacher, "teacher", input_shape)  # type: ignore[arg-type]
-    ns, nt = (probe_logits(m, input_shape).shape[1] for m in (student, teacher))  # type: ignore[arg-type]
+    nt = int(probe_logits(teacher, input_shape).shape[1])  # type: ignore[arg-type]
     if ns != nt:
         raise LakdError(f"the student predicts {ns} classes but the teacher {nt}: both need the same classes (give "
                         f"the student a {nt}-way head, or fine-tune the teacher to {ns} classes first)")
+    return ns
 
 
 def distiller(
@@ -111,10 +113,12 @@ def distiller(
     """
     s = staged(student, student_stages, "student")
     t = staged(teacher, teacher_stages, "teacher") if teacher is not None else None
-    _check_pair(s, t, tuple(input_shape))
+    classes = _check_pair(s, t, tuple(input_shape))
     if not (isinstance(epochs, (int, float)) and 0 < epochs < float("inf")):
         raise LakdError(f"epochs must be a positive number, got {epochs!r}")
     labels = torch.as_tensor(train_labels) if train_labels is not None else None
     # the progress -> epoch mapping of step() uses total_epochs; integral counts keep epoch-based warm-ups exact
-    return build_distiller(method, s, t, params, input_shape=tuple(input_shape), total_epochs=epochs,  # type: ignore[arg-type]
-                           train_labels=labels)
+    built = build_distiller(method, s, t, params, input_shape=tuple(input_shape), total_epochs=epochs,  # type: ignore[arg-type]
+                            train_labels=labels)
+    built.num_classes = classes  # step() checks its batches against it
+    return built

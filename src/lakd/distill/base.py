@@ -128,9 +128,31 @@ class Distiller(nn.Module):
         total loss, detached. Zero the gradients before and step your optimizer after, as for ``loss.backward()``.
         ``progress``: fraction of training done, in [0, 1] (schedules and warm-ups follow it)."""
         self._check_loop_state()
+        self._check_batch_inputs(x, y)
         _, losses = self.train_step(x, y, self._checked(progress), backward=lambda loss: loss.backward(),
                                     autocast=autocast, **batch)
         return sum(losses.values(), torch.zeros((), device=x.device))
+
+    num_classes: int | None = None  # set by lakd.distiller: the pair's class count
+
+    def _check_batch_inputs(self, x: Any, y: Any) -> None:
+        """A batch from a hand-written loop: images (B, C, H, W) with the channels the models take, and labels that
+        are class indices for this pair (one LakdError rather than a torch error deep in a loss)."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+            raise LakdError(f"step: images must be a float tensor (batch, channels, height, width), got "
+                            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+                            f"{' of ' + str(x.dtype) if isinstance(x, torch.Tensor) else ''}")
+        if x.shape[1] != self.input_shape[0]:
+            raise LakdError(f"step: images have {x.shape[1]} channels, the models take {self.input_shape[0]} "
+                            f"(input_shape {tuple(self.input_shape)})")
+        if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype not in (torch.int64, torch.int32) \
+                or len(y) != len(x):
+            raise LakdError(f"step: labels must be an integer tensor of {len(x)} class indices, got "
+                            f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}"
+                            f"{' of ' + str(y.dtype) if isinstance(y, torch.Tensor) else ''}")
+        if self.num_classes is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            raise LakdError(f"step: labels run from {int(y.min())} to {int(y.max())}, but the models predict "
+                            f"{self.num_classes} classes (labels 0 to {self.num_classes - 1})")
 
     def _check_loop_state(self) -> None:
         """What a hand-written loop gets wrong silently, said once each: a student left in eval mode (BatchNorm
