@@ -51,3 +51,16 @@ def test_demo_without_data_says_how_to_get_it(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert "CIFAR-10 is not under the data root" in err and "lakd data download cifar10" in err
     assert not (tmp_path / "d").exists()
+
+
+def test_the_demo_turns_its_first_students_early_estimate_into_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    from lakd.demo import _DemoLog
+
+    log = _DemoLog(2)
+    log("epoch 1/2 | loss 2.3")
+    log("estimate: 120 ms a step, ~3.5 min of training left (2 epochs x 156 steps; evaluation adds to it)")
+    log("estimate: 90 ms a step, ~2.5 min of training left (2 epochs x 156 steps; evaluation adds to it)")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("demo: ")] == [
+        "demo: about 7 min of training for its 2 students (from this one's first steps), plus evaluation and pictures"]
+    assert len(lines) == 4  # every run line is still printed

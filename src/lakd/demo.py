@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -66,6 +67,23 @@ def comparison_table(rows: list[dict[str, Any]], teacher_top1: float) -> str:
     return "\n".join(lines)
 
 
+class _DemoLog:
+    """The runs' log lines, printed; the first student's early time estimate also becomes the whole demo's (its
+    students train on the same budget), so the user knows the cost before it is spent."""
+
+    def __init__(self, students: int) -> None:
+        self.students, self.said = students, False
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        found = re.match(r"estimate: .*~([\d.]+) (min|h) of training left", line)
+        if found and not self.said:
+            self.said = True
+            minutes = float(found.group(1)) * (60 if found.group(2) == "h" else 1) * self.students
+            print(f"demo: about {minutes:.0f} min of training for its {self.students} students (from this one's first "
+                  "steps), plus evaluation and pictures", flush=True)
+
+
 def _settings(overrides: list[str]) -> dict[str, Any]:
     from lakd.config import parse_override
 
@@ -93,7 +111,7 @@ def run_demo(args: argparse.Namespace) -> int:
         student, epochs, limit = "resnet20", args.epochs or 2, args.train_limit or 20000
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
-    run_args = {"train": dataset, "progress": False if args.no_progress else None, "log": print}
+    run_args = {"train": dataset, "progress": False if args.no_progress else None, "log": _DemoLog(len(DEMO_METHODS))}
     if args.force and out.exists():
         for name in ("teacher", *DEMO_METHODS):
             shutil.rmtree(out / name, ignore_errors=True)
@@ -109,7 +127,7 @@ def run_demo(args: argparse.Namespace) -> int:
               "work train one with `lakd train -c configs/cifar10_teacher.yaml`)")
         _step(["train", "--model", arch, "--epochs", "1", "--out", str(out / "teacher"), "--dataset", dataset,
                *overrides, *common], student=arch, epochs=1, out=out / "teacher", settings=_settings(overrides),
-              **run_args)
+              **{**run_args, "log": print})  # the teacher's estimate is not the students'
         teacher = str(out / "teacher" / "best.pt")
 
     for method in DEMO_METHODS:
