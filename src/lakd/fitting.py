@@ -171,26 +171,16 @@ def fit(
         raise LakdError("with val_size=0 and neither val nor test there is nothing to evaluate the student on: "
                         "give val or test, or hold out training images (val_size)")
     distilled = teacher is not None or method is not None
+    if params and not distilled:
+        raise LakdError("params are a distillation method's: give a teacher (and a method), or leave out params")
     flags: dict[str, Any] = {
         "train.epochs": epochs, "data.batch_size": batch_size, "optim.lr": lr, "train.seed": seed,
         "train.device": device, "train.precision": precision, "data.augment": augment, "data.workers": workers,
         "data.mean": list(mean) if mean is not None else None, "data.std": list(std) if std is not None else None,
         "train.progress": progress, "out": str(out),
         "model.name": student if _is_name(student) else python_name(student),
+        **_source_flags(train, val_size, augment, teacher, method, params, distilled),
     }
-    if user_data:
-        flags["data.dataset"] = python_name(train)
-        if augment is None:
-            flags["data.augment"] = False  # the user's transforms augment
-    else:
-        flags["data.dataset"] = str(train)
-        flags["data.val_size"] = val_size
-    if distilled:
-        flags["distill.method"] = method or "lakd"
-        flags["distill.teacher"] = None if teacher is None else teacher if _is_name(teacher) else python_name(teacher)
-        flags["distill.params"] = params
-    elif params:
-        raise LakdError("params are a distillation method's: give a teacher (and a method), or leave out params")
     files = [str(config)] if _is_name(config) else [str(f) for f in config or []]
     flags.update(settings or {})
     cfg = build_config(DistillRunConfig if distilled else RunConfig, files, flags=flags)
@@ -202,6 +192,24 @@ def fit(
         cfg.data.val_size = 0 if val is not None else len(given.splits.val or ())
     return fit_config(cfg, out, command=_describe_call(student, teacher, train, val, test, cfg), resume=resume,
                       force=force, given=given, log=log)
+
+
+def _source_flags(train: Any, val_size: int | None, augment: bool | None, teacher: Any, method: str | None,
+                  params: dict[str, Any] | None, distilled: bool) -> dict[str, Any]:
+    """The config keys that say where the data and the teacher come from: names as they are, objects as
+    ``python:<class>``; a user's dataset is augmented by its own transforms unless ``augment`` says otherwise."""
+    flags: dict[str, Any] = {}
+    if _is_name(train):
+        flags.update({"data.dataset": str(train), "data.val_size": val_size})
+    else:
+        flags["data.dataset"] = python_name(train)
+        if augment is None:
+            flags["data.augment"] = False
+    if distilled:
+        flags["distill.method"] = method or "lakd"
+        flags["distill.teacher"] = None if teacher is None else teacher if _is_name(teacher) else python_name(teacher)
+        flags["distill.params"] = params
+    return flags
 
 
 def _user_splits(cfg: Any, settings: dict[str, Any], train: Any, val: Any, test: Any, val_size: int | None,
