@@ -141,8 +141,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], meta: dict[str, Any], what: str)
     arch = meta["arch"]
     if isinstance(arch, str) and arch.startswith("python:"):
         raise LakdError(f"{what} holds a model built in Python ({arch[len('python:'):]}), which lakd cannot rebuild by "
-                        "name: load its weights into your own module, model.load_state_dict(torch.load(path, "
-                        "weights_only=True)['model']), or use lakd.fit's summary.load_best(model)")
+                        "name: load its weights into your own module (its 'model' entry, read with "
+                        "torch.load(path, weights_only=True)), or use lakd.fit's summary.load_best(model)")
     if not isinstance(arch, str) or not is_known_model(arch):
         raise LakdError(f"{what}: unknown architecture '{arch}'{did_you_mean(str(arch), list_models())}; it was "
                         "written by another lakd version or is not a lakd checkpoint (see `lakd train --list-models`)")

@@ -260,7 +260,9 @@ def _teacher_for(cfg: Any, teacher_ckpt: Any, given: GivenObjects, splits: Any,
         return None, None
     teacher = _build_teacher(teacher_ckpt, splits)
     meta = teacher_ckpt[1]
-    if splits.name.startswith(PYTHON_PREFIX) and tuple(splits.std) == (1.0, 1.0, 1.0) and meta.get("mean"):
+    from lakd.data.objects import FLOAT
+
+    if getattr(splits.train, "kind", None) == FLOAT and meta.get("mean"):  # a user's float images, as they made them
         log(f"note: teacher '{teacher_ckpt[2]}' was trained on images normalised with mean {meta['mean']} and std "
             f"{meta['std']}; your dataset yields float tensors, which lakd passes on as they are: normalise them "
             "the same way in your transform")
