@@ -31,7 +31,8 @@ log() { echo "[queue] $(date -u +%Y-%m-%dT%H:%MZ) $*"; }
 # else (`git commit -- PATHS` leaves whatever else is staged in main alone); a failure (a busy index) only waits
 # for the next result's commit
 commit_results() {
-    local paths=(benchmarks/results/cifar100-strong benchmarks/results/cifar100-strong-teachers src/lakd/teachers)
+    local paths=(benchmarks/results/cifar100-strong benchmarks/results/cifar100-strong-teachers src/lakd/teachers
+                 benchmarks/studies/results/lakd-parts-cifar100)
     git -C "$main_repo" add -- "${paths[@]}" 2>/dev/null || true
     git -C "$main_repo" commit -q -m "cifar100-strong: $1" -- "${paths[@]}" 2>/dev/null && log "committed: $1" || true
 }
@@ -65,18 +66,24 @@ PY
     again
 }
 
-# the protocol's runs: `lakd bench` at the pin, results straight into main's benchmarks/results
-# bench PAIR SEEDS METHODS...: one `lakd bench` call per run, each result committed when it lands
-bench() {
-    local pair=$1 seeds=$2 method seed
-    shift 2
+# the protocol's runs: `lakd bench` at the pin, results straight into main's benchmarks/results (the item-5 study's
+# into main's benchmarks/studies/results); each result committed when it lands
+# bench PAIR SEEDS METHODS...: one `lakd bench cifar100-strong` call per run
+bench() { bench_in cifar100-strong cifar100-strong benchmarks/results "$@"; }
+# study PAIR SEEDS VARIANTS...: the same for benchmarks/studies/lakd_parts_cifar100.yaml (main's file, the pin's code)
+study() {
+    bench_in "$main_repo/benchmarks/studies/lakd_parts_cifar100.yaml" lakd-parts-cifar100 benchmarks/studies/results "$@"
+}
+bench_in() {  # bench_in PROTOCOL ITS-NAME RESULTS-DIR PAIR SEEDS METHODS...
+    local protocol=$1 label=$2 results=$3 pair=$4 seeds=$5 method seed
+    shift 5
     for seed in $seeds; do
         for method in "$@"; do
-            [ -f "$main_repo/benchmarks/results/cifar100-strong/$pair/$method-s$seed.json" ] && continue
-            log "lakd bench --pairs $pair --methods $method --seeds $seed"
-            python -m lakd bench cifar100-strong --no-progress --results-dir "$main_repo/benchmarks/results" \
+            [ -f "$main_repo/$results/$label/$pair/$method-s$seed.json" ] && continue
+            log "lakd bench $label --pairs $pair --methods $method --seeds $seed"
+            python -m lakd bench "$protocol" --no-progress --results-dir "$main_repo/$results" \
                 --pairs "$pair" --methods "$method" --seeds "$seed"
-            commit_results "$pair $method seed $seed (pinned at $PIN)"
+            commit_results "$label $pair $method seed $seed (pinned at $PIN)"
         done
     done
 }
@@ -88,12 +95,28 @@ vals = {p.name[:-len("-s0.json")]: json.loads(p.read_text())["best_val_top1"] fo
 print(" ".join(sorted((m for m in vals if not m.startswith("lakd")), key=lambda m: -vals[m])[:3]))
 PY
 }
+# item 5 (pre-registered in docs/benchmarks-cifar100.md before any student ran): if frozen `lakd` is not >= 0.5
+# test points ahead of the best baseline on a pair (3 seeds), its parts are studied on the ResNet pair's validation
+# split (seed 0 of four variants, seeds 1-2 of those >= 0.5 above frozen `lakd`'s seed-0 validation), and the
+# variants whose 3-seed validation mean is >= 0.5 above frozen `lakd`'s run untouched, 3 seeds, on the VGG pair.
+# The rules are applied by benchmarks/cifar100_strong_study.py from the committed JSONs, never by hand.
+rules() { python "$main_repo/benchmarks/cifar100_strong_study.py" "$@"; }
+study_if_behind() {  # study_if_behind PAIR: the study's ResNet-pair runs, only if LAKD is not ahead on PAIR
+    local rc=0
+    rules behind "$1" || rc=$?
+    [ "$rc" -eq 0 ] || return 0  # ahead (1), or PAIR's seeds not all in (2: nothing to decide yet)
+    study resnet56_resnet20 "0" lakd-no-ndam lakd-no-feat lakd-no-ramp lakd-logit-kd
+    study resnet56_resnet20 "1 2" $(rules carried)
+}
 # The order puts first what decides the most: the resnet pair's seed 0 of every method (is LAKD ahead there, which
 # three baselines get seeds), then its seeds, then the vgg13 teacher and the heterogeneous pair the same way.
 teacher resnet56 80
 bench resnet56_resnet20 "0" lakd lakd-local kd fitnet dkd dist kd-ls at nd crd reviewkd vanilla
 bench resnet56_resnet20 "1 2" lakd lakd-local $(strongest resnet56_resnet20)
+study_if_behind resnet56_resnet20
 teacher vgg13 50
 bench vgg13_mobilenetv2 "0" lakd lakd-local kd fitnet dkd dist kd-ls at nd crd vanilla reviewkd
 bench vgg13_mobilenetv2 "1 2" lakd lakd-local $(strongest vgg13_mobilenetv2)
+study_if_behind vgg13_mobilenetv2
+study vgg13_mobilenetv2 "0 1 2" $(rules confirmed)
 log "done"

@@ -1,0 +1,76 @@
+"""benchmarks/cifar100_strong_study.py applies issue 31's pre-registered item-5 rules: when the study runs, which
+variants go on to more seeds, and which go to the VGG pair, each at the 0.5-point boundary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.scripts import load_script
+
+
+@pytest.fixture
+def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    module = load_script("cifar100_strong_study.py")
+    monkeypatch.setattr(module, "MAIN", tmp_path / "main")
+    monkeypatch.setattr(module, "STUDY", tmp_path / "study")
+    return module
+
+
+def put(folder: Path, entry: str, seed: int, test: float, val: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{entry}-s{seed}.json").write_text(json.dumps({"best_test_top1": test, "best_val_top1": val}))
+
+
+def three(folder: Path, entry: str, tests: tuple[float, float, float], val: float = 50.0) -> None:
+    for seed, t in enumerate(tests):
+        put(folder, entry, seed, t, val)
+
+
+def test_behind_compares_three_seed_test_means_against_the_best_seeded_baseline(study, capsys) -> None:
+    pair = study.MAIN / "p"
+    three(pair, "lakd", (60.0, 61.0, 62.0))  # mean 61.0
+    three(pair, "dkd", (60.4, 60.5, 60.6))   # mean 60.5: the best seeded baseline
+    three(pair, "kd", (59.0, 59.0, 59.0))
+    assert study.behind("p") == 2  # only two baselines have 3 seeds
+    three(pair, "dist", (58.0, 58.0, 58.0))
+    put(pair, "crd", 0, 70.0, 40.0)  # seed 0 only: not one of the three, not compared
+    three(pair, "lakd-local", (70.0, 70.0, 70.0))  # LAKD's other form is not a baseline
+    assert study.behind("p") == 1  # +0.50: ahead, no study
+    assert "dkd 60.50" in capsys.readouterr().out
+    put(pair, "lakd", 2, 61.99, 50.0)  # mean 60.997: +0.497 is not enough
+    assert study.behind("p") == 0
+    assert "NOT ahead" in capsys.readouterr().out
+
+
+def test_missing_lakd_seed_means_not_decided(study) -> None:
+    pair = study.MAIN / "p"
+    for entry in ("kd", "dkd", "dist"):
+        three(pair, entry, (50.0, 50.0, 50.0))
+    put(pair, "lakd", 0, 70.0, 70.0)
+    assert study.behind("p") == 2
+
+
+def test_carried_and_confirmed_read_validation_only(study) -> None:
+    main, variants = study.MAIN / study.STUDY_PAIR, study.STUDY / study.STUDY_PAIR
+    for seed, val in enumerate((60.0, 61.0, 62.0)):  # frozen lakd: seed 0 val 60.0, mean 61.0
+        put(main, "lakd", seed, 10.0, val)
+    put(variants, "lakd-no-ndam", 0, 0.0, 60.5)   # exactly +0.5: carried
+    put(variants, "lakd-no-feat", 0, 99.0, 60.49)  # test far higher, validation +0.49: not carried
+    put(variants, "lakd-no-ramp", 0, 0.0, 65.0)   # carried
+    assert study.carried() == ["lakd-no-ndam", "lakd-no-ramp"]
+    assert study.confirmed() == []  # seeds 1-2 not in yet
+    put(variants, "lakd-no-ndam", 1, 0.0, 61.0)
+    put(variants, "lakd-no-ndam", 2, 0.0, 63.0)   # mean 61.5 = frozen + 0.5: confirmed
+    put(variants, "lakd-no-ramp", 1, 0.0, 59.0)
+    put(variants, "lakd-no-ramp", 2, 0.0, 59.0)   # mean 61.0: not confirmed despite its seed 0
+    assert study.confirmed() == ["lakd-no-ndam"]
+
+
+def test_the_variants_are_the_study_protocols_entries(study) -> None:
+    import yaml
+
+    protocol = yaml.safe_load((study.ROOT / "studies" / "lakd_parts_cifar100.yaml").read_text())
+    assert tuple(protocol["methods"]) == study.VARIANTS == tuple(protocol["default_methods"])
