@@ -54,3 +54,17 @@ def test_a_later_memory_file_overrides_a_method() -> None:
     rows = {r.split("|")[1].strip(): r for r in table(SUMMARY, None, [MEMORY, later]).splitlines()[2:5]}
     assert rows["lakd"].endswith("| 110.0 | 0.55× |") and rows["crd"].endswith("| 250.0 | 1.25× |")
     assert rows["kd"].endswith("| 200.0 | 1.00× |")  # kept from the first file
+
+
+def test_a_protocol_with_pairs_takes_the_pairs_own_measurements() -> None:
+    both = {"methods": {"a/kd": {"status": "ok", "img_per_s": 600.0, "peak_mem_mb": 700.0},
+                        "a/lakd": {"status": "ok", "img_per_s": 300.0, "peak_mem_mb": 710.0},
+                        "b/kd": {"status": "ok", "img_per_s": 100.0, "peak_mem_mb": 900.0},
+                        "b/lakd": {"status": "ok", "img_per_s": 90.0, "peak_mem_mb": 950.0}},
+            "paired_speed": {"base": "a/kd", "ratios": {"a/kd": 1.0, "a/lakd": 0.52, "b/kd": 0.17, "b/lakd": 0.15}}}
+    rows = {r.split("|")[1].strip(): r for r in table(SUMMARY, both, None, pair="b").splitlines()[2:5]}
+    # the file's paired ratios are to its base (a/kd): the table's are to the pair's own KD (0.15 / 0.17)
+    assert "| 90 | 0.88× | 950 |" in rows["lakd"] and "| 100 | 1.00× | 900 |" in rows["kd"]
+    assert "| 300 |" not in table(SUMMARY, both, None, pair="b")
+    rows = {r.split("|")[1].strip(): r for r in table(SUMMARY, both, None, pair="a").splitlines()[2:5]}
+    assert "| 300 | 0.52× | 710 |" in rows["lakd"]
