@@ -33,6 +33,11 @@ log() { echo "[queue] $(date -u +%Y-%m-%dT%H:%MZ) $*"; }
 commit_results() {
     local paths=(benchmarks/results/cifar100-strong benchmarks/results/cifar100-strong-teachers src/lakd/teachers
                  benchmarks/studies/results/lakd-parts-cifar100)
+    local path present=()
+    for path in "${paths[@]}"; do  # a missing path would fail the whole add and commit (pathspec did not match)
+        [ -e "$main_repo/$path" ] && present+=("$path")
+    done
+    paths=("${present[@]}")
     git -C "$main_repo" add -- "${paths[@]}" 2>/dev/null || true
     git -C "$main_repo" commit -q -m "cifar100-strong: $1" -- "${paths[@]}" 2>/dev/null && log "committed: $1" || true
 }
