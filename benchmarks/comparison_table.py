@@ -91,7 +91,7 @@ def table(summary: dict[str, Any], speed: dict[str, Any] | list[tuple[str, dict[
         lines.append(f"| {m} | {','.join(map(str, e['seeds']))} | {_cell(e, 'best_test_top1')} | "
                      f"{_cell(e, 'last_test_top1')} | {_cell(e, 'best_val_top1')} | {img} | {img_ratio} | {peak} | "
                      f"{mem} | {mem_ratio} |")
-    used = {index for *_, index in speeds.values()}
+    used = {speeds[e["method"]][3] for e in methods if e["method"] in speeds}  # files behind the rows shown
     notes = [f"{'†' * i} speed from `{name}`, relative to its own KD (img/s of two measurements do not compare)"
              for i, (name, _) in enumerate(files) if i and i in used]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"

@@ -68,3 +68,9 @@ def test_a_protocol_with_pairs_takes_the_pairs_own_measurements() -> None:
     assert "| 300 |" not in table(SUMMARY, both, None, pair="b")
     rows = {r.split("|")[1].strip(): r for r in table(SUMMARY, both, None, pair="a").splitlines()[2:5]}
     assert "| 300 | 0.52× | 710 |" in rows["lakd"]
+
+
+def test_a_later_file_is_noted_only_when_a_row_shown_uses_it() -> None:
+    later = {"methods": {"kd": {"status": "ok", "img_per_s": 400.0}, "vanilla": {"status": "ok", "img_per_s": 700.0}}}
+    text = table(SUMMARY, [("first.json", SPEED), ("later.json", later)], None)
+    assert "later.json" not in text  # vanilla has no row here; kd's row stays the first file's
