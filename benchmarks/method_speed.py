@@ -4,7 +4,11 @@ The img/s a protocol's training runs record is only as clean as the machine was 
 jobs, resumes); this measures each method once more, one after another in one invocation, with the protocol's
 exact command (its configs, method config and overrides, `lakd bench`'s own command line), cut to a few steps:
 two epochs of ``--steps`` steps each, the second one reported (the first holds start-up and, when compiled, the one-off
-compilation). Each method runs in its own process, as in the protocol.
+compilation). Each method runs in its own process, as in the protocol. The epochs are cut with
+``train.max_steps_per_epoch``, never by shrinking the training set: a method whose state is sized by the training
+set (CRD's memory bank holds every sample's embedding, and every step scores against it) then costs what it costs in
+the protocol's run. (Measurements made before 2026-12-05 cut the set to ``--steps`` batches, which left CRD a bank of
+that many samples, 1.3-1.5x too fast; their files record ``data.train_limit`` in each command.)
 
 Run:  LAKD_DATA=../shared/data python benchmarks/method_speed.py cifar10-strong [--steps 100]
           [--methods kd lakd ...] [--compile true] [--repeats 3] [--vary train.malloc=auto,system]
@@ -25,13 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lakd.bench import command_config, load_protocol, plan_runs
+from lakd.bench import load_protocol, plan_runs
 from lakd.run import environment_info
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure(command: list[str], steps: int, batch: int, compile_choice: str, extra: tuple[str, ...] = ()
+def measure(command: list[str], steps: int, compile_choice: str, extra: tuple[str, ...] = ()
             ) -> dict[str, Any]:
     """Two short epochs of ``lakd distill`` ``command`` (its ``--out`` replaced) with ``extra`` overrides; the
     second epoch's numbers."""
@@ -39,7 +43,7 @@ def measure(command: list[str], steps: int, batch: int, compile_choice: str, ext
         out = Path(tmp) / "run"
         args = list(command)
         args[args.index("--out") + 1] = str(out)
-        args += ["--epochs", "2", f"data.train_limit={steps * batch}", "train.eval_test=false",
+        args += ["--epochs", "2", f"train.max_steps_per_epoch={steps}", "train.eval_test=false",
                  "data.test_limit=500", f"distill.compile={compile_choice}", *extra, "--no-progress"]
         faults_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
         start = time.perf_counter()
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for run, (name, extra) in ((run, v) for run in runs for v in variants):  # never two on the CPU at once
             command = run.command(data_root, progress=False)
             print(f"{key(run)}{name} (round {round_index + 1}/{args.repeats}) ...", flush=True)
-            r = measure(command, args.steps, _batch_size(command), args.compile, extra)
+            r = measure(command, args.steps, args.compile, extra)
             rounds[key(run) + name].append(r)
             print(f"  {r['img_per_s']:.0f} img/s, peak {r['peak_mem_mb']:.0f} MB" if r["status"] == "ok"
                   else f"  failed: {r['reason'][-200:]}", flush=True)
@@ -157,11 +161,6 @@ def paired_ratios(rounds: dict[str, list[dict[str, Any]]], base: str) -> dict[st
             continue
         ratios[method] = statistics.median(b["img_per_s"] / a["img_per_s"] for a, b in pairs)
     return ratios
-
-
-def _batch_size(command: list[str]) -> int:
-    """The run's training batch size as the config loader resolves its ``-c`` files and overrides."""
-    return int(command_config(command).data.batch_size)
 
 
 if __name__ == "__main__":

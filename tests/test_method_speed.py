@@ -29,12 +29,13 @@ def test_measure_runs_the_protocol_command_cut_short(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(ms.subprocess, "run", fake_run)
     command = ["distill", "-c", "configs/cifar10_strong.yaml", "-c", "configs/methods/dkd.yaml", "--seed", "0",
                "--out", "runs/x", "--no-progress"]
-    assert ms._batch_size(command) == 128  # what the protocol's config says
-    result = ms.measure(command, steps=7, batch=128, compile_choice="true")
+    result = ms.measure(command, steps=7, compile_choice="true")
     assert result["status"] == "failed" and "no data here" in result["reason"]
     cmd = seen["cmd"]
     assert cmd[cmd.index("--out") + 1] != "runs/x"  # never the protocol's own run folder
-    assert "data.train_limit=896" in cmd and "--epochs" in cmd and cmd[cmd.index("--epochs") + 1] == "2"
+    # epochs cut by steps, the training set whole (CRD's memory bank is sized by it)
+    assert "train.max_steps_per_epoch=7" in cmd and not any(a.startswith("data.train_limit") for a in cmd)
+    assert "--epochs" in cmd and cmd[cmd.index("--epochs") + 1] == "2"
     assert "distill.compile=true" in cmd and "configs/methods/dkd.yaml" in cmd
 
 
@@ -65,7 +66,7 @@ def test_vary_measures_each_value_interleaved(monkeypatch: pytest.MonkeyPatch, t
     ms = _load()
     calls: list[tuple[str, tuple[str, ...]]] = []
 
-    def fake_measure(command: list[str], steps: int, batch: int, compile_choice: str,
+    def fake_measure(command: list[str], steps: int, compile_choice: str,
                      extra: tuple[str, ...] = ()) -> dict[str, object]:
         calls.append((command[command.index("-c", 3) + 1], extra))
         return {"status": "ok", "img_per_s": 100.0 + len(calls), "peak_mem_mb": 1.0}

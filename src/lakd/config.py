@@ -91,6 +91,10 @@ class TrainConfig:
     # re-estimate the student's BatchNorm running statistics on this many training batches before each evaluation
     # (0: off); for models whose slow BatchNorm momentum leaves the statistics stale after a short run
     bn_recalibrate: int = 0
+    # end every epoch after this many steps (None: a whole pass over the training set). For quick checks and speed
+    # measurements on the whole training set: unlike data.train_limit it keeps the state a method sizes by the
+    # training set (CRD's memory bank of every sample); the schedule and progress follow the shortened epochs
+    max_steps_per_epoch: int | None = None
     tensorboard: bool = False  # also write TensorBoard event files to <out>/tb (needs the tensorboard package)
 
 
@@ -362,6 +366,8 @@ def validate(cfg: Any) -> None:
         raise LakdError("config key 'model.new_head' = true replaces the classifier of model.init_weights: give "
                         "the weights file too (model.init_weights / --init-weights)")
     check("train.bn_recalibrate", 0 <= cfg.train.bn_recalibrate <= 10_000, "in [0, 10000] batches")
+    if cfg.train.max_steps_per_epoch is not None:
+        check("train.max_steps_per_epoch", cfg.train.max_steps_per_epoch >= 1, ">= 1 or null")
     if cfg.train.threads is not None:
         check("train.threads", 1 <= cfg.train.threads <= 1024, "in [1, 1024] or null")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:

@@ -8,6 +8,7 @@ best validation top-1) ``best.pt`` atomically.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -338,6 +339,8 @@ class Trainer:
         loader = self.train_loader
         loader.set_epoch(epoch)
         steps = len(loader)
+        if self.cfg.train.max_steps_per_epoch is not None:
+            steps = min(steps, self.cfg.train.max_steps_per_epoch)
         sums: dict[str, float] = {}
         correct = seen = first_step = 0
         elapsed_before = 0.0
@@ -351,7 +354,8 @@ class Trainer:
         self.partial = None
         if self.runtime.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.runtime.device)
-        bar = tqdm(loader.iter_from(first_step), initial=first_step, total=steps,
+        batches = loader.iter_from(first_step)
+        bar = tqdm(itertools.islice(batches, max(steps - first_step, 0)), initial=first_step, total=steps,
                    desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", disable=not self.cfg.train.progress,
                    leave=False, dynamic_ncols=True, mininterval=1.0)
         start = time.perf_counter()
@@ -391,6 +395,7 @@ class Trainer:
                                      elapsed_before + time.perf_counter() - start)
         elapsed = elapsed_before + time.perf_counter() - start
         bar.close()
+        batches.close()  # an epoch cut by train.max_steps_per_epoch: the loader's threads stop now, not at collection
         if self.dist.enabled:  # metrics over the global batch: sum over ranks (sums are means per rank-step)
             names = sorted(sums)
             reduced = all_reduce_sum([*(sums[n] for n in names), correct, seen], self.runtime.device)
