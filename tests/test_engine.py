@@ -221,3 +221,24 @@ def test_a_state_dict_mismatch_names_the_keys(tmp_path) -> None:
     message = str(info.value)
     assert "missing: head.fc.weight" in message and "unexpected: extra.w" in message
     assert "wrong shape: stem.0.weight (3, 3, 3, 3) vs" in message and "\n" not in message
+
+
+def test_max_steps_per_epoch_cuts_epochs_not_the_training_set(tmp_path: Path) -> None:
+    # 288 training images at batch 32: 9 steps an epoch; capped at 3, each epoch takes 3 steps over the whole set
+    # and the schedule runs over the shortened epochs
+    trainer = make_trainer(tiny_config(tmp_path, epochs=2, **{"train.max_steps_per_epoch": 3}), None)
+    assert trainer.train_loader.num_images == 288 and len(trainer.train_loader) == 9
+    seen_lrs: list[float] = []
+    original = trainer.task.train_step
+
+    def counting(*args: object, **kwargs: object):  # noqa: ANN202
+        seen_lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        return original(*args, **kwargs)
+
+    trainer.task.train_step = counting  # type: ignore[method-assign]
+    trainer.fit()
+    assert len(seen_lrs) == 6
+    assert seen_lrs[0] == pytest.approx(0.1) and seen_lrs[3] == pytest.approx(lr_at(1, 0.1, 2, "cosine"))
+    assert seen_lrs[2] == pytest.approx(lr_at(2 / 3, 0.1, 2, "cosine"))  # 2 of the epoch's 3 steps, not of 9
+    with pytest.raises(LakdError, match="train.max_steps_per_epoch.*>= 1"):
+        build_config(RunConfig, overrides=["train.max_steps_per_epoch=0"])
