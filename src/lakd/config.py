@@ -97,6 +97,10 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     tensorboard: bool = False  # also write TensorBoard event files to <out>/tb (needs the tensorboard package)
 
+    def epoch_steps(self, full: int) -> int:
+        """The steps an epoch takes when a whole pass over the training set is ``full`` steps."""
+        return full if self.max_steps_per_epoch is None else min(full, self.max_steps_per_epoch)
+
 
 @dataclass
 class RunConfig:

@@ -330,10 +330,7 @@ def _build_task(cfg: Any, model: Any, teacher: Any, splits: Any, input_shape: tu
         from lakd.compiling import resolve_compile
 
         teacher, folded = prepare_teacher(teacher, input_shape)
-        per_epoch = max(1, len(splits.train) // cfg.data.batch_size)
-        if cfg.train.max_steps_per_epoch is not None:
-            per_epoch = min(per_epoch, cfg.train.max_steps_per_epoch)
-        steps = cfg.train.epochs * per_epoch
+        steps = cfg.train.epochs * cfg.train.epoch_steps(max(1, len(splits.train) // cfg.data.batch_size))
         compiled, why_not = resolve_compile(distill.compile, runtime.device, steps)
         if distill.compile == "true" and not compiled:
             print(f"lakd: note: distill.compile = true, but {why_not}: running eagerly", file=sys.stderr)

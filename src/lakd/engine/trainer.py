@@ -338,9 +338,7 @@ class Trainer:
         self.task.train()
         loader = self.train_loader
         loader.set_epoch(epoch)
-        steps = len(loader)
-        if self.cfg.train.max_steps_per_epoch is not None:
-            steps = min(steps, self.cfg.train.max_steps_per_epoch)
+        steps = self.cfg.train.epoch_steps(len(loader))
         sums: dict[str, float] = {}
         correct = seen = first_step = 0
         elapsed_before = 0.0
