@@ -12,6 +12,10 @@ single CIFAR-100 student result existed; this script applies them and nothing el
   confirmed     the carried variants whose 3-seed validation mean on the ResNet pair is >= 0.5 above frozen `lakd`'s
                 (they run untouched, 3 seeds, on the VGG pair; a default changes only if their test mean there is
                 not below frozen `lakd`'s: that last comparison is reported in the docs, not taken here)
+  targets PAIR  item 4's two targets on PAIR, stated plainly from the same JSONs (nothing is decided by it):
+                frozen `lakd` >= the best 3-seed baseline + 0.5 (test means), and `lakd-local` within 0.5 of `lakd`
+                (test means) at <= 0.6x its activations saved for backward
+                (benchmarks/results/memory_cifar100-strong_PAIR.json)
 
 Run:  python benchmarks/cifar100_strong_study.py behind resnet56_resnet20
 """
@@ -25,9 +29,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 MAIN = ROOT / "results" / "cifar100-strong"
+MEMORY = ROOT / "results" / "memory_cifar100-strong_{pair}.json"
 STUDY = ROOT / "studies" / "results" / "lakd-parts-cifar100"
 STUDY_PAIR = "resnet56_resnet20"
 MARGIN = 0.5
+LOCAL_WITHIN = 0.5  # item 4: lakd-local within 0.5 points of lakd ...
+LOCAL_MEMORY = 0.6  # ... at <= 0.6x its activation memory
 SEEDS = (0, 1, 2)
 VARIANTS = ("lakd-no-ndam", "lakd-no-feat", "lakd-no-ramp", "lakd-logit-kd")
 NOT_BASELINES = ("lakd", "lakd-local")
@@ -46,11 +53,50 @@ def _mean(folder: Path, entry: str, key: str) -> float | None:
     return statistics.fmean(values) if all(v is not None for v in values) else None  # type: ignore[arg-type]
 
 
+def _seeded_baselines(folder: Path) -> dict[str, float]:
+    """3-seed test means of the baselines that have all three seeds (the three strongest by seed-0 validation)."""
+    entries = {p.name[: -len("-s0.json")] for p in folder.glob("*-s0.json")} - set(NOT_BASELINES)
+    return {e: m for e in sorted(entries) if (m := _mean(folder, e, "best_test_top1")) is not None}
+
+
+def _mean_std(folder: Path, entry: str) -> str:
+    values = [v for s in SEEDS if (v := _metric(folder, entry, s, "best_test_top1")) is not None]
+    if not values:
+        return "no seeds"
+    spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.2f}{spread} ({len(values)} seeds)"
+
+
+def targets(pair: str) -> int:
+    """Print item 4's targets on PAIR; exit 2 while seeds are missing, else 0 (met or not: this reports)."""
+    folder = MAIN / pair
+    lakd, local = _mean(folder, "lakd", "best_test_top1"), _mean(folder, "lakd-local", "best_test_top1")
+    seeded = _seeded_baselines(folder)
+    if lakd is None or local is None or len(seeded) < 3:
+        print(f"{pair}: not all seeds are in yet")
+        return 2
+    best = max(seeded, key=lambda e: seeded[e])
+    gap = lakd - seeded[best]
+    print(f"{pair}, test top-1 at best validation (mean ± std over seeds {', '.join(map(str, SEEDS))}):")
+    print(f"  lakd {_mean_std(folder, 'lakd')}, best baseline {best} {_mean_std(folder, best)}: {gap:+.2f} "
+          f"-> target lakd >= best + {MARGIN}: {'met' if gap >= MARGIN else f'missed by {MARGIN - gap:.2f}'}")
+    local_gap = local - lakd
+    memory_file = Path(str(MEMORY).format(pair=pair))
+    ratio = None
+    if memory_file.is_file():
+        results = json.loads(memory_file.read_text())["results"]
+        ratio = results["lakd-local"]["saved_peak_mb"] / results["lakd"]["saved_peak_mb"]
+    memory = f"{ratio:.2f}x lakd's activations for backward" if ratio is not None else "memory not measured"
+    met = local_gap >= -LOCAL_WITHIN and ratio is not None and ratio <= LOCAL_MEMORY
+    print(f"  lakd-local {_mean_std(folder, 'lakd-local')}: {local_gap:+.2f} against lakd, at {memory} "
+          f"-> target within {LOCAL_WITHIN} at <= {LOCAL_MEMORY}x: {'met' if met else 'missed'}")
+    return 0
+
+
 def behind(pair: str) -> int:
     folder = MAIN / pair
     lakd = _mean(folder, "lakd", "best_test_top1")
-    entries = {p.name[: -len("-s0.json")] for p in folder.glob("*-s0.json")} - set(NOT_BASELINES)
-    seeded = {e: m for e in sorted(entries) if (m := _mean(folder, e, "best_test_top1")) is not None}
+    seeded = _seeded_baselines(folder)
     if lakd is None or len(seeded) < 3:
         print(f"{pair}: not all seeds are in yet (lakd 3 seeds: {lakd is not None}; baselines with 3 seeds: "
               f"{', '.join(seeded) or 'none'})")
@@ -86,6 +132,8 @@ def confirmed() -> list[str]:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["behind"] and len(argv) == 2:
         return behind(argv[1])
+    if argv[:1] == ["targets"] and len(argv) == 2:
+        return targets(argv[1])
     if argv == ["carried"]:
         print(" ".join(carried()))
         return 0

@@ -74,3 +74,27 @@ def test_the_variants_are_the_study_protocols_entries(study) -> None:
 
     protocol = yaml.safe_load((study.ROOT / "studies" / "lakd_parts_cifar100.yaml").read_text())
     assert tuple(protocol["methods"]) == study.VARIANTS == tuple(protocol["default_methods"])
+
+
+def test_targets_state_both_item_4_targets_at_their_boundaries(study, tmp_path: Path, capsys) -> None:
+    pair = study.MAIN / "p"
+    three(pair, "lakd", (60.0, 61.0, 62.0))        # mean 61.0
+    three(pair, "lakd-local", (60.5, 60.5, 60.5))  # -0.5: exactly within
+    three(pair, "dkd", (60.4, 60.5, 60.6))         # mean 60.5: +0.5, met
+    three(pair, "kd", (59.0, 59.0, 59.0))
+    assert study.targets("p") == 2  # two seeded baselines only
+    three(pair, "dist", (58.0, 58.0, 58.0))
+    memory = tmp_path / "memory_{pair}.json"
+    study.MEMORY = memory
+    Path(str(memory).format(pair="p")).write_text(json.dumps(
+        {"results": {"lakd": {"saved_peak_mb": 100.0}, "lakd-local": {"saved_peak_mb": 60.0}}}))
+    assert study.targets("p") == 0
+    out = capsys.readouterr().out
+    assert "lakd 61.00 ± 1.00 (3 seeds), best baseline dkd 60.50 ± 0.10 (3 seeds): +0.50" in out
+    assert "target lakd >= best + 0.5: met" in out
+    assert "-0.50 against lakd, at 0.60x" in out and "<= 0.6x: met" in out
+    put(pair, "lakd-local", 2, 60.3, 50.0)  # mean 60.433: 0.533 below lakd
+    put(pair, "lakd", 2, 61.9, 50.0)        # mean 60.967: +0.467 over dkd
+    study.targets("p")
+    out = capsys.readouterr().out
+    assert "missed by 0.03" in out and "<= 0.6x: missed" in out
