@@ -95,3 +95,36 @@ def test_every_help_runs(command: str, capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0 and "usage: lakd" in capsys.readouterr().out
+
+
+def fence_problems(text: str) -> list[str]:
+    """Code fences that break rendering: text after a closing fence, a fence left open at the end of the file."""
+    problems, open_at = [], 0
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped.startswith("```"):
+            continue
+        rest = stripped[3:]
+        if open_at:
+            if rest:
+                problems.append(f"line {number}: text after a closing fence: {stripped[:40]!r}")
+            open_at = 0
+        elif not rest or re.fullmatch(r"[\w+-]+", rest):
+            open_at = number
+        else:
+            problems.append(f"line {number}: a fence that opens with {rest[:30]!r}, not a language")
+    if open_at:
+        problems.append(f"line {open_at}: a fence never closed")
+    return problems
+
+
+def test_fence_problems_are_found() -> None:
+    assert fence_problems("```bash\nls\n```\n") == []
+    closed_with_text = fence_problems("```bash\nls\n``` Teachers, from\n")
+    assert closed_with_text == ["line 3: text after a closing fence: '``` Teachers, from'"]
+    assert fence_problems("```bash\nls\n") == ["line 1: a fence never closed"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_every_code_fence_opens_and_closes_cleanly(doc: Path) -> None:
+    assert not fence_problems(doc.read_text()), fence_problems(doc.read_text())
