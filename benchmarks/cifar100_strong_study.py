@@ -12,6 +12,9 @@ single CIFAR-100 student result existed; this script applies them and nothing el
   confirmed     the carried variants whose 3-seed validation mean on the ResNet pair is >= 0.5 above frozen `lakd`'s
                 (they run untouched, 3 seeds, on the VGG pair; a default changes only if their test mean there is
                 not below frozen `lakd`'s: that last comparison is reported in the docs, not taken here)
+  report        the study so far as a markdown table: each variant's validation (seed 0, and its 3-seed mean when
+                it has one) against frozen `lakd`'s, the difference, and what the rules make of it; test beside it,
+                never used
   targets PAIR  item 4's two targets on PAIR, stated plainly from the same JSONs (nothing is decided by it):
                 frozen `lakd` >= the best 3-seed baseline + 0.5 (test means), and `lakd-local` within 0.5 of `lakd`
                 (test means) at <= 0.6x its activations saved for backward
@@ -64,7 +67,7 @@ def _mean_std(folder: Path, entry: str) -> str:
     if not values:
         return "no seeds"
     spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values):.2f}{spread} ({len(values)} seeds)"
+    return f"{statistics.fmean(values):.2f}{spread} ({len(values)} seed{'s' if len(values) > 1 else ''})"
 
 
 def targets(pair: str) -> int:
@@ -129,11 +132,47 @@ def confirmed() -> list[str]:
             and m >= frozen + MARGIN]
 
 
+def report() -> str:
+    """The study's table: validation decides (seed 0 for `carried`, 3-seed mean for `confirmed`), test is reported."""
+    main = MAIN / STUDY_PAIR
+    frozen0, frozen_mean = _metric(main, "lakd", 0, "best_val_top1"), _mean(main, "lakd", "best_val_top1")
+    if frozen0 is None:
+        return f"{STUDY_PAIR}: frozen lakd's seed 0 is not in yet"
+    lines = ["| entry | seed-0 val | vs frozen | 3-seed val | vs frozen | test at best val (seeds) | rule |",
+             "|---|---|---|---|---|---|---|"]
+    frozen_mean_cell = f"{frozen_mean:.2f}" if frozen_mean is not None else "–"
+    lines.append(f"| lakd (frozen) | {frozen0:.2f} | | {frozen_mean_cell} | | {_mean_std(main, 'lakd')} | |")
+    carried_now, confirmed_now = carried(), confirmed()
+    for variant in VARIANTS:
+        folder = STUDY / STUDY_PAIR
+        val0 = _metric(folder, variant, 0, "best_val_top1")
+        if val0 is None:
+            lines.append(f"| {variant} | not run yet | | | | | |")
+            continue
+        mean = _mean(folder, variant, "best_val_top1")
+        mean_cells = (f"{mean:.2f} | {mean - frozen_mean:+.2f}" if mean is not None and frozen_mean is not None
+                      else "– | ")
+        if variant in confirmed_now:
+            rule = "confirmed: runs on the VGG pair"
+        elif variant not in carried_now:
+            rule = f"not carried (needs >= {frozen0 + MARGIN:.2f})"
+        elif mean is None:
+            rule = "carried: seeds 1-2"
+        else:
+            rule = f"not confirmed (needs a mean >= {frozen_mean + MARGIN:.2f})"  # type: ignore[operator]
+        lines.append(f"| {variant} | {val0:.2f} | {val0 - frozen0:+.2f} | {mean_cells} | "
+                     f"{_mean_std(folder, variant)} | {rule} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["behind"] and len(argv) == 2:
         return behind(argv[1])
     if argv[:1] == ["targets"] and len(argv) == 2:
         return targets(argv[1])
+    if argv == ["report"]:
+        print(report())
+        return 0
     if argv == ["carried"]:
         print(" ".join(carried()))
         return 0

@@ -98,3 +98,21 @@ def test_targets_state_both_item_4_targets_at_their_boundaries(study, tmp_path: 
     study.targets("p")
     out = capsys.readouterr().out
     assert "missed by 0.03" in out and "<= 0.6x: missed" in out
+
+
+def test_report_states_each_variant_against_frozen_lakd_and_what_the_rules_make_of_it(study) -> None:
+    assert "not in yet" in study.report()
+    main, variants = study.MAIN / study.STUDY_PAIR, study.STUDY / study.STUDY_PAIR
+    for seed, val in enumerate((60.0, 61.0, 62.0)):  # frozen: seed 0 val 60.0, mean 61.0
+        put(main, "lakd", seed, 58.0, val)
+    put(variants, "lakd-no-ndam", 0, 57.0, 60.2)  # +0.2: not carried
+    put(variants, "lakd-no-feat", 0, 57.0, 60.6)  # +0.6: carried, seeds 1-2 pending
+    for seed, val in enumerate((61.0, 61.5, 62.0)):  # seed 0 +1.0, mean 61.5 = frozen + 0.5: confirmed
+        put(variants, "lakd-no-ramp", seed, 59.0, val)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in study.report().splitlines()[2:]}
+    assert rows["lakd (frozen)"].startswith("| lakd (frozen) | 60.00 | | 61.00 |")
+    assert "| 60.20 | +0.20 |" in rows["lakd-no-ndam"] and "not carried (needs >= 60.50)" in rows["lakd-no-ndam"]
+    assert "57.00 (1 seed)" in rows["lakd-no-ndam"]
+    assert rows["lakd-no-feat"].endswith("carried: seeds 1-2 |")
+    assert "| 61.50 | +0.50 |" in rows["lakd-no-ramp"] and "confirmed: runs on the VGG pair" in rows["lakd-no-ramp"]
+    assert "not run yet" in rows["lakd-logit-kd"]
