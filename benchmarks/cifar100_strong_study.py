@@ -14,7 +14,7 @@ single CIFAR-100 student result existed; this script applies them and nothing el
                 not below frozen `lakd`'s: that last comparison is reported in the docs, not taken here)
   report        the study so far as a markdown table: each variant's validation (seed 0, and its 3-seed mean when
                 it has one) against frozen `lakd`'s, the difference, and what the rules make of it; test beside it,
-                never used
+                never used; and the precision each run trained in (bf16 or fp32: the machines differ)
   targets PAIR  item 4's two targets on PAIR, stated plainly from the same JSONs (nothing is decided by it):
                 frozen `lakd` >= the best 3-seed baseline + 0.5 (test means), and `lakd-local` within 0.5 of `lakd`
                 (test means) at <= 0.6x its activations saved for backward
@@ -60,6 +60,21 @@ def _seeded_baselines(folder: Path) -> dict[str, float]:
     """3-seed test means of the baselines that have all three seeds (the three strongest by seed-0 validation)."""
     entries = {p.name[: -len("-s0.json")] for p in folder.glob("*-s0.json")} - set(NOT_BASELINES)
     return {e: m for e in sorted(entries) if (m := _mean(folder, e, "best_test_top1")) is not None}
+
+
+def _precision(folder: Path, entry: str) -> str:
+    """What each seed trained in (bf16 autocast or fp32: `environment.device`), since the campaign spans machines
+    with and without native bf16 and a reader must see when a comparison crosses them."""
+    seen: dict[str, list[str]] = {}
+    for seed in SEEDS:
+        path = folder / f"{entry}-s{seed}.json"
+        if path.is_file():
+            device = str(json.loads(path.read_text()).get("environment", {}).get("device", ""))
+            kind = next((k for k in ("bf16", "fp16", "fp32") if k in device.split(", ")), "unrecorded")
+            seen.setdefault(kind, []).append(f"s{seed}")
+    if len(seen) == 1:
+        return next(iter(seen))
+    return ", ".join(f"{kind} ({' '.join(seeds)})" for kind, seeds in seen.items())
 
 
 def _mean_std(folder: Path, entry: str) -> str:
@@ -138,16 +153,18 @@ def report() -> str:
     frozen0, frozen_mean = _metric(main, "lakd", 0, "best_val_top1"), _mean(main, "lakd", "best_val_top1")
     if frozen0 is None:
         return f"{STUDY_PAIR}: frozen lakd's seed 0 is not in yet"
-    lines = ["| entry | seed-0 val | vs frozen | 3-seed val | vs frozen | test at best val (seeds) | rule |",
-             "|---|---|---|---|---|---|---|"]
+    columns = ("entry", "seed-0 val", "vs frozen", "3-seed val", "vs frozen", "test at best val (seeds)", "trained in",
+               "rule")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     frozen_mean_cell = f"{frozen_mean:.2f}" if frozen_mean is not None else "–"
-    lines.append(f"| lakd (frozen) | {frozen0:.2f} | | {frozen_mean_cell} | | {_mean_std(main, 'lakd')} | |")
+    lines.append(f"| lakd (frozen) | {frozen0:.2f} | | {frozen_mean_cell} | | {_mean_std(main, 'lakd')} | "
+                 f"{_precision(main, 'lakd')} | |")
     carried_now, confirmed_now = carried(), confirmed()
     for variant in VARIANTS:
         folder = STUDY / STUDY_PAIR
         val0 = _metric(folder, variant, 0, "best_val_top1")
         if val0 is None:
-            lines.append(f"| {variant} | not run yet | | | | | |")
+            lines.append(f"| {variant} | not run yet | | | | | | |")
             continue
         mean = _mean(folder, variant, "best_val_top1")
         mean_cells = (f"{mean:.2f} | {mean - frozen_mean:+.2f}" if mean is not None and frozen_mean is not None
@@ -161,7 +178,7 @@ def report() -> str:
         else:
             rule = f"not confirmed (needs a mean >= {frozen_mean + MARGIN:.2f})"  # type: ignore[operator]
         lines.append(f"| {variant} | {val0:.2f} | {val0 - frozen0:+.2f} | {mean_cells} | "
-                     f"{_mean_std(folder, variant)} | {rule} |")
+                     f"{_mean_std(folder, variant)} | {_precision(folder, variant)} | {rule} |")
     return "\n".join(lines)
 
 

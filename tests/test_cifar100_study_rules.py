@@ -19,9 +19,10 @@ def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return module
 
 
-def put(folder: Path, entry: str, seed: int, test: float, val: float) -> None:
+def put(folder: Path, entry: str, seed: int, test: float, val: float, device: str = "cpu, bf16, channels_last") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{entry}-s{seed}.json").write_text(json.dumps({"best_test_top1": test, "best_val_top1": val}))
+    (folder / f"{entry}-s{seed}.json").write_text(json.dumps(
+        {"best_test_top1": test, "best_val_top1": val, "environment": {"device": device}}))
 
 
 def three(folder: Path, entry: str, tests: tuple[float, float, float], val: float = 50.0) -> None:
@@ -108,7 +109,7 @@ def test_report_states_each_variant_against_frozen_lakd_and_what_the_rules_make_
     put(variants, "lakd-no-ndam", 0, 57.0, 60.2)  # +0.2: not carried
     put(variants, "lakd-no-feat", 0, 57.0, 60.6)  # +0.6: carried, seeds 1-2 pending
     for seed, val in enumerate((61.0, 61.5, 62.0)):  # seed 0 +1.0, mean 61.5 = frozen + 0.5: confirmed
-        put(variants, "lakd-no-ramp", seed, 59.0, val)
+        put(variants, "lakd-no-ramp", seed, 59.0, val, "cpu, fp32, channels_last" if seed else "cpu, bf16")
     rows = {line.split(" | ")[0].lstrip("| "): line for line in study.report().splitlines()[2:]}
     assert rows["lakd (frozen)"].startswith("| lakd (frozen) | 60.00 | | 61.00 |")
     assert "| 60.20 | +0.20 |" in rows["lakd-no-ndam"] and "not carried (needs >= 60.50)" in rows["lakd-no-ndam"]
@@ -116,3 +117,6 @@ def test_report_states_each_variant_against_frozen_lakd_and_what_the_rules_make_
     assert rows["lakd-no-feat"].endswith("carried: seeds 1-2 |")
     assert "| 61.50 | +0.50 |" in rows["lakd-no-ramp"] and "confirmed: runs on the VGG pair" in rows["lakd-no-ramp"]
     assert "not run yet" in rows["lakd-logit-kd"]
+    # the precision each run trained in is beside it, per seed where the seeds differ
+    assert rows["lakd (frozen)"].endswith("| bf16 | |") and "| bf16 | not carried" in rows["lakd-no-ndam"]
+    assert "| bf16 (s0), fp32 (s1 s2) | confirmed" in rows["lakd-no-ramp"]
