@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import torch
+
 from tests.scripts import BENCHMARKS
 
 
@@ -26,9 +28,15 @@ def test_save_then_restore_on_a_new_checkout(tmp_path: Path) -> None:
         (folder / "metrics.jsonl").write_text("{}\n")
         (folder / ".lock").write_text("1")
     (finished / "summary.json").write_text("{}")
+    weights = {"w": torch.arange(4.0)}
+    torch.save({"model": weights, "meta": {"arch": "m"}, "epoch": 3, "best": {"epoch": 3}, "optimizer": {"m": 1},
+                "task": weights, "rng": {"torch": torch.zeros(2)}}, unfinished / "best.pt")
+    (unfinished / "last.prev.pt").write_bytes(b"older")
     assert run(tmp_path, "save").split() == ["saved", "runs/study/p/local-kd-s0"]
     stored = tmp_path / "benchmarks/inflight/runs/study/p/local-kd-s0"
-    assert sorted(p.name for p in stored.iterdir()) == ["last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in stored.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    best = torch.load(stored / "best.pt", weights_only=True)  # weights and metadata travel, training state does not
+    assert sorted(best) == ["best", "epoch", "meta", "model"] and torch.equal(best["model"]["w"], weights["w"])
     assert not (tmp_path / "benchmarks/inflight/runs/p").exists()
 
     shutil.rmtree(tmp_path / "runs")  # the new machine
