@@ -111,6 +111,8 @@ study_if_behind() {  # study_if_behind PAIR: the study's ResNet-pair runs, only 
     rules behind "$1" || rc=$?
     [ "$rc" -eq 0 ] || return 0  # ahead (1), or PAIR's seeds not all in (2: nothing to decide yet)
     study resnet56_resnet20 "0" lakd-no-ndam lakd-no-feat lakd-no-ramp lakd-logit-kd
+    # the precision control (decides nothing): frozen `lakd` in fp32, since the study spans bf16 and fp32 machines
+    study resnet56_resnet20 "0" lakd-fp32-control
     study resnet56_resnet20 "1 2" $(rules carried)
 }
 # The order puts first what decides the most: the resnet pair's seed 0 of every method (is LAKD ahead there, which

@@ -40,6 +40,7 @@ LOCAL_WITHIN = 0.5  # item 4: lakd-local within 0.5 points of lakd ...
 LOCAL_MEMORY = 0.6  # ... at <= 0.6x its activation memory
 SEEDS = (0, 1, 2)
 VARIANTS = ("lakd-no-ndam", "lakd-no-feat", "lakd-no-ramp", "lakd-logit-kd")
+PRECISION_CONTROL = "lakd-fp32-control"  # frozen `lakd` trained in fp32: reported beside the variants, decides nothing
 NOT_BASELINES = ("lakd", "lakd-local")
 
 
@@ -179,6 +180,11 @@ def report() -> str:
             rule = f"not confirmed (needs a mean >= {frozen_mean + MARGIN:.2f})"  # type: ignore[operator]
         lines.append(f"| {variant} | {val0:.2f} | {val0 - frozen0:+.2f} | {mean_cells} | "
                      f"{_mean_std(folder, variant)} | {_precision(folder, variant)} | {rule} |")
+    control = _metric(STUDY / STUDY_PAIR, PRECISION_CONTROL, 0, "best_val_top1")
+    if control is not None:
+        lines.append(f"| {PRECISION_CONTROL} | {control:.2f} | {control - frozen0:+.2f} | | | "
+                     f"{_mean_std(STUDY / STUDY_PAIR, PRECISION_CONTROL)} | "
+                     f"{_precision(STUDY / STUDY_PAIR, PRECISION_CONTROL)} | control: decides nothing |")
     return "\n".join(lines)
 
 

@@ -74,7 +74,10 @@ def test_the_variants_are_the_study_protocols_entries(study) -> None:
     import yaml
 
     protocol = yaml.safe_load((study.ROOT / "studies" / "lakd_parts_cifar100.yaml").read_text())
-    assert tuple(protocol["methods"]) == study.VARIANTS == tuple(protocol["default_methods"])
+    assert tuple(protocol["methods"]) == (*study.VARIANTS, study.PRECISION_CONTROL)
+    assert tuple(protocol["default_methods"]) == study.VARIANTS
+    # the control is frozen `lakd` with its precision forced, nothing else
+    assert protocol["methods"][study.PRECISION_CONTROL]["overrides"] == ["train.precision=fp32"]
 
 
 def test_targets_state_both_item_4_targets_at_their_boundaries(study, tmp_path: Path, capsys) -> None:
@@ -120,3 +123,9 @@ def test_report_states_each_variant_against_frozen_lakd_and_what_the_rules_make_
     # the precision each run trained in is beside it, per seed where the seeds differ
     assert rows["lakd (frozen)"].endswith("| bf16 | |") and "| bf16 | not carried" in rows["lakd-no-ndam"]
     assert "| bf16 (s0), fp32 (s1 s2) | confirmed" in rows["lakd-no-ramp"]
+    assert study.PRECISION_CONTROL not in rows  # not run: no row
+    put(variants, study.PRECISION_CONTROL, 0, 58.5, 61.0, "cpu, fp32, channels_last")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in study.report().splitlines()[2:]}
+    assert rows[study.PRECISION_CONTROL].startswith(f"| {study.PRECISION_CONTROL} | 61.00 | +1.00 |")
+    assert rows[study.PRECISION_CONTROL].endswith("| 58.50 (1 seed) | fp32 | control: decides nothing |")
+    assert study.carried() == ["lakd-no-feat", "lakd-no-ramp"]  # +1.00, but the control is never a candidate
