@@ -1,0 +1,116 @@
+"""The comparison tables in the docs are what their own commands print from the committed results, and each
+protocol's summary.json agrees with the per-run JSONs beside it: a number typed by hand, or a summary left stale
+after a new seed landed, fails here."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = (ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "benchmarks-cifar100.md")
+
+
+def table_commands(doc: Path) -> list[list[str]]:
+    """Each `python benchmarks/comparison_table.py ...` shown in a bash block of DOC, continuation lines joined."""
+    text = doc.read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for command in block.replace("\\\n", " ").splitlines():
+            argv = shlex.split(command, comments=True)
+            if argv[:2] == ["python", "benchmarks/comparison_table.py"]:
+                commands.append(argv[1:])
+    return commands
+
+
+CASES = [(doc, argv) for doc in DOCS for argv in table_commands(doc)]
+
+
+def test_the_docs_show_comparison_tables() -> None:
+    assert {doc.name for doc, _ in CASES} == {"benchmarks.md", "benchmarks-cifar100.md"}
+
+
+@pytest.mark.parametrize(("doc", "argv"), CASES, ids=[f"{d.name}:{a[1]}" for d, a in CASES])
+def test_each_docs_table_is_its_commands_output(doc: Path, argv: list[str]) -> None:
+    printed = subprocess.run([sys.executable, *argv], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    assert printed.count("\n| ") >= 3  # a header, its rule and at least one row
+    assert printed.strip() in doc.read_text(), f"{doc.name}: the table under `{shlex.join(argv)}` is not its output"
+
+
+def _summaries() -> list[Path]:
+    return sorted({ROOT / argv[1] / "summary.json" for _, argv in CASES})
+
+
+@pytest.mark.parametrize("summary", _summaries(), ids=lambda p: str(p.parent.relative_to(ROOT)))
+def test_summary_agrees_with_the_runs_beside_it(summary: Path) -> None:
+    entries = json.loads(summary.read_text())["methods"]
+    for entry in entries:
+        runs = [json.loads((summary.parent / f"{entry['method']}-s{seed}.json").read_text()) for seed in entry["seeds"]]
+        on_disk = sorted(int(p.name.rsplit("-s", 1)[1][:-5]) for p in summary.parent.glob(f"{entry['method']}-s*.json")
+                         if re.fullmatch(rf"{re.escape(entry['method'])}-s\d+\.json", p.name))
+        assert on_disk == sorted(entry["seeds"]), f"{entry['method']}: summary {entry['seeds']}, on disk {on_disk}"
+        for key in ("best_test_top1", "best_val_top1", "last_test_top1"):
+            values = [run[key] for run in runs]
+            assert entry[key]["mean"] == pytest.approx(statistics.fmean(values), abs=1e-9), (entry["method"], key)
+            if len(values) > 1:
+                assert entry[key]["std"] == pytest.approx(statistics.stdev(values), abs=1e-9), (entry["method"], key)
+
+
+DISPLAY = {"FitNet": "fitnet", "ReviewKD": "reviewkd", "DKD": "dkd", "ND": "nd", "KD": "kd", "AT": "at",
+           "KD + LS": "kd-ls", "vanilla": "vanilla", "CRD": "crd", "DIST": "dist"}
+
+
+def _method(display: str) -> str:
+    """README's display name -> the method: the one in backticks where it names one, else the known names."""
+    named = re.search(r"`([a-z0-9-]+)`", display)
+    return named.group(1) if named else DISPLAY[display.strip()]
+
+
+def _cell(stat: dict) -> str:
+    return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat.get("std") is not None else "")
+
+
+def _summary(folder: str) -> dict[str, dict]:
+    return {e["method"]: e for e in json.loads((ROOT / folder / "summary.json").read_text())["methods"]}
+
+
+def test_readme_cifar10_row_is_the_summary() -> None:
+    readme = (ROOT / "README.md").read_text()
+    header = next(line for line in readme.splitlines() if line.startswith("| LAKD end to end (`lakd`, the default)"))
+    lines = readme.splitlines()
+    values = lines[lines.index(header) + 2]
+    summary = _summary("benchmarks/results/cifar10-strong")
+    names = [c.strip() for c in header.strip("|").split("|")]
+    cells = [c.strip() for c in values.strip("|").split("|")]
+    assert len(names) == len(cells) == len(summary)
+    for name, cell in zip(names, cells, strict=True):
+        assert cell == _cell(summary[_method(name)]["best_test_top1"]), name
+
+
+def test_readme_cifar100_rows_are_the_docs_rows() -> None:
+    readme = (ROOT / "README.md").read_text().splitlines()
+    start = readme.index(next(line for line in readme if line.startswith("| ResNet-56 → ResNet-20 | seeds |")))
+    rows = []
+    for line in readme[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    docs = {}
+    doc = (ROOT / "docs" / "benchmarks-cifar100.md").read_text().splitlines()
+    first = doc.index(next(line for line in doc if line.startswith("| method | seeds | test top-1 at best val |")))
+    for line in doc[first + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        docs[cells[0]] = cells
+    assert len(rows) == len(docs)
+    for name, seeds, test, val, img, vs_kd, peak in rows:
+        d = docs[_method(name)]
+        assert [seeds, test, val, img, vs_kd, peak] == [d[1], d[2], d[4], d[5], d[6], d[7]], name
