@@ -40,6 +40,21 @@ def test_an_epoch_only_some_seeds_reached_is_not_averaged_over_fewer(curves, tmp
     assert table.splitlines()[2] == "| lakd | 0,1 | 11.0 | – |"
 
 
+def test_folders_side_by_side_and_a_seed_filter(curves, tmp_path: Path, capsys) -> None:
+    put(tmp_path / "main", "lakd", 0, [10.0, 20.0])
+    put(tmp_path / "main", "lakd", 1, [30.0, 40.0])
+    put(tmp_path / "study", "lakd-no-ramp", 0, [14.0, 21.0])
+    argv = [str(tmp_path / "main"), str(tmp_path / "study"), "--epochs", "1", "2", "--seeds", "0"]
+    assert curves.main([*argv, "--methods", "lakd", "lakd-no-ramp"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:] == ["| lakd | 0 | 10.0 | 20.0 |", "| lakd-no-ramp | 0 | 14.0 | 21.0 |"]
+    assert curves.main([*argv[:2], "--seeds", "1", "--methods", "lakd-no-ramp"]) == 2  # no seed 1 of it
+    assert "(seeds 1) for lakd-no-ramp" in capsys.readouterr().err
+    put(tmp_path / "study", "lakd", 0, [1.0, 2.0])  # the same method in two folders: which is meant?
+    assert curves.main(argv) == 2
+    assert "more than one of the folders" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
