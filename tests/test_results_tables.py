@@ -1,4 +1,5 @@
-"""The comparison tables in the docs are what their own commands print from the committed results, and each
+"""The comparison and learning-curve tables in the docs are what their own commands print from the committed
+results, and each
 protocol's summary.json agrees with the per-run JSONs beside it: a number typed by hand, or a summary left stale
 after a new seed landed, fails here."""
 
@@ -18,26 +19,31 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "benchmarks-cifar100.md")
 
 
+TABLE_SCRIPTS = ("benchmarks/comparison_table.py", "benchmarks/learning_curves.py")
+
+
 def table_commands(doc: Path) -> list[list[str]]:
-    """Each `python benchmarks/comparison_table.py ...` shown in a bash block of DOC, continuation lines joined."""
+    """Each `python benchmarks/<a table script> ...` shown in a bash block of DOC, continuation lines joined."""
     text = doc.read_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for command in block.replace("\\\n", " ").splitlines():
             argv = shlex.split(command, comments=True)
-            if argv[:2] == ["python", "benchmarks/comparison_table.py"]:
+            if argv[:1] == ["python"] and argv[1:2] and argv[1] in TABLE_SCRIPTS:
                 commands.append(argv[1:])
     return commands
 
 
 CASES = [(doc, argv) for doc in DOCS for argv in table_commands(doc)]
+IDS = [f"{d.name}:{Path(a[0]).stem}:{i}" for i, (d, a) in enumerate(CASES)]
 
 
 def test_the_docs_show_comparison_tables() -> None:
     assert {doc.name for doc, _ in CASES} == {"benchmarks.md", "benchmarks-cifar100.md"}
+    assert {argv[0] for _, argv in CASES} == set(TABLE_SCRIPTS)
 
 
-@pytest.mark.parametrize(("doc", "argv"), CASES, ids=[f"{d.name}:{a[1]}" for d, a in CASES])
+@pytest.mark.parametrize(("doc", "argv"), CASES, ids=IDS)
 def test_each_docs_table_is_its_commands_output(doc: Path, argv: list[str]) -> None:
     printed = subprocess.run([sys.executable, *argv], cwd=ROOT, check=True, capture_output=True, text=True).stdout
     assert printed.count("\n| ") >= 3  # a header, its rule and at least one row
@@ -45,7 +51,7 @@ def test_each_docs_table_is_its_commands_output(doc: Path, argv: list[str]) -> N
 
 
 def _summaries() -> list[Path]:
-    return sorted({ROOT / argv[1] / "summary.json" for _, argv in CASES})
+    return sorted({ROOT / argv[1] / "summary.json" for _, argv in CASES if argv[0] == TABLE_SCRIPTS[0]})
 
 
 @pytest.mark.parametrize("summary", _summaries(), ids=lambda p: str(p.parent.relative_to(ROOT)))
