@@ -3,7 +3,8 @@
 # students in the order their answers are needed. Every step skips what is finished (a committed teacher file and
 # its JSON; `lakd bench` skips runs whose result JSON exists) and resumes what was started (`--resume` from the
 # run folder's last.pt). After each step the script re-executes itself from disk, so a newer version of this file
-# (replaced with `mv`, never edited in place) takes over between steps.
+# (replaced with `mv`, never edited in place) takes over between steps: after every run it made (a run it skips
+# costs a file test, so starting again from the top is cheap).
 #
 # The code is pinned: every run computes with the worktree of commit $PIN (ef772e1), never with main, so refactoring
 # on main cannot change the campaign half-way. (The resnet56 teacher started at ec8e120, whose src differs from
@@ -89,6 +90,7 @@ bench_in() {  # bench_in PROTOCOL ITS-NAME RESULTS-DIR PAIR SEEDS METHODS...
             python -m lakd bench "$protocol" --no-progress --results-dir "$main_repo/$results" \
                 --pairs "$pair" --methods "$method" --seeds "$seed"
             commit_results "$label $pair $method seed $seed (pinned at $PIN)"
+            again  # a newer version of this file takes over between any two runs, not only after a teacher
         done
     done
 }
