@@ -161,8 +161,8 @@ def report() -> str:
     lines.append(f"| lakd (frozen) | {frozen0:.2f} | | {frozen_mean_cell} | | {_mean_std(main, 'lakd')} | "
                  f"{_precision(main, 'lakd')} | |")
     carried_now, confirmed_now = carried(), confirmed()
+    folder = STUDY / STUDY_PAIR
     for variant in VARIANTS:
-        folder = STUDY / STUDY_PAIR
         val0 = _metric(folder, variant, 0, "best_val_top1")
         if val0 is None:
             lines.append(f"| {variant} | not run yet | | | | | | |")
@@ -180,11 +180,11 @@ def report() -> str:
             rule = f"not confirmed (needs a mean >= {frozen_mean + MARGIN:.2f})"  # type: ignore[operator]
         lines.append(f"| {variant} | {val0:.2f} | {val0 - frozen0:+.2f} | {mean_cells} | "
                      f"{_mean_std(folder, variant)} | {_precision(folder, variant)} | {rule} |")
-    control = _metric(STUDY / STUDY_PAIR, PRECISION_CONTROL, 0, "best_val_top1")
+    control = _metric(folder, PRECISION_CONTROL, 0, "best_val_top1")
     if control is not None:
         lines.append(f"| {PRECISION_CONTROL} | {control:.2f} | {control - frozen0:+.2f} | | | "
-                     f"{_mean_std(STUDY / STUDY_PAIR, PRECISION_CONTROL)} | "
-                     f"{_precision(STUDY / STUDY_PAIR, PRECISION_CONTROL)} | control: decides nothing |")
+                     f"{_mean_std(folder, PRECISION_CONTROL)} | {_precision(folder, PRECISION_CONTROL)} | "
+                     "control: decides nothing |")
     return "\n".join(lines)
 
 

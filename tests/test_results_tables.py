@@ -1,7 +1,6 @@
 """The comparison and learning-curve tables in the docs are what their own commands print from the committed
-results, and each
-protocol's summary.json agrees with the per-run JSONs beside it: a number typed by hand, or a summary left stale
-after a new seed landed, fails here."""
+results, and each protocol's summary.json agrees with the per-run JSONs beside it: a number typed by hand, or a
+summary left stale after a new seed landed, fails here."""
 
 from __future__ import annotations
 
@@ -14,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "benchmarks-cifar100.md")
@@ -59,8 +60,8 @@ def test_summary_agrees_with_the_runs_beside_it(summary: Path) -> None:
     entries = json.loads(summary.read_text())["methods"]
     for entry in entries:
         runs = [json.loads((summary.parent / f"{entry['method']}-s{seed}.json").read_text()) for seed in entry["seeds"]]
-        on_disk = sorted(int(p.name.rsplit("-s", 1)[1][:-5]) for p in summary.parent.glob(f"{entry['method']}-s*.json")
-                         if re.fullmatch(rf"{re.escape(entry['method'])}-s\d+\.json", p.name))
+        names = (re.fullmatch(rf"{re.escape(entry['method'])}-s(\d+)\.json", p.name) for p in summary.parent.iterdir())
+        on_disk = sorted(int(match[1]) for match in names if match)
         assert on_disk == sorted(entry["seeds"]), f"{entry['method']}: summary {entry['seeds']}, on disk {on_disk}"
         for key in ("best_test_top1", "best_val_top1", "last_test_top1"):
             values = [run[key] for run in runs]
@@ -79,8 +80,15 @@ def _method(display: str) -> str:
     return named.group(1) if named else DISPLAY[display.strip()]
 
 
-def _cell(stat: dict) -> str:
-    return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat.get("std") is not None else "")
+def _table(lines: list[str], header_prefix: str) -> tuple[list[str], list[list[str]]]:
+    """The header cells and the row cells of the markdown table whose header line starts with ``header_prefix``."""
+    start = lines.index(next(line for line in lines if line.startswith(header_prefix)))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return [c.strip() for c in lines[start].strip("|").split("|")], rows
 
 
 def _summary(folder: str) -> dict[str, dict]:
@@ -88,34 +96,19 @@ def _summary(folder: str) -> dict[str, dict]:
 
 
 def test_readme_cifar10_row_is_the_summary() -> None:
-    readme = (ROOT / "README.md").read_text()
-    header = next(line for line in readme.splitlines() if line.startswith("| LAKD end to end (`lakd`, the default)"))
-    lines = readme.splitlines()
-    values = lines[lines.index(header) + 2]
+    names, rows = _table((ROOT / "README.md").read_text().splitlines(), "| LAKD end to end (`lakd`, the default)")
     summary = _summary("benchmarks/results/cifar10-strong")
-    names = [c.strip() for c in header.strip("|").split("|")]
-    cells = [c.strip() for c in values.strip("|").split("|")]
-    assert len(names) == len(cells) == len(summary)
-    for name, cell in zip(names, cells, strict=True):
-        assert cell == _cell(summary[_method(name)]["best_test_top1"]), name
+    cell = load_script("comparison_table.py")._cell  # the tables' own formatting of mean ± std
+    assert len(rows) == 1 and len(names) == len(rows[0]) == len(summary)
+    for name, value in zip(names, rows[0], strict=True):
+        assert value == cell(summary[_method(name)], "best_test_top1"), name
 
 
 def test_readme_cifar100_rows_are_the_docs_rows() -> None:
-    readme = (ROOT / "README.md").read_text().splitlines()
-    start = readme.index(next(line for line in readme if line.startswith("| ResNet-56 → ResNet-20 | seeds |")))
-    rows = []
-    for line in readme[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    docs = {}
-    doc = (ROOT / "docs" / "benchmarks-cifar100.md").read_text().splitlines()
-    first = doc.index(next(line for line in doc if line.startswith("| method | seeds | test top-1 at best val |")))
-    for line in doc[first + 2:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        docs[cells[0]] = cells
+    _, rows = _table((ROOT / "README.md").read_text().splitlines(), "| ResNet-56 → ResNet-20 | seeds |")
+    _, doc_rows = _table((ROOT / "docs" / "benchmarks-cifar100.md").read_text().splitlines(),
+                         "| method | seeds | test top-1 at best val |")
+    docs = {cells[0]: cells for cells in doc_rows}
     assert len(rows) == len(docs)
     for name, seeds, test, val, img, vs_kd, peak in rows:
         d = docs[_method(name)]
