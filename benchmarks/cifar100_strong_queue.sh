@@ -33,7 +33,7 @@ log() { echo "[queue] $(date -u +%Y-%m-%dT%H:%MZ) $*"; }
 # for the next result's commit
 commit_results() {
     local paths=(benchmarks/results/cifar100-strong benchmarks/results/cifar100-strong-teachers src/lakd/teachers
-                 benchmarks/studies/results/lakd-parts-cifar100)
+                 benchmarks/studies/results/lakd-parts-cifar100 benchmarks/results/cifar100_strong_same_code_check.json)
     local path present=()
     for path in "${paths[@]}"; do  # a missing path would fail the whole add and commit (pathspec did not match)
         [ -e "$main_repo/$path" ] && present+=("$path")
@@ -128,4 +128,27 @@ bench vgg13_mobilenetv2 "0" lakd lakd-local kd fitnet dkd dist kd-ls at nd crd v
 bench vgg13_mobilenetv2 "1 2" lakd lakd-local $(strongest vgg13_mobilenetv2)
 study_if_behind vgg13_mobilenetv2
 study vgg13_mobilenetv2 "0 1 2" $(rules confirmed)
+# before the final table: does main compute what the pin computed? Checked again whenever main's committed src/
+# differs from the one last checked (a check with uncommitted changes in src/ would prove nothing: it waits)
+same_code() {  # same_code PAIR TEACHER
+    local pair=$1 teacher=$2 json="$main_repo/benchmarks/results/cifar100_strong_same_code_check.json" src
+    src=$(git -C "$main_repo" rev-parse HEAD:src)
+    if [ -n "$(git -C "$main_repo" status --porcelain -- src)" ]; then
+        log "same-code check of $pair waits: main has uncommitted changes in src/"
+        return 0
+    fi
+    python - "$json" "$pair" "$src" <<'PY' && return 0  # exit 0: this src/ is checked already
+import json, sys
+from pathlib import Path
+path, pair, src = sys.argv[1:]
+done = json.loads(Path(path).read_text()).get("pairs", {}).get(pair, {}) if Path(path).exists() else {}
+sys.exit(0 if done.get("main_src") == src and done.get("main_src_uncommitted_files") == 0 else 1)
+PY
+    log "same-code check, $pair: main's src/ $src against the pin"
+    bash "$main_repo/benchmarks/cifar100_strong_same_code_check.sh" "$teacher" "$pair" "$json"
+    commit_results "same-code check of $pair: main $(git -C "$main_repo" rev-parse --short=7 HEAD) against $PIN"
+    again
+}
+same_code resnet56_resnet20 "$main_repo/src/lakd/teachers/cifar100_resnet56_e80.pt"
+same_code vgg13_mobilenetv2 "$main_repo/src/lakd/teachers/cifar100_vgg13_e50.pt"
 log "done"
