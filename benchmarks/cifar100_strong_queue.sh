@@ -142,10 +142,10 @@ import json, sys
 from pathlib import Path
 path, pair, src = sys.argv[1:]
 done = json.loads(Path(path).read_text()).get("pairs", {}).get(pair, {}) if Path(path).exists() else {}
-sys.exit(0 if done.get("main_src") == src and done.get("main_src_uncommitted_files") == 0 else 1)
+sys.exit(0 if done.get("main_src") == src and done.get("main_src_uncommitted_files") == 0 and done.get("complete") else 1)
 PY
     log "same-code check, $pair: main's src/ $src against the pin"
-    bash "$main_repo/benchmarks/cifar100_strong_same_code_check.sh" "$teacher" "$pair" "$json"
+    ENTRIES= bash "$main_repo/benchmarks/cifar100_strong_same_code_check.sh" "$teacher" "$pair" "$json"
     commit_results "same-code check of $pair: main $(git -C "$main_repo" rev-parse --short=7 HEAD) against $PIN"
     again
 }

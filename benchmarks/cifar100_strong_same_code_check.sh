@@ -11,7 +11,8 @@
 # TEACHER: any CIFAR-100 checkpoint of the pair's teacher architecture (the campaign's own, or one in training:
 # the check compares code, not accuracy). PAIR: resnet56_resnet20 (default) or vgg13_mobilenetv2. The campaign's
 # queue runs it for both pairs at its end, into benchmarks/results/cifar100_strong_same_code_check.json, whenever
-# main's committed src/ differs from the one last checked.
+# main's committed src/ differs from the one last checked. ENTRIES="kd lakd_local ..." checks only those entries
+# (the labels the script prints; a partial check is recorded with "complete": false, and the queue redoes it).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 : "${LAKD_DATA:?set LAKD_DATA to the folder holding cifar-100-python (e.g. ../shared/data)}"
@@ -33,6 +34,7 @@ while read -r line; do
   eval "set -- $line"  # the printed command, quoted by shlex
   method=$(printf '%s\n' "$@" | grep -A1 -x -- '-c' | grep -o 'configs/methods/[a-z_]*' | sed 's|configs/methods/||')
   label="${method:-unknown}$(printf '%s\n' "$@" | grep -q 'temperature=3.0' && echo '-T3' || true)"
+  [ -z "${ENTRIES:-}" ] || [[ " $ENTRIES " == *" $label "* ]] || continue
   for side in pin main; do
     src="$scratch/wt-pin/src"; [ "$side" = main ] && src="$repo/src"
     PYTHONPATH="$src" python -m lakd "$@" --teacher "$scratch/teacher.pt" --epochs 1 --force \
@@ -87,6 +89,7 @@ record["what"] = "student weights after 4 steps (512 images, 1 epoch) of each en
 record["command"] = "LAKD_DATA=../shared/data bash benchmarks/cifar100_strong_same_code_check.sh TEACHER.pt PAIR OUT.json"
 record.setdefault("pairs", {})[pair] = {
     "main": main, "main_src": main_src, "main_src_uncommitted_files": int(dirty), "pin": pin,
+    "complete": not os.environ.get("ENTRIES"),
     "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
     "teacher": {"file": teacher_given, "sha256": hashlib.sha256(Path(teacher).read_bytes()).hexdigest()},
     "machine": f"{os.cpu_count()}-core {cpu} ({bf16}), torch {torch.__version__}",
