@@ -142,7 +142,9 @@ import json, sys
 from pathlib import Path
 path, pair, src = sys.argv[1:]
 done = json.loads(Path(path).read_text()).get("pairs", {}).get(pair, {}) if Path(path).exists() else {}
-sys.exit(0 if done.get("main_src") == src and done.get("main_src_uncommitted_files") == 0 and done.get("complete") else 1)
+ran = all(row["verdict"] != "failed" for row in done.get("rows", []))  # a run that failed to start proves nothing
+sys.exit(0 if done.get("main_src") == src and done.get("main_src_uncommitted_files") == 0 and done.get("complete")
+         and ran else 1)
 PY
     log "same-code check, $pair: main's src/ $src against the pin"
     ENTRIES= bash "$main_repo/benchmarks/cifar100_strong_same_code_check.sh" "$teacher" "$pair" "$json"
