@@ -33,7 +33,8 @@ log() { echo "[queue] $(date -u +%Y-%m-%dT%H:%MZ) $*"; }
 # for the next result's commit
 commit_results() {
     local paths=(benchmarks/results/cifar100-strong benchmarks/results/cifar100-strong-teachers src/lakd/teachers
-                 benchmarks/studies/results/lakd-parts-cifar100 benchmarks/results/cifar100_strong_same_code_check.json)
+                 benchmarks/studies/results/lakd-parts-cifar100 benchmarks/results/cifar100_strong_same_code_check.json
+                 "${segments#"$main_repo"/}")
     local path present=()
     for path in "${paths[@]}"; do  # a missing path would fail the whole add and commit (pathspec did not match)
         [ -e "$main_repo/$path" ] && present+=("$path")
@@ -41,6 +42,32 @@ commit_results() {
     paths=("${present[@]}")
     git -C "$main_repo" add -- "${paths[@]}" 2>/dev/null || true
     git -C "$main_repo" commit -q -m "cifar100-strong: $1" -- "${paths[@]}" 2>/dev/null && log "committed: $1" || true
+}
+# segment WHAT RUN_DIR: one line in $segments each time a run starts or resumes (a run may span machines: which CPU,
+# whether it has native bf16, what precision=auto means there, and the checkpoint it went on from), committed with
+# the next result or with benchmarks/inflight at the end of a session
+segments="$main_repo/benchmarks/results/cifar100_strong_segments.jsonl"
+segment() {
+    python - "$1" "$2" "$segments" <<'PY' || log "could not record the segment of $1 (the run goes on)"
+import json, os, platform, sys, time
+from pathlib import Path
+import torch
+from lakd.engine import resolve_runtime
+what, run_dir, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+             platform.processor())
+flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+resumed_from = None
+if (run_dir / "last.pt").is_file():
+    ckpt = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    resumed_from = {"epochs_done": int(ckpt["epoch"]), "step": int((ckpt.get("partial") or {}).get("step", 0))}
+record = {"run": what, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resumed_from": resumed_from,
+          "cpu": model, "cpus": os.cpu_count(), "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+          "precision_auto_here": resolve_runtime("auto", "auto", "auto").describe(), "torch": torch.__version__}
+with out.open("a") as f:
+    f.write(json.dumps(record) + "\n")
+PY
 }
 again() { log "step done; re-reading $0"; exec bash "$main_repo/benchmarks/cifar100_strong_queue.sh"; }
 
@@ -58,6 +85,7 @@ teacher() {
         local how=()
         if [ -f "$out/last.pt" ]; then how=(--resume); elif [ -e "$out" ]; then how=(--force); fi  # no checkpoint yet
         log "teacher $model $epochs epochs ${how[*]}"
+        segment "teacher-$model-e$epochs" "$out"
         python -m lakd train -c configs/cifar100_strong_teacher.yaml --model "$model" --epochs "$epochs" \
             --out "$out" --no-progress "${how[@]}"
     fi
@@ -87,6 +115,7 @@ bench_in() {  # bench_in PROTOCOL ITS-NAME RESULTS-DIR PAIR SEEDS METHODS...
         for method in "$@"; do
             [ -f "$main_repo/$results/$label/$pair/$method-s$seed.json" ] && continue
             log "lakd bench $label --pairs $pair --methods $method --seeds $seed"
+            segment "$label/$pair/$method-s$seed" "runs/bench/$label/$pair/$method-s$seed"
             python -m lakd bench "$protocol" --no-progress --results-dir "$main_repo/$results" \
                 --pairs "$pair" --methods "$method" --seeds "$seed"
             commit_results "$label $pair $method seed $seed (pinned at $PIN)"
