@@ -26,6 +26,7 @@ export LAKD_DATA="$(cd "$LAKD_DATA" && pwd)"
 export PYTHONPATH="$tree/src"
 cd "$tree"
 teachers_json="$main_repo/benchmarks/results/cifar100-strong-teachers"
+segments="$main_repo/benchmarks/results/cifar100_strong_segments.jsonl"  # where each run started (segment below)
 mkdir -p "$teachers_json" runs/cifar100-strong
 log() { echo "[queue] $(date -u +%Y-%m-%dT%H:%MZ) $*"; }
 # commit_results MESSAGE: every new result (teachers, result JSON, tables) committed as it arrives, and nothing
@@ -46,7 +47,6 @@ commit_results() {
 # segment WHAT RUN_DIR: one line in $segments each time a run starts or resumes (a run may span machines: which CPU,
 # whether it has native bf16, what precision=auto means there, and the checkpoint it went on from), committed with
 # the next result or with benchmarks/inflight at the end of a session
-segments="$main_repo/benchmarks/results/cifar100_strong_segments.jsonl"
 segment() {
     python - "$1" "$2" "$segments" <<'PY' || log "could not record the segment of $1 (the run goes on)"
 import json, os, platform, sys, time
