@@ -155,6 +155,7 @@ def test_local_modules_of_a_hooked_model_are_isolated_by_gradients() -> None:
 
 
 @pytest.mark.parametrize("layout", ["nhwc", "tokens"])
+@pytest.mark.filterwarnings("ignore:lakd. teacher_inputs_until")  # the learned-adapter warning: this test wants them
 def test_teacher_fed_inputs_on_a_hooked_student_keep_its_layout_and_isolation(layout: str) -> None:
     """A teacher feature replaces a hooked student's stage output in the stage's own layout (channels-last, or
     patch tokens after the student's own class token); module 1's losses then reach neither module 0 nor the

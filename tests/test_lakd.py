@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -373,12 +374,16 @@ def test_teacher_inputs_feed_module_k_the_teacher_stage_k_minus_1() -> None:
     with torch.no_grad():
         own = d.run_module(1, d.run_module(0, x))
     torch.testing.assert_close(later["feat1"], feature_loss(own.float(), t_feats[1].float()), rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings():  # equal widths: the teacher's own features go in, nothing to warn of
+        warnings.simplefilter("error")
+        make_lakd("resnet8", "resnet14", teacher_inputs_until=0.5)
     with pytest.raises(LakdError, match="teacher_inputs_until"):
         make_lakd(teacher_inputs_until=0.6, detach_until=0.5)
 
 
 def test_teacher_inputs_are_adapted_when_widths_differ() -> None:
-    d = make_lakd("wrn_40_1", "wrn_40_2", teacher_inputs_until=1.0, progressive=False)
+    with pytest.warns(UserWarning, match=r"teacher_inputs_until=1 .* module\(s\) 1, 2 train on a learned 1x1 adapter"):
+        d = make_lakd("wrn_40_1", "wrn_40_2", teacher_inputs_until=1.0, progressive=False)
     d.train()
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
     _, losses = d.forward_train(x, y, progress=0.1)

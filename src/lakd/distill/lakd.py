@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -146,6 +147,19 @@ def module_pieces(student: StagedModel, arch: str | None) -> list[list[Piece]]:
     if sorted(i for g in groups for i in g) != list(range(n)):
         groups = [[i] for i in range(n)]
     return [[(i, None, None) for i in g] for g in groups]
+
+
+def untied_adapters_warning(modules: list[int], until: float) -> str:
+    """Why a teacher-fed start with learned input adapters is risky: nothing ties an adapter's output to the
+    student's own output at that point, so the chain can fail when it takes over (measured in
+    docs/benchmarks-cifar100.md, VGG-13 -> MobileNetV2)."""
+    which = ", ".join(str(k) for k in modules)
+    return (f"lakd: teacher_inputs_until={until:g} with teacher and student widths that differ: module(s) {which} "
+            "train on a learned 1x1 adapter of the teacher's features that nothing ties to the previous module's "
+            "own output. On VGG-13 -> MobileNetV2 (CIFAR-100, seed 0) the student's own chain stayed at chance "
+            "while teacher-fed and ended at 19.7 % against 38.6 % end to end. Watch validation accuracy after "
+            f"{until:.0%} of training, or set distill.params.teacher_inputs_until=0 to keep every module on the "
+            "student's own chain.")
 
 
 def make_projector(c_in: int, c_out: int, always: bool = False) -> nn.Module:
@@ -280,6 +294,9 @@ class LAKD(Distiller):
                                for k in range(1, num_modules)]
         ) if p.teacher_inputs_until > 0 else nn.ModuleList()
         self.module_output_shapes = out_shapes
+        learned = [k for k, adapter in enumerate(self.input_adapters) if not isinstance(adapter, nn.Identity)]
+        if learned:
+            warnings.warn(untied_adapters_warning(learned, p.teacher_inputs_until), stacklevel=2)
 
     # -- hooks a variant overrides (lakd_study.py) ------------------------------------------------------------
     def local_modules(self, student: StagedModel, arch: str | None) -> list[list[Piece]]:
