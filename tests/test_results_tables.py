@@ -17,25 +17,12 @@ import pytest
 from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = (ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "benchmarks-cifar100.md")
+REFRESH = load_script("refresh_tables.py")  # the docs' table commands are found as the script that writes them does
+DOCS = REFRESH.DOCS
+TABLE_SCRIPTS = REFRESH.TABLE_SCRIPTS
 
 
-TABLE_SCRIPTS = ("benchmarks/comparison_table.py", "benchmarks/learning_curves.py")
-
-
-def table_commands(doc: Path) -> list[list[str]]:
-    """Each `python benchmarks/<a table script> ...` shown in a bash block of DOC, continuation lines joined."""
-    text = doc.read_text()
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for command in block.replace("\\\n", " ").splitlines():
-            argv = shlex.split(command, comments=True)
-            if argv[:1] == ["python"] and argv[1:2] and argv[1] in TABLE_SCRIPTS:
-                commands.append(argv[1:])
-    return commands
-
-
-CASES = [(doc, argv) for doc in DOCS for argv in table_commands(doc)]
+CASES = [(doc, argv) for doc in DOCS for argv in REFRESH.doc_table_commands(doc.read_text())]
 IDS = [f"{d.name}:{Path(a[0]).stem}:{i}" for i, (d, a) in enumerate(CASES)]
 
 
@@ -70,8 +57,7 @@ def test_summary_agrees_with_the_runs_beside_it(summary: Path) -> None:
                 assert entry[key]["std"] == pytest.approx(statistics.stdev(values), abs=1e-9), (entry["method"], key)
 
 
-DISPLAY = {"FitNet": "fitnet", "ReviewKD": "reviewkd", "DKD": "dkd", "ND": "nd", "KD": "kd", "AT": "at",
-           "KD + LS": "kd-ls", "vanilla": "vanilla", "CRD": "crd", "DIST": "dist"}
+DISPLAY = {name: method for method, name in REFRESH.README_NAMES.items()}
 
 
 def _method(display: str) -> str:
@@ -104,7 +90,7 @@ def test_readme_cifar10_row_is_the_summary() -> None:
         assert value == cell(summary[_method(name)], "best_test_top1"), name
 
 
-README_PAIRS = {"resnet56_resnet20": "ResNet-56 → ResNet-20", "vgg13_mobilenetv2": "VGG-13 → MobileNetV2"}
+README_PAIRS = REFRESH.README_PAIRS
 CIFAR100_TABLES = [argv for doc, argv in CASES if doc.name == "benchmarks-cifar100.md" and argv[0] == TABLE_SCRIPTS[0]]
 
 
