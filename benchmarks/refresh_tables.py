@@ -1,9 +1,11 @@
 """Rewrite the results tables in the docs and README from the committed results, so that none is typed by hand.
 
 Each ```bash block of ``docs/benchmarks.md`` and ``docs/benchmarks-cifar100.md`` that shows a table command
-(``python benchmarks/comparison_table.py ...`` or ``python benchmarks/learning_curves.py ...``) is followed by that
-command's output, one markdown table (with its † notes) per command in the block's order; this script runs each
-command and puts its output in place of the table that stands there. README's CIFAR-100 rows
+(``python benchmarks/comparison_table.py ...``, ``python benchmarks/learning_curves.py ...`` or the item-5 study's
+``python benchmarks/cifar100_strong_study.py report``) is followed by that command's output, one markdown table
+(with its † notes) per command in the block's order; a text command (``... cifar100_strong_study.py targets PAIR``)
+by a ```text block holding its output. This script runs each command and puts its output in place of the table or
+text that stands there. README's CIFAR-100 rows
 (``| ResNet-56 → ResNet-20 | seeds | ...``) are then rewritten from the docs' comparison table of the same pair.
 ``tests/test_results_tables.py`` checks the result, so a table this script did not refresh fails the tests.
 
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "benchmarks-cifar100.md")
 README = ROOT / "README.md"
 TABLE_SCRIPTS = ("benchmarks/comparison_table.py", "benchmarks/learning_curves.py")
+STUDY_SCRIPT = "benchmarks/cifar100_strong_study.py"  # its `report` prints a table, its `targets PAIR` plain text
 # README's CIFAR-100 tables: the header's first cell a pair, each row's first cell a method's display name.
 README_PAIRS = {"resnet56_resnet20": "ResNet-56 → ResNet-20", "vgg13_mobilenetv2": "VGG-13 → MobileNetV2"}
 README_NAMES = {"lakd": "LAKD end to end (`lakd`)", "lakd-local": "LAKD local modules (`lakd-local`)", "kd": "KD",
@@ -36,18 +39,25 @@ README_NAMES = {"lakd": "LAKD end to end (`lakd`)", "lakd-local": "LAKD local mo
 Runner = Callable[[list[str]], str]
 
 
+def output_kind(argv: list[str]) -> str | None:
+    """What a command (``argv`` without ``python``) prints into the docs: "table", "text", or nothing to refresh."""
+    if (argv and argv[0] in TABLE_SCRIPTS) or argv[:2] == [STUDY_SCRIPT, "report"]:
+        return "table"
+    return "text" if argv[:2] == [STUDY_SCRIPT, "targets"] else None
+
+
 def table_commands(block: str) -> list[list[str]]:
-    """The table commands of one ```bash block's text, continuation lines joined, in order."""
+    """The table and text commands of one ```bash block's text, continuation lines joined, in order."""
     commands = []
     for command in block.replace("\\\n", " ").splitlines():
         argv = shlex.split(command, comments=True)
-        if argv[:1] == ["python"] and argv[1:2] and argv[1] in TABLE_SCRIPTS:
+        if argv[:1] == ["python"] and output_kind(argv[1:]):
             commands.append(argv[1:])
     return commands
 
 
 def doc_table_commands(text: str) -> list[list[str]]:
-    """Every table command shown in a markdown text's ```bash blocks."""
+    """Every table and text command shown in a markdown text's ```bash blocks."""
     return [argv for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) for argv in table_commands(block)]
 
 
@@ -73,6 +83,9 @@ def refresh_doc(text: str, run: Runner = run_in_repo) -> str:
         out.extend(lines[start:i + 1])
         i += 1
         for argv in table_commands("\n".join(lines[start:i - 1])):
+            if output_kind(argv) == "text":
+                i = _replace_text_block(lines, i, out, argv, run)
+                continue
             while i < len(lines) and not lines[i].startswith("|"):
                 if lines[i].startswith("```"):  # another code block between the command and its table: kept
                     end = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("```")), len(lines) - 1)
@@ -93,6 +106,22 @@ def refresh_doc(text: str, run: Runner = run_in_repo) -> str:
                     i += 1
             out.extend(run(argv).strip().split("\n"))
     return "\n".join(out)
+
+
+def _replace_text_block(lines: list[str], i: int, out: list[str], argv: list[str], run: Runner) -> int:
+    """Copy LINES from I up to the next ```text block into OUT, then that block with ARGV's output; the next index."""
+    while i < len(lines) and lines[i] != "```text":
+        if lines[i].startswith(("|", "```")):  # a table or another code block first: the text is not where it belongs
+            break
+        out.append(lines[i])
+        i += 1
+    if i == len(lines) or lines[i] != "```text":
+        raise ValueError(f"no ```text block under `{shlex.join(argv)}`; put the command's output under its block")
+    end = next((k for k in range(i + 1, len(lines)) if lines[k] == "```"), None)
+    if end is None:
+        raise ValueError(f"line {i + 1}: the ```text block under `{shlex.join(argv)}` is never closed")
+    out.extend(["```text", *run(argv).strip().split("\n"), "```"])
+    return end + 1
 
 
 def readme_rows(pair: str, printed: str) -> list[str]:

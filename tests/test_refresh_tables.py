@@ -75,6 +75,32 @@ def test_a_command_without_its_table_is_an_error() -> None:
         REFRESH.refresh_doc(two_blocks, fake_run)
 
 
+TARGETS = "python benchmarks/cifar100_strong_study.py targets vgg13_mobilenetv2   # exit 2 while seeds are missing"
+NEW_TARGETS = "vgg13_mobilenetv2, test top-1:\n  lakd 38.43 ± 0.43 (3 seeds): missed by 8.19\n"
+
+
+def test_a_text_command_rewrites_the_text_block_under_it() -> None:
+    doc = f"Targets:\n```bash\n{TARGETS}\n```\nOn this pair:\n```text\nnot all seeds are in yet\n```\nAfter.\n"
+    seen: list[list[str]] = []
+
+    def run(argv: list[str]) -> str:
+        seen.append(argv)
+        return NEW_TARGETS
+
+    new = REFRESH.refresh_doc(doc, run)
+    assert seen == [["benchmarks/cifar100_strong_study.py", "targets", "vgg13_mobilenetv2"]]
+    assert new == doc.replace("not all seeds are in yet", NEW_TARGETS.strip())
+    assert REFRESH.refresh_doc(new, run) == new
+    report = "python benchmarks/cifar100_strong_study.py report"
+    assert REFRESH.table_commands(f"{report}\n{TARGETS}\npython benchmarks/other.py") == [
+        ["benchmarks/cifar100_strong_study.py", "report"],
+        ["benchmarks/cifar100_strong_study.py", "targets", "vgg13_mobilenetv2"]]
+    with pytest.raises(ValueError, match="no ```text block under `benchmarks/cifar100_strong_study.py targets"):
+        REFRESH.refresh_doc(f"```bash\n{TARGETS}\n```\n| a table |\n|---|\n", run)
+    with pytest.raises(ValueError, match="line 4: the ```text block under .* is never closed"):
+        REFRESH.refresh_doc(f"```bash\n{TARGETS}\n```\n```text\nold\n", run)
+
+
 def test_readme_rows_come_from_the_docs_comparison_table() -> None:
     readme = "Intro.\n\n| VGG-13 → MobileNetV2 | seeds | test top-1 |\n|---|---|---|\n| DKD | 0 | 1.00 |\n\nAfter.\n"
     new = REFRESH.refresh_readme(readme, DOC, fake_run)
