@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lakd.atomic import atomic_write, read_json
 from lakd.errors import LakdError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -106,37 +109,63 @@ def _pyplot():
 
 
 def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str | None = None) -> Path:
-    """Accuracy (train, val and test top-1) and training loss per epoch, one line per run label; writes a PNG.
+    """Accuracy (train, val and test top-1) and training loss per epoch, one colour per run label; writes a PNG.
     Train accuracy beside validation shows a student that learns but is evaluated wrongly (stale BatchNorm
     statistics) or one that does not learn at all."""
-    figure_cls = _pyplot()
-    fig = figure_cls(figsize=(11, 4), dpi=100)
-    ax_acc, ax_loss = fig.subplots(1, 2)
-    for label, epochs in runs.items():
-        xs = [row["epoch"] for row in epochs]
-        line = None
-        for key, style in (("val_top1", "-"), ("test_top1", ":"), ("train_top1", "--")):
-            ys = [row.get(key) for row in epochs]
-            if any(v is not None for v in ys):
-                kw = {"color": line.get_color()} if line is not None else {}
-                (drawn,) = ax_acc.plot(xs, ys, style, marker="o", ms=3,
-                                       label=f"{label} ({key.split('_')[0]})", **kw)
-                line = line or drawn
-        ys = [row.get("train_loss") for row in epochs]
-        ax_loss.plot(xs, ys, "-", marker="o", ms=3, label=label,
-                     **({"color": line.get_color()} if line is not None else {}))
-    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy (solid: val, dotted: test, dashed: train)")
-    ax_loss.set(xlabel="epoch", ylabel="training loss (sum of weighted terms)", title="training loss")
-    for ax in (ax_acc, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+    fig = curves_figure(runs, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png"))
     return path
+
+
+def curves_figure(runs: dict[str, list[dict[str, Any]]], title: str | None = None) -> Figure:
+    """The figure `plot_curves` writes. One legend of runs sits outside the panels and one of line styles inside,
+    so a dozen methods stay readable; only the splits actually drawn are named."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    figure_cls = _pyplot()
+    fig = figure_cls(figsize=(12, 4.2), dpi=100, layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    splits = (("val_top1", "-", "val"), ("test_top1", ":", "test"), ("train_top1", "--", "train"))
+    drawn_splits: set[str] = set()
+    run_handles = []
+    for index, (label, epochs) in enumerate(runs.items()):
+        color = f"C{index % 10}" if len(runs) <= 10 else _many_colors(index, len(runs))
+        xs = [row["epoch"] for row in epochs]
+        for key, style, split in splits:
+            ys = [row.get(key) for row in epochs]
+            if any(v is not None for v in ys):
+                ax_acc.plot(xs, ys, style, color=color, marker="o", ms=3)
+                drawn_splits.add(split)
+        (handle,) = ax_loss.plot(xs, [row.get("train_loss") for row in epochs], "-", color=color, marker="o", ms=3,
+                                 label=label)
+        run_handles.append(handle)
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="training loss (sum of weighted terms)", title="training loss")
+    style_handles = [Line2D([], [], color="0.2", linestyle=style, label=split)
+                     for _, style, split in splits if split in drawn_splits]
+    if style_handles:
+        ax_acc.legend(handles=style_handles, fontsize=8, loc="lower right")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    if run_handles:
+        fig.legend(handles=run_handles, loc="outside right upper", fontsize=8, ncols=1 + (len(run_handles) - 1) // 16)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _many_colors(index: int, count: int) -> Any:
+    """Distinct colours past matplotlib's ten-colour cycle: tab20's ten strong shades, then its ten light ones;
+    beyond twenty, evenly spaced over a perceptually ordered map."""
+    from matplotlib import colormaps
+
+    if count <= 20:
+        return colormaps["tab20"](2 * index if index < 10 else 2 * (index - 10) + 1)
+    return colormaps["turbo"](0.05 + 0.9 * index / (count - 1))
 
 
 def plot_accuracy_vs_speed(points: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
