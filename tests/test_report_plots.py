@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lakd.report import curves_figure, plot_curves
+from lakd.report import accuracy_vs_speed_figure, curves_figure, plot_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -49,3 +49,31 @@ def test_train_accuracy_is_named_when_drawn_and_the_png_is_written(tmp_path: Pat
     out = plot_curves(runs, tmp_path / "sub" / "curves.png")
     assert out.read_bytes()[:8] == PNG_SIGNATURE
     assert sorted(p.name for p in out.parent.iterdir()) == ["curves.png"]  # no temporary file left
+
+
+def test_crowded_scatter_labels_overlap_no_other_label_nor_any_point() -> None:
+    from matplotlib.text import Text
+
+    # twelve methods within a few img/s and tenths of a point of each other, as a protocol's KD family is
+    points = [{"label": f"method-{i}", "img_per_s": 600.0 + 3 * (i % 4), "top1_mean": 58.0 + 0.1 * i,
+               "top1_std": 0.3 if i % 3 == 0 else None} for i in range(12)]
+    points.append({"label": "vanilla", "img_per_s": 1000.0, "top1_mean": 54.0, "top1_std": 0.2})
+    fig = accuracy_vs_speed_figure(points, title="crowded")
+    (ax,) = fig.axes
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts]
+    assert sorted(t.get_text() for t in labels) == sorted(p["label"] for p in points)
+    boxes = []
+    for label in labels:
+        label.update_positions(renderer)
+        boxes.append(Text.get_window_extent(label, renderer))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    markers = ax.transData.transform([(p["img_per_s"], p["top1_mean"]) for p in points])
+    for box in boxes:
+        for x, y in markers:
+            assert not box.contains(x, y)
+    colours = {line.get_color() if isinstance(line.get_color(), str) else tuple(line.get_color())
+               for line in ax.lines if line.get_marker() == "o"}
+    assert len(colours) == len(points)  # one colour per method, as in the curves figure

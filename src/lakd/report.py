@@ -132,7 +132,7 @@ def curves_figure(runs: dict[str, list[dict[str, Any]]], title: str | None = Non
     drawn_splits: set[str] = set()
     run_handles = []
     for index, (label, epochs) in enumerate(runs.items()):
-        color = f"C{index % 10}" if len(runs) <= 10 else _many_colors(index, len(runs))
+        color = run_color(index, len(runs))
         xs = [row["epoch"] for row in epochs]
         for key, style, split in splits:
             ys = [row.get(key) for row in epochs]
@@ -158,11 +158,13 @@ def curves_figure(runs: dict[str, list[dict[str, Any]]], title: str | None = Non
     return fig
 
 
-def _many_colors(index: int, count: int) -> Any:
-    """Distinct colours past matplotlib's ten-colour cycle: tab20's ten strong shades, then its ten light ones;
-    beyond twenty, evenly spaced over a perceptually ordered map."""
+def run_color(index: int, count: int) -> Any:
+    """The colour of run ``index`` of ``count``, the same in every plot of one summary: matplotlib's ten-colour
+    cycle; past ten, tab20's ten strong shades then its ten light ones; past twenty, evenly spaced over turbo."""
     from matplotlib import colormaps
 
+    if count <= 10:
+        return f"C{index}"
     if count <= 20:
         return colormaps["tab20"](2 * index if index < 10 else 2 * (index - 10) + 1)
     return colormaps["turbo"](0.05 + 0.9 * index / (count - 1))
@@ -170,18 +172,66 @@ def _many_colors(index: int, count: int) -> Any:
 
 def plot_accuracy_vs_speed(points: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """Scatter of test top-1 (mean ± std over seeds) against training img/s, one point per method."""
-    figure_cls = _pyplot()
-    fig = figure_cls(figsize=(6, 4.5), dpi=100)
-    ax = fig.subplots()
-    for pt in points:
-        ax.errorbar(pt["img_per_s"], pt["top1_mean"], yerr=pt.get("top1_std") or 0.0, fmt="o", capsize=3)
-        ax.annotate(pt["label"], (pt["img_per_s"], pt["top1_mean"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
-    ax.set(xlabel="training throughput (img/s)", ylabel="test top-1 at best val epoch (%)",
-           title=title or "accuracy vs speed")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig = accuracy_vs_speed_figure(points, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png"))
     return path
+
+
+def accuracy_vs_speed_figure(points: list[dict[str, Any]], title: str | None = None) -> Figure:
+    """The figure `plot_accuracy_vs_speed` writes. Methods of a protocol crowd together (most cost about what KD
+    costs), so labels that would overlap are moved apart vertically, each tied to its point by a thin line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure_cls = _pyplot()
+    fig = figure_cls(figsize=(6.5, 4.8), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer to measure the labels with, without touching pyplot's global state
+    ax = fig.subplots()
+    for index, pt in enumerate(points):
+        ax.errorbar(pt["img_per_s"], pt["top1_mean"], yerr=pt.get("top1_std") or 0.0, fmt="o", capsize=3,
+                    color=run_color(index, len(points)))
+    ax.set(xlabel="training throughput (img/s)", ylabel="test top-1 at best val epoch (%)",
+           title=title or "accuracy vs speed")
+    ax.grid(alpha=0.3)
+    _place_labels(fig, ax, points)
+    return fig
+
+
+def _place_labels(fig: Any, ax: Any, points: list[dict[str, Any]]) -> None:
+    """Annotate each point (highest first) at the first free spot among: above right, below right, above left,
+    below left of it, then the same spots one label height further out each round. A spot is free when the label
+    overlaps no point, error bar or label already placed; a label set off from its point gets a leader line."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()  # fixes the axes limits and layout the labels are measured in
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []  # display-space boxes a label must not overlap: the points with their error bars first
+    for pt in points:
+        std = pt.get("top1_std") or 0.0
+        (x0, y0), (x1, y1) = ax.transData.transform([(pt["img_per_s"], pt["top1_mean"] - std),
+                                                     (pt["img_per_s"], pt["top1_mean"] + std)])
+        placed.append(Bbox([[x0 - 4, y0 - 4], [x1 + 4, y1 + 4]]))
+    axes_box = ax.get_window_extent(renderer)
+    height_pt = 10.0
+    for pt in sorted(points, key=lambda p: -p["top1_mean"]):
+        xy = (pt["img_per_s"], pt["top1_mean"])
+        spots = [(dx, dy + sign * ring * height_pt, ring)
+                 for ring in range(12) for dx in (5.0, -5.0) for dy, sign in ((3.0, 1), (-11.0, -1))]
+        for dx, dy, ring in spots:
+            label = ax.annotate(pt["label"], xy, textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                                ha="left" if dx > 0 else "right",
+                                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if ring else None)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the text alone, not its leader line
+            inside = axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                break
+            label.remove()
+        else:  # nowhere free: the first spot, overlapping
+            label = ax.annotate(pt["label"], xy, textcoords="offset points", xytext=(5, 3), fontsize=8)
+            label.update_positions(renderer)
+        placed.append(Text.get_window_extent(label, renderer))
+
+
