@@ -108,15 +108,19 @@ def _pyplot():
     return Figure
 
 
-def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str | None = None) -> Path:
-    """Accuracy (train, val and test top-1) and training loss per epoch, one colour per run label; writes a PNG.
-    Train accuracy beside validation shows a student that learns but is evaluated wrongly (stale BatchNorm
-    statistics) or one that does not learn at all."""
-    fig = curves_figure(runs, title)
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` in the format its suffix names (PNG without one), atomically: no half-written image."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png"))
     return path
+
+
+def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str | None = None) -> Path:
+    """Accuracy (train, val and test top-1) and training loss per epoch, one colour per run label; writes a PNG.
+    Train accuracy beside validation shows a student that learns but is evaluated wrongly (stale BatchNorm
+    statistics) or one that does not learn at all."""
+    return save_figure(curves_figure(runs, title), path)
 
 
 def curves_figure(runs: dict[str, list[dict[str, Any]]], title: str | None = None) -> Figure:
@@ -172,11 +176,7 @@ def run_color(index: int, count: int) -> Any:
 
 def plot_accuracy_vs_speed(points: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """Scatter of test top-1 (mean ± std over seeds) against training img/s, one point per method."""
-    fig = accuracy_vs_speed_figure(points, title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png"))
-    return path
+    return save_figure(accuracy_vs_speed_figure(points, title), path)
 
 
 def accuracy_vs_speed_figure(points: list[dict[str, Any]], title: str | None = None) -> Figure:
