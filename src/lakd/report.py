@@ -15,6 +15,7 @@ from lakd.atomic import atomic_write, read_json
 from lakd.errors import LakdError
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -181,7 +182,7 @@ def plot_accuracy_vs_speed(points: list[dict[str, Any]], path: str | Path, title
 
 def accuracy_vs_speed_figure(points: list[dict[str, Any]], title: str | None = None) -> Figure:
     """The figure `plot_accuracy_vs_speed` writes. Methods of a protocol crowd together (most cost about what KD
-    costs), so labels that would overlap are moved apart vertically, each tied to its point by a thin line."""
+    costs), so each label goes where it overlaps no point and no other label (see `_place_labels`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     figure_cls = _pyplot()
@@ -198,7 +199,7 @@ def accuracy_vs_speed_figure(points: list[dict[str, Any]], title: str | None = N
     return fig
 
 
-def _place_labels(fig: Any, ax: Any, points: list[dict[str, Any]]) -> None:
+def _place_labels(fig: Figure, ax: Axes, points: list[dict[str, Any]]) -> None:
     """Annotate each point (highest first) at the first free spot among: above right, below right, above left,
     below left of it, then the same spots one label height further out each round. A spot is free when the label
     overlaps no point, error bar or label already placed; a label set off from its point gets a leader line."""
@@ -214,11 +215,11 @@ def _place_labels(fig: Any, ax: Any, points: list[dict[str, Any]]) -> None:
                                                      (pt["img_per_s"], pt["top1_mean"] + std)])
         placed.append(Bbox([[x0 - 4, y0 - 4], [x1 + 4, y1 + 4]]))
     axes_box = ax.get_window_extent(renderer)
-    height_pt = 10.0
+    height_pt = 10.0  # one 8 pt label's line
+    spots = [(dx, dy + sign * ring * height_pt, ring)  # offsets in points, nearest first; ring 0 touches the point
+             for ring in range(12) for dx in (5.0, -5.0) for dy, sign in ((3.0, 1), (-11.0, -1))]
     for pt in sorted(points, key=lambda p: -p["top1_mean"]):
         xy = (pt["img_per_s"], pt["top1_mean"])
-        spots = [(dx, dy + sign * ring * height_pt, ring)
-                 for ring in range(12) for dx in (5.0, -5.0) for dy, sign in ((3.0, 1), (-11.0, -1))]
         for dx, dy, ring in spots:
             label = ax.annotate(pt["label"], xy, textcoords="offset points", xytext=(dx, dy), fontsize=8,
                                 ha="left" if dx > 0 else "right",
